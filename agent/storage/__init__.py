@@ -1,0 +1,199 @@
+"""Replica storage: the `ReplicaClient` protocol, its typed errors, and the URL-scheme registry.
+
+Each backend lives in its own module and imports its SDK lazily, so an agent replicating to a
+directory never pays for boto3 or the Azure SDK.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import struct
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, BinaryIO, Protocol, runtime_checkable
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+LTX_NAME_RE = re.compile(r"^([0-9a-f]{16})-([0-9a-f]{16})\.ltx$")
+SNAPSHOT_LEVEL = 9
+
+
+class StorageError(Exception):
+    """A replica operation failed; the message names the replica and object."""
+
+
+class NotFound(StorageError):
+    """The object or container does not exist."""
+
+
+class PreconditionFailed(StorageError):
+    """A conditional write lost: someone else changed the object first."""
+
+
+class Transient(StorageError):
+    """Throttling, 5xx, timeouts, dropped connections: worth retrying."""
+
+
+class ConfigError(ValueError):
+    """A replica URL or option is wrong; the message names it."""
+
+
+@dataclass(frozen=True, slots=True)
+class FileInfo:
+    """One LTX file in a replica."""
+
+    level: int
+    min_txid: int
+    max_txid: int
+    size: int
+    created_at: datetime
+
+    @property
+    def name(self) -> str:
+        return format_ltx_name(self.min_txid, self.max_txid)
+
+
+def format_ltx_name(min_txid: int, max_txid: int) -> str:
+    """Litestream's file name: `%016x-%016x.ltx`."""
+    return f"{min_txid:016x}-{max_txid:016x}.ltx"
+
+
+def parse_ltx_name(name: str) -> tuple[int, int] | None:
+    """(min, max) TXIDs from a file name, or None for names a listing must skip."""
+    m = LTX_NAME_RE.match(name)
+    if m is None:
+        return None
+    return int(m.group(1), 16), int(m.group(2), 16)
+
+
+def header_timestamp(src: BinaryIO) -> datetime:
+    """The creation time recorded in an LTX header (bytes 32..40, Unix ms); rewinds `src`."""
+    pos = src.tell()
+    head = src.read(40)
+    src.seek(pos)
+    if len(head) < 40 or head[:4] != b"LTX1":
+        raise StorageError("not an LTX file: header too short or bad magic")
+    (ms,) = struct.unpack_from(">q", head, 32)
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def format_timestamp(ts: datetime) -> str:
+    """RFC3339Nano in UTC, as Go's `time.RFC3339Nano` prints it (trailing zeros trimmed)."""
+    ts = ts.astimezone(UTC)
+    frac = f"{ts.microsecond:06d}".rstrip("0")
+    return ts.strftime("%Y-%m-%dT%H:%M:%S") + (f".{frac}" if frac else "") + "Z"
+
+
+def parse_timestamp(text: str) -> datetime:
+    """Parse RFC3339 / RFC3339Nano (nanoseconds truncated to microseconds)."""
+    text = text.strip()
+    m = re.match(r"^(\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$", text)
+    if m is None:
+        raise ValueError(f"invalid RFC3339 timestamp: {text!r}")
+    base, frac, tz = m.groups()
+    frac = (frac or ".0")[1:7].ljust(6, "0")
+    tz = "+00:00" if tz in ("Z", "z") else tz
+    return datetime.fromisoformat(f"{base.replace('t', 'T').replace(' ', 'T')}.{frac}{tz}").astimezone(UTC)
+
+
+@runtime_checkable
+class ReplicaClient(Protocol):
+    """What a storage backend provides. Every backend passes the same contract suite."""
+
+    type: str
+
+    async def init(self) -> None:
+        """Check the destination is reachable and usable; raise a clear error otherwise."""
+
+    async def ltx_files(self, level: int, seek: int = 0, use_metadata: bool = False) -> list[FileInfo]:
+        """Files of one level with `min_txid >= seek`, sorted by name."""
+
+    def open_ltx_file(
+        self, level: int, min_txid: int, max_txid: int, offset: int = 0, size: int | None = None
+    ) -> AsyncIterator[bytes]:
+        """Stream a file's bytes (a range when offset/size are given). Raises NotFound."""
+
+    async def write_ltx_file(self, level: int, min_txid: int, max_txid: int, src: BinaryIO) -> FileInfo:
+        """Store a file atomically; record its header timestamp as the object's creation time."""
+
+    async def delete_ltx_files(self, files: list[FileInfo]) -> None:
+        """Delete files; missing ones are not an error."""
+
+    async def delete_all(self) -> None:
+        """Remove every file of this replica."""
+
+
+async def read_ltx_file(client: ReplicaClient, info: FileInfo) -> bytes:
+    """The whole file in memory: only for small files (L0, headers)."""
+    chunks = [c async for c in client.open_ltx_file(info.level, info.min_txid, info.max_txid)]
+    return b"".join(chunks)
+
+
+# scheme -> module under lifeboat.agent.storage; imported only when used.
+_BACKENDS: dict[str, str] = {
+    "file": "file",
+    "s3": "s3",
+    "gs": "gcs",
+    "abs": "abs",
+    "sftp": "sftp",
+    "nats": "nats",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaURL:
+    """A parsed replica URL: scheme, host (bucket/container/server), path, query options."""
+
+    scheme: str
+    host: str
+    path: str
+    username: str | None
+    password: str | None
+    port: int | None
+    query: dict[str, str]
+
+
+def parse_replica_url(url: str) -> ReplicaURL:
+    """Split a replica URL; a bare path means `file`. Raises ConfigError for unknown schemes."""
+    if "://" not in url:
+        if url.startswith("/"):
+            return ReplicaURL("file", "", url, None, None, None, {})
+        raise ConfigError(f"invalid replica URL {url!r}: expected SCHEME://... or an absolute path")
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in _BACKENDS:
+        raise ConfigError(
+            f"invalid replica URL {url!r}: unknown scheme {scheme!r} (expected one of {', '.join(_BACKENDS)})"
+        )
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"invalid replica URL {url!r}: {exc}") from None
+    return ReplicaURL(
+        scheme=scheme,
+        host=parts.hostname or "",
+        path=unquote(parts.path),
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        port=port,
+        query=dict(parse_qsl(parts.query)),
+    )
+
+
+def replica_type(settings: Mapping[str, Any]) -> str:
+    """The backend a replica config block selects (`type:` or the URL's scheme)."""
+    if settings.get("url"):
+        return parse_replica_url(str(settings["url"])).scheme
+    kind = str(settings.get("type") or "file")
+    if kind not in _BACKENDS:
+        raise ConfigError(f"replica type {kind!r} is not supported (expected one of {', '.join(_BACKENDS)})")
+    return kind
+
+
+def new_client(settings: Mapping[str, Any]) -> ReplicaClient:
+    """Build the client for a replica config block (Litestream keys: url, type, path, bucket, ...)."""
+    kind = replica_type(settings)
+    module = importlib.import_module(f"{__name__}.{_BACKENDS[kind]}")
+    client: ReplicaClient = module.from_settings(settings)
+    return client

@@ -1,0 +1,196 @@
+"""kopf handlers: translate between Kubernetes and the pure functions of this package.
+
+* SQLiteReplica create/update/resume → the agent ConfigMap (owned by the replica), the Secret check,
+  ``ConfigReady`` and ``CredentialsReady`` conditions and Events;
+* a timer → every labelled pod's agent ``/status`` into ``status.pods`` and the ``Ready`` condition;
+* admission: pods are mutated by :func:`lifeboat.operator.injection.inject`, SQLiteReplicas validated
+  by :func:`lifeboat.operator.spec.problems`.
+
+Every handler is idempotent: it recomputes the whole desired state from the object it is given.
+"""
+
+import base64
+import dataclasses
+import logging
+import pathlib
+from collections.abc import Mapping, MutableMapping
+from typing import Any
+
+import kopf
+from lifeboat.operator import agent_config, injection, kube, webhook
+from lifeboat.operator import spec as specs
+from lifeboat.operator import status as statuses
+
+CONFIG_READY = "ConfigReady"
+CREDENTIALS_READY = "CredentialsReady"
+STATUS_INTERVAL = 15.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """What the operator is told on its command line (see :mod:`lifeboat.operator.main`)."""
+
+    namespaces: tuple[str, ...] = ()  # empty: every namespace
+    webhook_addr: str = "0.0.0.0"
+    webhook_port: int = 9443
+    tls_dir: pathlib.Path = pathlib.Path("/run/lifeboat/tls")
+    tls_secret: str | None = None  # set: the operator generates and keeps the certificate in this Secret
+    operator_namespace: str | None = None
+    service_name: str = "lifeboat-webhook"
+    mutating_webhook: str = "lifeboat"
+    validating_webhook: str = "lifeboat"
+    agent_image: str = injection.DEFAULT_IMAGE
+    native_sidecar: bool = True
+
+
+@kopf.on.startup()
+async def configure(
+    settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any
+) -> None:
+    """Settings, the API client, and the webhook server with its certificate."""
+    options: Options = memo.options
+    # kopf's own bookkeeping goes into annotations: the status schema is structural and would prune it.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=specs.GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=specs.GROUP)
+    # Events for warnings and our own explicit ones; not one per successful handler run.
+    settings.posting.level = logging.WARNING
+    # Exact namespaces need no namespace scanning; the chart installs the CRD before the operator.
+    settings.scanning.disabled = bool(options.namespaces)
+    # The chart owns the webhook configurations (namespaceSelector, reinvocation, timeout, Service ref).
+    settings.admission.managed = None
+
+    memo.kube = kube.Kube(kube.load_api_client())
+    if options.tls_secret:
+        if not options.operator_namespace:
+            raise kopf.PermanentError("--tls-secret needs the operator's namespace (--operator-namespace)")
+        names = webhook.service_dns_names(options.service_name, options.operator_namespace)
+        bundle = await webhook.ensure_secret_certificate(
+            memo.kube, options.operator_namespace, options.tls_secret, names)
+        bundle.write(options.tls_dir)
+        await memo.kube.set_ca_bundle(options.mutating_webhook, options.validating_webhook,
+                                      base64.b64encode(bundle.ca).decode("ascii"))
+    settings.admission.server = webhook.NamespacedWebhookServer(
+        addr=options.webhook_addr, port=options.webhook_port,
+        certfile=options.tls_dir / webhook.CERT_FILE, pkeyfile=options.tls_dir / webhook.KEY_FILE)
+    logger.info("Serving admission webhooks on %s:%d.", options.webhook_addr, options.webhook_port)
+
+
+def configmap_body(name: str, namespace: str, spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The ConfigMap holding the agent config for the SQLiteReplica ``name``."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": specs.configmap_name(name),
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/managed-by": "lifeboat-operator", specs.REPLICA_LABEL: name},
+        },
+        "data": {agent_config.CONFIG_FILE: agent_config.render(spec)},
+    }
+
+
+async def _credentials_condition(
+    lifeboat: kube.Kube, namespace: str, spec: Mapping[str, Any]
+) -> tuple[str, str, str]:
+    secret_name = ((spec.get("replica") or {}).get("credentials") or {}).get("secretName")
+    if not secret_name:
+        return "True", "NoCredentials", "no Secret referenced: the agent uses the pod's ambient identity"
+    try:
+        keys = await lifeboat.secret_keys(namespace, secret_name)
+    except kube.Forbidden:
+        return ("Unknown", "SecretUnreadable",
+                f"the operator may not read Secrets in namespace {namespace}; cannot check {secret_name!r}")
+    if keys is None:
+        return "False", "SecretNotFound", f"Secret {secret_name!r} not found in namespace {namespace}"
+    found = specs.secret_problems(spec, keys)
+    if found:
+        return "False", "SecretKeysMissing", f"Secret {secret_name!r}: {'; '.join(found)}"
+    return "True", "SecretFound", f"Secret {secret_name!r} has the keys the replica needs"
+
+
+def _conditions_with(
+    conditions: list[dict[str, Any]], type_: str, verdict: tuple[str, str, str], generation: int | None
+) -> list[dict[str, Any]]:
+    now = statuses.now_rfc3339()
+    return statuses.set_condition(conditions, type_, *verdict, generation=generation, now=now)
+
+
+@kopf.on.resume(specs.GROUP, specs.VERSION, specs.PLURAL)
+@kopf.on.create(specs.GROUP, specs.VERSION, specs.PLURAL)
+@kopf.on.update(specs.GROUP, specs.VERSION, specs.PLURAL)
+async def reconcile(
+    body: kopf.Body, spec: kopf.Spec, name: str, namespace: str, meta: kopf.Meta,
+    status: kopf.Status, patch: kopf.Patch, memo: kopf.Memo, **_: Any,
+) -> None:
+    """Render the agent ConfigMap and check the credentials Secret; report both as conditions."""
+    generation = meta.get("generation")
+    conditions: list[dict[str, Any]] = [dict(c) for c in status.get("conditions") or []]
+
+    found = specs.problems(spec)
+    if found:
+        config: tuple[str, str, str] = ("False", "InvalidSpec", "; ".join(found))
+        kopf.event(body, type="Warning", reason=config[1], message=config[2])
+    else:
+        configmap = configmap_body(name, namespace, spec)
+        kopf.adopt(configmap, owner=body)
+        await memo.kube.apply_configmap(namespace, configmap)
+        config = ("True", "Rendered", f"agent config in ConfigMap {configmap['metadata']['name']}")
+    conditions = _conditions_with(conditions, CONFIG_READY, config, generation)
+
+    credentials = await _credentials_condition(memo.kube, namespace, spec)
+    if credentials[0] == "False":
+        kopf.event(body, type="Warning", reason=credentials[1], message=credentials[2])
+    conditions = _conditions_with(conditions, CREDENTIALS_READY, credentials, generation)
+
+    patch.status["conditions"] = conditions
+    patch.status["observedGeneration"] = generation
+    patch.status["configMap"] = specs.configmap_name(name)
+
+
+@kopf.timer(specs.GROUP, specs.VERSION, specs.PLURAL, interval=STATUS_INTERVAL)
+async def collect_status(
+    spec: kopf.Spec, name: str, namespace: str, meta: kopf.Meta, status: kopf.Status,
+    patch: kopf.Patch, memo: kopf.Memo, **_: Any,
+) -> None:
+    """Ask every running labelled pod's agent for its state; Ready = all replicate within maxLag."""
+    pods = await memo.kube.running_pods(namespace, name)
+    port = int((spec.get("agent") or {}).get("metricsPort", specs.DEFAULT_METRICS_PORT))
+    reports = await statuses.collect(pods, port)
+    summary = statuses.summarize(
+        reports, database=spec["database"], max_lag=specs.max_lag_seconds(spec),
+        conditions=[dict(c) for c in status.get("conditions") or []],
+        generation=meta.get("generation"), now=statuses.now_rfc3339())
+    patch.status.update(summary)
+
+
+@kopf.on.mutate("", "v1", "pods", id="inject", operations=["CREATE"],
+                labels={specs.REPLICA_LABEL: kopf.PRESENT})
+async def inject_pod(body: kopf.Body, namespace: str, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    """Add the restore init container and the agent to a labelled pod, per its SQLiteReplica."""
+    options: Options = memo.options
+    replica_name = body.metadata.labels[specs.REPLICA_LABEL]
+    replica = await memo.kube.replica(namespace, replica_name)
+    if replica is None:
+        raise kopf.AdmissionError(
+            f"pod label {specs.REPLICA_LABEL}={replica_name} names no SQLiteReplica in namespace "
+            f"{namespace}: create the SQLiteReplica first, or fix the label")
+    try:
+        injected = injection.inject(body, replica, native_sidecar=options.native_sidecar,
+                                    default_image=options.agent_image)
+    except injection.InjectionError as exc:
+        raise kopf.AdmissionError(f"SQLiteReplica {replica_name}: {exc}") from exc
+
+    def replace(raw: MutableMapping[str, Any]) -> None:
+        raw.clear()
+        raw.update(injected)
+
+    # kopf turns the difference between the request's pod and this one into the JSON patch.
+    patch.fns.append(replace)
+
+
+@kopf.on.validate(specs.GROUP, specs.VERSION, specs.PLURAL, id="validate", operations=["CREATE", "UPDATE"])
+async def validate_replica(spec: kopf.Spec, **_: Any) -> None:
+    """Reject specs whose parts disagree (options of another scheme, two restore targets)."""
+    found = specs.problems(spec)
+    if found:
+        raise kopf.AdmissionError("; ".join(found))

@@ -1,0 +1,122 @@
+"""The few Kubernetes API calls the operator makes beyond what kopf does for it.
+
+The official client is synchronous, so every call runs in a worker thread. Objects travel as plain
+dicts (``_preload_content=False``): the operator's logic works on dicts, never on client models.
+"""
+
+import asyncio
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import kubernetes
+from kubernetes.client import ApiException
+from lifeboat.operator import spec as specs
+
+# The client would otherwise label a dict body as a JSON patch (its first listed type).
+MERGE_PATCH = "application/merge-patch+json"
+
+
+class Forbidden(Exception):
+    """The operator's RBAC does not allow the call; the message says what was refused."""
+
+
+def load_api_client() -> kubernetes.client.ApiClient:
+    """An API client from the in-cluster service account, else from the kubeconfig (``$KUBECONFIG``)."""
+    configuration = kubernetes.client.Configuration()
+    try:
+        kubernetes.config.load_incluster_config(client_configuration=configuration)
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config(client_configuration=configuration)
+    return kubernetes.client.ApiClient(configuration)
+
+
+class Kube:
+    """Async wrappers over the calls the operator needs; ``None`` means "not found"."""
+
+    def __init__(self, api_client: kubernetes.client.ApiClient) -> None:
+        self.core = kubernetes.client.CoreV1Api(api_client)
+        self.custom = kubernetes.client.CustomObjectsApi(api_client)
+        self.admission = kubernetes.client.AdmissionregistrationV1Api(api_client)
+
+    @staticmethod
+    async def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any] | None:
+        def call() -> dict[str, Any]:
+            response = fn(*args, _preload_content=False, **kwargs)
+            return json.loads(response.data or b"{}")
+
+        try:
+            return await asyncio.to_thread(call)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            if exc.status == 403:
+                raise Forbidden(f"{fn.__name__}: forbidden by RBAC") from exc
+            raise
+
+    async def secret_keys(self, namespace: str, name: str) -> frozenset[str] | None:
+        """The key names of a Secret (its values are dropped at once), or None when it is missing."""
+        secret = await self._call(self.core.read_namespaced_secret, name, namespace)
+        if secret is None:
+            return None
+        return frozenset(secret.get("data") or {}) | frozenset(secret.get("stringData") or {})
+
+    async def read_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A whole Secret (for the webhook's own TLS material only)."""
+        return await self._call(self.core.read_namespaced_secret, name, namespace)
+
+    async def create_secret(self, namespace: str, body: Mapping[str, Any]) -> bool:
+        """Create a Secret; False when one of that name already exists (another replica was first)."""
+        try:
+            await self._call(self.core.create_namespaced_secret, namespace, body)
+        except ApiException as exc:
+            if exc.status == 409:
+                return False
+            raise
+        return True
+
+    async def patch_secret(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
+        """Merge-patch a Secret (the webhook's own TLS material only)."""
+        await self._call(self.core.patch_namespaced_secret, name, namespace, patch, _content_type=MERGE_PATCH)
+
+    async def apply_configmap(self, namespace: str, body: Mapping[str, Any]) -> None:
+        """Create the ConfigMap, or bring an existing one to ``body``'s data, labels and owners."""
+        try:
+            await self._call(self.core.create_namespaced_config_map, namespace, body)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            await self._call(self.core.patch_namespaced_config_map, body["metadata"]["name"], namespace, body,
+                             _content_type=MERGE_PATCH)
+
+    async def running_pods(self, namespace: str, replica_name: str) -> list[dict[str, Any]]:
+        """Running pods that carry the replica's label and have an IP to ask their agent at."""
+        listing = await self._call(self.core.list_namespaced_pod, namespace,
+                                   label_selector=f"{specs.REPLICA_LABEL}={replica_name}")
+        pods = (listing or {}).get("items") or []
+        return [p for p in pods
+                if (p.get("status") or {}).get("phase") == "Running" and (p.get("status") or {}).get("podIP")]
+
+    async def replica(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The SQLiteReplica of that name, or None."""
+        return await self._call(self.custom.get_namespaced_custom_object,
+                                specs.GROUP, specs.VERSION, namespace, specs.PLURAL, name)
+
+    async def set_ca_bundle(self, mutating: str, validating: str, ca_bundle_b64: str) -> None:
+        """Point every webhook of the two configurations at this CA (operator-generated certificates)."""
+        for read, patch, name in (
+            (self.admission.read_mutating_webhook_configuration,
+             self.admission.patch_mutating_webhook_configuration, mutating),
+            (self.admission.read_validating_webhook_configuration,
+             self.admission.patch_validating_webhook_configuration, validating),
+        ):
+            current = await self._call(read, name)
+            if current is None:
+                continue
+            webhooks = current.get("webhooks") or []
+            if all((w.get("clientConfig") or {}).get("caBundle") == ca_bundle_b64 for w in webhooks):
+                continue
+            for webhook in webhooks:
+                webhook.setdefault("clientConfig", {})["caBundle"] = ca_bundle_b64
+            # A JSON merge patch would replace the list anyway; send it whole, as read.
+            await self._call(patch, name, {"webhooks": webhooks}, _content_type=MERGE_PATCH)

@@ -1,0 +1,138 @@
+"""The SQLiteReplica status: conditions, and the agents' replication state gathered from the pods.
+
+Aggregation is pure; :func:`fetch_agent_status` is the only I/O (one GET of an agent's ``/status``).
+"""
+
+import asyncio
+import datetime
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+READY = "Ready"
+
+
+@dataclass(frozen=True)
+class PodReport:
+    """What one pod's agent said, or why it could not be asked."""
+
+    name: str
+    agent_status: Mapping[str, Any] | None = None
+    error: str | None = None
+
+
+def now_rfc3339() -> str:
+    """The current time as Kubernetes writes timestamps."""
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def set_condition(
+    conditions: Iterable[Mapping[str, Any]],
+    type_: str,
+    status: str,
+    reason: str,
+    message: str,
+    *,
+    generation: int | None,
+    now: str,
+) -> list[dict[str, Any]]:
+    """``conditions`` with the one of ``type_`` replaced; its transition time moves only on a change."""
+    result: list[dict[str, Any]] = []
+    transition = now
+    for condition in conditions:
+        if condition.get("type") == type_:
+            if condition.get("status") == status:
+                transition = condition.get("lastTransitionTime") or now
+        else:
+            result.append(dict(condition))
+    new: dict[str, Any] = {"type": type_, "status": status, "reason": reason, "message": message,
+                           "lastTransitionTime": transition}
+    if generation is not None:
+        new["observedGeneration"] = generation
+    result.append(new)
+    return sorted(result, key=lambda c: c["type"])
+
+
+def _hex(txid: Any) -> str | None:
+    return f"{txid:016x}" if isinstance(txid, int) else None
+
+
+def pod_entry(report: PodReport, database: str) -> dict[str, Any]:
+    """One ``status.pods`` item: the agent's view of ``database`` in that pod (TXIDs in hex)."""
+    entry: dict[str, Any] = {"name": report.name, "txid": None, "remoteTxid": None, "lagSeconds": None,
+                             "lastSync": None, "error": report.error}
+    if report.agent_status is None:
+        return entry
+    for db in report.agent_status.get("databases") or []:
+        if db.get("path") == database:
+            entry.update(txid=_hex(db.get("txid")), remoteTxid=_hex(db.get("remote_txid")),
+                         lagSeconds=db.get("lag_seconds"), lastSync=db.get("last_sync"),
+                         error=db.get("error"))
+            return entry
+    entry["error"] = f"the agent does not replicate {database}"
+    return entry
+
+
+def readiness(entries: Sequence[Mapping[str, Any]], max_lag: float) -> tuple[str, str, str]:
+    """(status, reason, message) of the Ready condition: every pod replicating within ``max_lag``."""
+    if not entries:
+        return "False", "NoPods", "no running pod carries this replica's label"
+    failing = [e for e in entries if e.get("error")]
+    if failing:
+        return "False", "AgentError", "; ".join(f"{e['name']}: {e['error']}" for e in failing)
+    unsynced = [e["name"] for e in entries if e.get("lagSeconds") is None]
+    if unsynced:
+        return "False", "NotSynced", f"no upload yet from {', '.join(unsynced)}"
+    lagging = [e for e in entries if e["lagSeconds"] > max_lag]
+    if lagging:
+        worst = ", ".join(f"{e['name']} ({e['lagSeconds']:.1f}s)" for e in lagging)
+        return "False", "Lagging", f"lag above {max_lag:g}s: {worst}"
+    return "True", "Replicating", f"{len(entries)} pod(s) replicating within {max_lag:g}s"
+
+
+def summarize(
+    reports: Iterable[PodReport],
+    *,
+    database: str,
+    max_lag: float,
+    conditions: Iterable[Mapping[str, Any]],
+    generation: int | None,
+    now: str,
+) -> dict[str, Any]:
+    """The status fields the timer owns: pods, txid, lagSeconds and the Ready condition."""
+    entries = [pod_entry(report, database) for report in sorted(reports, key=lambda r: r.name)]
+    remote = [e["remoteTxid"] for e in entries if e["remoteTxid"] is not None]
+    lags = [e["lagSeconds"] for e in entries if e["lagSeconds"] is not None]
+    ready = readiness(entries, max_lag)
+    return {
+        "pods": entries,
+        "txid": max(remote) if remote else None,  # fixed-width hex: string order is numeric order
+        "lagSeconds": max(lags) if lags else None,
+        "conditions": set_condition(conditions, READY, *ready, generation=generation, now=now),
+    }
+
+
+async def fetch_agent_status(
+    session: aiohttp.ClientSession, pod_name: str, pod_ip: str, port: int, *, time_limit: float = 5.0
+) -> PodReport:
+    """Ask one agent for its ``/status``; a failure becomes the report's error, never an exception."""
+    host = f"[{pod_ip}]" if ":" in pod_ip else pod_ip
+    try:
+        async with session.get(f"http://{host}:{port}/status",
+                               timeout=aiohttp.ClientTimeout(total=time_limit)) as response:
+            response.raise_for_status()
+            return PodReport(pod_name, agent_status=await response.json(content_type=None))
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        return PodReport(pod_name, error=f"agent unreachable: {type(exc).__name__}: {exc}".rstrip(": "))
+
+
+async def collect(
+    pods: Iterable[Mapping[str, Any]], port: int, *, time_limit: float = 5.0
+) -> list[PodReport]:
+    """Fetch every running pod's agent status concurrently."""
+    async with aiohttp.ClientSession() as session:
+        fetches = [fetch_agent_status(session, p["metadata"]["name"], p["status"]["podIP"], port,
+                                      time_limit=time_limit) for p in pods]
+        return list(await asyncio.gather(*fetches))

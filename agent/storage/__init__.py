@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import re
 import struct
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, BinaryIO, Protocol, runtime_checkable
@@ -123,11 +123,45 @@ class ReplicaClient(Protocol):
     async def delete_all(self) -> None:
         """Remove every file of this replica."""
 
+    async def close(self) -> None:
+        """Release connections (SFTP sessions, NATS); the client may not be used afterwards."""
+
+    # The lease object `<path>/lock.json` (see lifeboat.agent.lease). A version tag is the store's
+    # ETag, generation or content hash: opaque, only compared for equality by the store itself.
+
+    async def read_lock(self) -> tuple[bytes, str] | None:
+        """The lease object's body and version tag, or None when there is none."""
+
+    async def write_lock(self, body: bytes, if_match: str | None) -> str:
+        """Write the lease object if its version is still `if_match` (None: only if it is absent).
+
+        Returns the new version tag; raises PreconditionFailed when the condition does not hold.
+        """
+
+    async def delete_lock(self, if_match: str) -> None:
+        """Delete the lease object if its version is still `if_match` (PreconditionFailed if not).
+
+        An object that is already gone is not an error.
+        """
+
 
 async def read_ltx_file(client: ReplicaClient, info: FileInfo) -> bytes:
     """The whole file in memory: only for small files (L0, headers)."""
     chunks = [c async for c in client.open_ltx_file(info.level, info.min_txid, info.max_txid)]
     return b"".join(chunks)
+
+
+def select_ltx_files(
+    level: int, entries: Iterable[tuple[str, int, datetime]], seek: int = 0
+) -> list[FileInfo]:
+    """FileInfos from (base name, size, created) listing entries: LTX names only, `min >= seek`, sorted."""
+    out = []
+    for name, size, created in entries:
+        txids = parse_ltx_name(name)
+        if txids is not None and txids[0] >= seek:
+            out.append(FileInfo(level, txids[0], txids[1], size, created))
+    out.sort(key=lambda f: (f.min_txid, f.max_txid))
+    return out
 
 
 # scheme -> module under lifeboat.agent.storage; imported only when used.

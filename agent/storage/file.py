@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import os
 import shutil
+import uuid
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
-from . import ConfigError, FileInfo, NotFound, format_ltx_name, header_timestamp, parse_ltx_name, parse_replica_url
+from . import (
+    ConfigError,
+    FileInfo,
+    NotFound,
+    PreconditionFailed,
+    format_ltx_name,
+    header_timestamp,
+    parse_ltx_name,
+    parse_replica_url,
+)
 
 CHUNK = 1 << 20
 
@@ -86,7 +98,7 @@ class FileReplicaClient:
     ) -> AsyncIterator[bytes]:
         path = self.ltx_path(level, min_txid, max_txid)
         try:
-            f = open(path, "rb")  # noqa: SIM115 - closed in finally across yields
+            f = open(path, "rb")
         except FileNotFoundError:
             raise NotFound(f"{path}: no such LTX file") from None
         try:
@@ -139,3 +151,129 @@ class FileReplicaClient:
 
     async def delete_all(self) -> None:
         await asyncio.to_thread(shutil.rmtree, self.root / "ltx", True)
+
+    async def close(self) -> None:
+        """Nothing to release: every operation opens and closes its own files."""
+
+    # --- lease object -------------------------------------------------------------------------
+
+    @property
+    def lock_path(self) -> Path:
+        return self.root / "lock.json"
+
+    async def read_lock(self) -> tuple[bytes, str] | None:
+        return await asyncio.to_thread(lock_read, _LocalLockFS(), str(self.lock_path))
+
+    async def write_lock(self, body: bytes, if_match: str | None) -> str:
+        await asyncio.to_thread(self.root.mkdir, parents=True, exist_ok=True)
+        return await asyncio.to_thread(lock_write, _LocalLockFS(), str(self.lock_path), body, if_match)
+
+    async def delete_lock(self, if_match: str) -> None:
+        await asyncio.to_thread(lock_delete, _LocalLockFS(), str(self.lock_path), if_match)
+
+
+# Compare-and-swap of the lease object on a file system without conditional writes, shared with
+# the SFTP backend. Two primitives are atomic on POSIX file systems and on OpenSSH's SFTP server:
+# creating a name only if it is absent (link/rename without replace), and renaming a name away
+# (only one of several concurrent renamers wins). A replace therefore first *claims* the current
+# object by renaming it to a private name, compares it, and publishes the new body with an
+# exclusive create. Two writers racing on one version can never both win. The one gap: while a
+# claim is held the lock name is absent, so a writer that saw no lock at all can create one then,
+# and the claimant loses (PreconditionFailed) and puts nothing back.
+
+
+class LockFS(Protocol):
+    """The blocking file operations `lock_write` needs (paths are the store's own)."""
+
+    def read(self, path: str) -> bytes:
+        """The whole file; FileNotFoundError when absent."""
+
+    def create_exclusive(self, path: str, body: bytes) -> None:
+        """Publish `body` at `path` complete, or raise FileExistsError if `path` exists."""
+
+    def rename(self, src: str, dst: str) -> None:
+        """Rename `src` to a fresh name `dst`; FileNotFoundError when `src` is absent."""
+
+    def remove(self, path: str) -> None:
+        """Delete `path`; FileNotFoundError when absent."""
+
+
+def lock_tag(body: bytes) -> str:
+    """Version tag of a lease body on stores without ETags: its content hash."""
+    return hashlib.sha256(body).hexdigest()
+
+
+def lock_read(fs: LockFS, path: str) -> tuple[bytes, str] | None:
+    """The lease body and its tag, or None."""
+    try:
+        body = fs.read(path)
+    except FileNotFoundError:
+        return None
+    return body, lock_tag(body)
+
+
+def _claim(fs: LockFS, path: str, if_match: str) -> str:
+    """Rename the current lease away if it still is version `if_match`; returns the claim's name."""
+    claim = f"{path}.{uuid.uuid4().hex}.claim"
+    try:
+        fs.rename(path, claim)
+    except FileNotFoundError:
+        raise PreconditionFailed(f"{path}: lease object is gone") from None
+    current = fs.read(claim)
+    if lock_tag(current) != if_match:
+        # Someone replaced it after our read: give theirs back (unless a newer one exists already).
+        with contextlib.suppress(FileExistsError):
+            fs.create_exclusive(path, current)
+        fs.remove(claim)
+        raise PreconditionFailed(f"{path}: lease object changed")
+    return claim
+
+
+def lock_write(fs: LockFS, path: str, body: bytes, if_match: str | None) -> str:
+    """Conditional write of the lease object (see the block comment above)."""
+    claim = None if if_match is None else _claim(fs, path, if_match)
+    try:
+        fs.create_exclusive(path, body)
+    except FileExistsError:
+        raise PreconditionFailed(f"{path}: lease object exists") from None
+    finally:
+        if claim is not None:
+            fs.remove(claim)
+    return lock_tag(body)
+
+
+def lock_delete(fs: LockFS, path: str, if_match: str) -> None:
+    """Conditional delete of the lease object; an absent one is already deleted."""
+    try:
+        claim = _claim(fs, path, if_match)
+    except PreconditionFailed:
+        if lock_read(fs, path) is None:
+            return
+        raise
+    fs.remove(claim)
+
+
+class _LocalLockFS:
+    """LockFS on the local file system: exclusive create is a hard link of a complete temp file."""
+
+    def read(self, path: str) -> bytes:
+        with open(path, "rb") as f:
+            return f.read()
+
+    def create_exclusive(self, path: str, body: bytes) -> None:
+        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(body)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        finally:
+            os.unlink(tmp)
+        fsync_dir(os.path.dirname(path))
+
+    def rename(self, src: str, dst: str) -> None:
+        os.rename(src, dst)
+
+    def remove(self, path: str) -> None:
+        os.unlink(path)

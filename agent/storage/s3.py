@@ -1,0 +1,459 @@
+"""S3 and S3-compatible replicas (boto3): keys `<path>/<level %04x>/<min>-<max>.ltx`.
+
+The header timestamp goes into the object metadata `litestream-timestamp`; a listing reports
+LastModified unless asked for the metadata (one HEAD per object, as Litestream does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import posixpath
+import re
+from collections.abc import AsyncIterator, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from typing import Any, BinaryIO
+
+from . import (
+    ConfigError,
+    FileInfo,
+    NotFound,
+    PreconditionFailed,
+    StorageError,
+    Transient,
+    format_ltx_name,
+    format_timestamp,
+    header_timestamp,
+    parse_replica_url,
+    parse_timestamp,
+    select_ltx_files,
+)
+from .file import CHUNK
+from .retry import iterate_in_thread
+
+METADATA_TIMESTAMP = "litestream-timestamp"
+DEFAULT_REGION = "us-east-1"
+DEFAULT_PART_SIZE = 5 << 20
+DEFAULT_CONCURRENCY = 5
+DELETE_BATCH = 1000  # S3's DeleteObjects limit
+HEAD_CONCURRENCY = 50  # Litestream's parallelism for metadata lookups
+
+_AWS_HOST_RE = re.compile(r"^(?P<bucket>.+)\.s3[.-](?P<region>[a-z0-9-]+)\.amazonaws\.com$")
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "kib": 1 << 10,
+    "ki": 1 << 10,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "mib": 1 << 20,
+    "mi": 1 << 20,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "gib": 1 << 30,
+    "gi": 1 << 30,
+}
+_TRANSIENT_CODES = {
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestTimeout",
+    "RequestTimeTooSkewed",
+    "InternalError",
+    "ServiceUnavailable",
+    "503",
+    "500",
+}
+
+
+def parse_size(text: str | int, what: str) -> int:
+    """A byte size as Litestream writes it (`5MiB`, `10MB`, `1048576`)."""
+    if isinstance(text, int):
+        return text
+    m = _SIZE_RE.match(str(text))
+    if m is None or (m.group(2) or "").lower() not in _SIZE_UNITS:
+        raise ConfigError(f"s3 replica: invalid {what} {text!r} (expected a size such as 5MiB)")
+    return int(float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "").lower()])
+
+
+def _flag(value: Any) -> bool:
+    return value is True or str(value).lower() in ("true", "1", "yes")
+
+
+def from_settings(settings: Mapping[str, Any]) -> S3ReplicaClient:
+    """`s3://bucket[/path]?endpoint=&region=&forcePathStyle=...` and/or Litestream's S3 keys.
+
+    URL query options come first; explicit config keys override them, as in Litestream.
+    """
+    opts: dict[str, Any] = {}
+    bucket = str(settings.get("bucket") or "")
+    path = str(settings.get("path") or "")
+    region = ""
+    url = str(settings.get("url") or "")
+    if url:
+        u = parse_replica_url(url)
+        bucket, path = u.host, posixpath.normpath(u.path or ".").lstrip("/")
+        if m := _AWS_HOST_RE.match(bucket):
+            bucket, region = m.group("bucket"), m.group("region")
+        # camelCase query names are Litestream's; map them onto the config keys.
+        for key, value in u.query.items():
+            opts[re.sub(r"([A-Z])", lambda c: "-" + c.group(1).lower(), key)] = value
+    opts.update({k: v for k, v in settings.items() if v is not None and k not in ("url", "type")})
+    if not bucket:
+        raise ConfigError("s3 replica: a bucket is required (url: s3://BUCKET/PATH or bucket:)")
+    endpoint = str(opts.get("endpoint") or os.environ.get("LITESTREAM_S3_ENDPOINT") or "")
+    if endpoint and not endpoint.startswith(("http://", "https://")):
+        # Litestream's defaults: a bare host in the URL query means http, in the config https.
+        in_query = url and parse_replica_url(url).query.get("endpoint") == endpoint
+        endpoint = ("http://" if in_query else "https://") + endpoint
+    sse_key = opts.get("sse-customer-key")
+    if opts.get("sse-customer-key-path"):
+        with open(str(opts["sse-customer-key-path"]), "rb") as f:
+            sse_key = f.read().strip().decode()
+    return S3ReplicaClient(
+        bucket=bucket,
+        path=path,
+        url=url or f"s3://{bucket}/{path}",
+        region=str(opts.get("region") or region),
+        endpoint=endpoint,
+        # Custom endpoints (MinIO, R2, moto, ...) want path-style unless told otherwise.
+        force_path_style=_flag(opts["force-path-style"]) if "force-path-style" in opts else bool(endpoint),
+        skip_verify=_flag(opts.get("skip-verify", False)),
+        part_size=parse_size(opts.get("part-size", DEFAULT_PART_SIZE), "part-size"),
+        concurrency=int(opts.get("concurrency", DEFAULT_CONCURRENCY)),
+        storage_class=str(opts.get("storage-class") or ""),
+        sse_customer_algorithm=str(opts.get("sse-customer-algorithm") or ("AES256" if sse_key else "")),
+        sse_customer_key=str(sse_key or ""),
+        sse_kms_key_id=str(opts.get("sse-kms-key-id") or ""),
+        access_key_id=str(
+            opts.get("access-key-id")
+            or os.environ.get("AWS_ACCESS_KEY_ID")
+            or os.environ.get("LITESTREAM_ACCESS_KEY_ID")
+            or ""
+        ),
+        secret_access_key=str(
+            opts.get("secret-access-key")
+            or os.environ.get("AWS_SECRET_ACCESS_KEY")
+            or os.environ.get("LITESTREAM_SECRET_ACCESS_KEY")
+            or ""
+        ),
+    )
+
+
+def translate(exc: BaseException, what: str) -> StorageError:
+    """Map a botocore exception onto the storage error types; `what` names the object."""
+    from botocore import exceptions as be
+
+    if isinstance(exc, StorageError):
+        return exc
+    if isinstance(exc, be.ClientError):
+        err = exc.response.get("Error", {})
+        code = str(err.get("Code", ""))
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        msg = f"{what}: {code or status} {err.get('Message', '')}".rstrip()
+        if code in ("NoSuchKey", "NotFound", "404", "NoSuchBucket"):
+            return NotFound(msg)
+        if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412):
+            return PreconditionFailed(msg)
+        if code in _TRANSIENT_CODES or status >= 500 or status == 429:
+            return Transient(msg)
+        return StorageError(msg)
+    if isinstance(exc, be.ConnectionError | be.HTTPClientError | ConnectionError | TimeoutError):
+        return Transient(f"{what}: {exc}")
+    if isinstance(exc, be.NoCredentialsError | be.PartialCredentialsError):
+        return StorageError(f"{what}: no S3 credentials (set access-key-id/secret-access-key or AWS_*)")
+    return StorageError(f"{what}: {type(exc).__name__}: {exc}")
+
+
+class S3ReplicaClient:
+    """Replica in an S3 bucket (AWS, or any S3-compatible store through `endpoint`)."""
+
+    type = "s3"
+
+    def __init__(
+        self,
+        *,
+        bucket: str,
+        path: str,
+        url: str,
+        region: str = "",
+        endpoint: str = "",
+        force_path_style: bool = False,
+        skip_verify: bool = False,
+        part_size: int = DEFAULT_PART_SIZE,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        storage_class: str = "",
+        sse_customer_algorithm: str = "",
+        sse_customer_key: str = "",
+        sse_kms_key_id: str = "",
+        access_key_id: str = "",
+        secret_access_key: str = "",
+    ) -> None:
+        if part_size < 5 << 20:
+            raise ConfigError(f"s3 replica {url}: part-size must be at least 5MiB (S3's minimum)")
+        if concurrency < 1:
+            raise ConfigError(f"s3 replica {url}: concurrency must be at least 1")
+        self.bucket = bucket
+        self.path = path
+        self.url = url.split("?", 1)[0]  # the query may carry keys: never echo it
+        self.region = region
+        self.endpoint = endpoint
+        self.force_path_style = force_path_style
+        self.skip_verify = skip_verify
+        self.part_size = part_size
+        self.concurrency = concurrency
+        self.storage_class = storage_class
+        self.sse_customer_algorithm = sse_customer_algorithm
+        self.sse_customer_key = sse_customer_key
+        self.sse_kms_key_id = sse_kms_key_id
+        self._access_key_id = access_key_id
+        self._secret_access_key = secret_access_key
+        self._s3: Any = None
+
+    def __repr__(self) -> str:
+        return self.url
+
+    # --- keys -------------------------------------------------------------------------------
+
+    def level_prefix(self, level: int) -> str:
+        # Litestream does not normalise: `path` "" gives "/0000/...", a URL without a path "./0000/...".
+        return f"{self.path}/{level:04x}/"
+
+    def ltx_key(self, level: int, min_txid: int, max_txid: int) -> str:
+        return self.level_prefix(level) + format_ltx_name(min_txid, max_txid)
+
+    @property
+    def lock_key(self) -> str:
+        return f"{self.path}/lock.json" if self.path else "lock.json"
+
+    # --- client -----------------------------------------------------------------------------
+
+    @property
+    def s3(self) -> Any:
+        """The boto3 client, built on first use (boto3 is imported only here)."""
+        if self._s3 is None:
+            self._s3 = self._build()
+        return self._s3
+
+    def _build(self) -> Any:
+        import boto3
+        from botocore.config import Config
+
+        config = Config(
+            region_name=self.region or DEFAULT_REGION,
+            s3={"addressing_style": "path" if self.force_path_style else "auto"},
+            # aws-chunked payload checksums break S3-compatible stores (Litestream #912, #918).
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            retries={"mode": "standard", "max_attempts": 5},
+            connect_timeout=10,
+            read_timeout=60,
+            max_pool_connections=max(self.concurrency, HEAD_CONCURRENCY) + 2,
+        )
+        session = boto3.session.Session(
+            aws_access_key_id=self._access_key_id or None,
+            aws_secret_access_key=self._secret_access_key or None,
+        )
+        return session.client("s3", endpoint_url=self.endpoint or None, config=config, verify=not self.skip_verify)
+
+    def _sse(self) -> dict[str, Any]:
+        """Request parameters for server-side encryption (SSE-C applies to reads and HEADs too)."""
+        if not self.sse_customer_key:
+            return {}
+        key = self.sse_customer_key.encode()
+        if len(key) != 32:
+            # A key given base64-encoded; botocore wants the raw 32 bytes (it adds the MD5 itself).
+            key = base64.b64decode(key)
+        return {"SSECustomerAlgorithm": self.sse_customer_algorithm, "SSECustomerKey": key}
+
+    async def _call(self, what: str, method: str, /, **kwargs: Any) -> Any:
+        """One S3 request in a worker thread, with errors translated."""
+        try:
+            return await asyncio.to_thread(getattr(self.s3, method), **kwargs)
+        except Exception as exc:
+            raise translate(exc, what) from exc
+
+    # --- ReplicaClient ----------------------------------------------------------------------
+
+    async def init(self) -> None:
+        """Check the bucket exists and the credentials may use it."""
+        try:
+            await self._call(self.url, "head_bucket", Bucket=self.bucket)
+        except NotFound:
+            raise StorageError(f"s3 replica {self.url}: bucket {self.bucket!r} does not exist") from None
+        except Transient as exc:
+            raise StorageError(f"s3 replica {self.url}: cannot reach {self.endpoint or 'S3'}: {exc}") from None
+        except StorageError as exc:
+            text = str(exc)
+            if " 403" in text or "Forbidden" in text or "AccessDenied" in text or "InvalidAccessKeyId" in text:
+                text = "access denied: check the credentials (access-key-id/secret-access-key or AWS_*)"
+            raise StorageError(f"s3 replica {self.url}: {text}") from None
+
+    async def ltx_files(self, level: int, seek: int = 0, use_metadata: bool = False) -> list[FileInfo]:
+        prefix = self.level_prefix(level)
+        try:
+            files = await asyncio.to_thread(self._list, prefix, level, seek)
+            if use_metadata and files:
+                files = await asyncio.to_thread(self._with_metadata, files)
+        except Exception as exc:
+            raise translate(exc, f"{self.url}: list {prefix}") from exc
+        return files
+
+    def _list(self, prefix: str, level: int, seek: int) -> list[FileInfo]:
+        # Keys sort by name, so starting after "<prefix><seek>" skips every file below `seek`.
+        pages = self.s3.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=prefix, StartAfter=f"{prefix}{seek:016x}"
+        )
+        entries = [
+            (obj["Key"][len(prefix) :], obj["Size"], obj["LastModified"])
+            for page in pages
+            for obj in page.get("Contents", [])
+        ]
+        return select_ltx_files(level, entries, seek)
+
+    def _with_metadata(self, files: list[FileInfo]) -> list[FileInfo]:
+        def created(info: FileInfo) -> datetime:
+            key = self.ltx_key(info.level, info.min_txid, info.max_txid)
+            head = self.s3.head_object(Bucket=self.bucket, Key=key, **self._sse())
+            stamp = head.get("Metadata", {}).get(METADATA_TIMESTAMP)
+            return parse_timestamp(stamp) if stamp else info.created_at
+
+        with ThreadPoolExecutor(HEAD_CONCURRENCY) as pool:
+            stamps = list(pool.map(created, files))
+        return [FileInfo(f.level, f.min_txid, f.max_txid, f.size, ts) for f, ts in zip(files, stamps, strict=True)]
+
+    def open_ltx_file(
+        self, level: int, min_txid: int, max_txid: int, offset: int = 0, size: int | None = None
+    ) -> AsyncIterator[bytes]:
+        key = self.ltx_key(level, min_txid, max_txid)
+        what = f"{self.url}: {key}"
+
+        def chunks() -> Iterator[bytes]:
+            if size == 0:
+                return iter(())
+            rng = f"bytes={offset}-" if size is None else f"bytes={offset}-{offset + size - 1}"
+            try:
+                out = self.s3.get_object(Bucket=self.bucket, Key=key, Range=rng, **self._sse())
+            except Exception as exc:
+                err = getattr(exc, "response", {}).get("Error", {})
+                if err.get("Code") == "InvalidRange":
+                    # Reading from the end of an object: S3 answers 416 (unless the key is missing).
+                    self.s3.head_object(Bucket=self.bucket, Key=key, **self._sse())
+                    return iter(())
+                raise
+            body: Iterator[bytes] = out["Body"].iter_chunks(CHUNK)
+            return body
+
+        return iterate_in_thread(chunks, lambda exc: translate(exc, what))
+
+    async def write_ltx_file(self, level: int, min_txid: int, max_txid: int, src: BinaryIO) -> FileInfo:
+        key = self.ltx_key(level, min_txid, max_txid)
+        try:
+            return await asyncio.to_thread(self._upload, key, level, min_txid, max_txid, src)
+        except Exception as exc:
+            raise translate(exc, f"{self.url}: upload {key}") from exc
+
+    def _upload(self, key: str, level: int, min_txid: int, max_txid: int, src: BinaryIO) -> FileInfo:
+        from boto3.s3.transfer import TransferConfig
+
+        created = header_timestamp(src)
+        start = src.tell()
+        size = src.seek(0, os.SEEK_END) - start
+        src.seek(start)
+        extra: dict[str, Any] = {"Metadata": {METADATA_TIMESTAMP: format_timestamp(created)}, **self._sse()}
+        if self.storage_class:
+            extra["StorageClass"] = self.storage_class
+        if self.sse_kms_key_id:
+            extra.update(ServerSideEncryption="aws:kms", SSEKMSKeyId=self.sse_kms_key_id)
+        # One PutObject below part-size, multipart above: S3 shows neither until it is complete.
+        transfer = TransferConfig(
+            multipart_threshold=self.part_size,
+            multipart_chunksize=self.part_size,
+            max_concurrency=self.concurrency,
+            use_threads=self.concurrency > 1,
+        )
+        self.s3.upload_fileobj(src, self.bucket, key, ExtraArgs=extra, Config=transfer)
+        return FileInfo(level, min_txid, max_txid, size, created)
+
+    async def delete_ltx_files(self, files: list[FileInfo]) -> None:
+        await self._delete_keys([self.ltx_key(f.level, f.min_txid, f.max_txid) for f in files])
+
+    async def _delete_keys(self, keys: list[str]) -> None:
+        for i in range(0, len(keys), DELETE_BATCH):
+            batch = [{"Key": k} for k in keys[i : i + DELETE_BATCH]]
+            out = await self._call(
+                f"{self.url}: delete",
+                "delete_objects",
+                Bucket=self.bucket,
+                Delete={"Objects": batch, "Quiet": True},
+            )
+            # Deleting a missing key is a success in S3; anything reported here really failed.
+            if errors := out.get("Errors"):
+                first = errors[0]
+                raise StorageError(
+                    f"{self.url}: delete {first.get('Key')}: {first.get('Code')} {first.get('Message', '')}"
+                )
+
+    async def delete_all(self) -> None:
+        prefix = f"{self.path}/"
+
+        def keys() -> list[str]:
+            pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+            return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+
+        try:
+            found = await asyncio.to_thread(keys)
+        except Exception as exc:
+            raise translate(exc, f"{self.url}: list {prefix}") from exc
+        await self._delete_keys(found)
+
+    # --- lease object: S3 conditional writes (If-None-Match / If-Match) -----------------------
+
+    async def read_lock(self) -> tuple[bytes, str] | None:
+        def read() -> tuple[bytes, str]:
+            out = self.s3.get_object(Bucket=self.bucket, Key=self.lock_key)
+            return out["Body"].read(), out["ETag"]
+
+        try:
+            return await asyncio.to_thread(read)
+        except Exception as exc:
+            err = translate(exc, f"{self.url}: {self.lock_key}")
+            if isinstance(err, NotFound):
+                return None
+            raise err from exc
+
+    async def write_lock(self, body: bytes, if_match: str | None) -> str:
+        cond = {"IfNoneMatch": "*"} if if_match is None else {"IfMatch": if_match}
+        out = await self._call(
+            f"{self.url}: {self.lock_key}",
+            "put_object",
+            Bucket=self.bucket,
+            Key=self.lock_key,
+            Body=body,
+            ContentType="application/json",
+            **cond,
+        )
+        return str(out["ETag"])
+
+    async def delete_lock(self, if_match: str) -> None:
+        try:
+            await self._call(
+                f"{self.url}: {self.lock_key}",
+                "delete_object",
+                Bucket=self.bucket,
+                Key=self.lock_key,
+                IfMatch=if_match,
+            )
+        except NotFound:
+            return
+
+    async def close(self) -> None:
+        """Close the HTTP connection pool."""
+        if self._s3 is not None:
+            self._s3.close()
+            self._s3 = None

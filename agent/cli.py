@@ -1,0 +1,428 @@
+"""`lifeboat`: a drop-in for Litestream's CLI (same commands and flags, one or two dashes).
+
+Exit codes: 0 success, 1 failure, 2 usage error. Every failure is one line on stderr naming the file,
+URL or key at fault.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from . import config as cfgmod
+from .db import DatabaseError, DatabaseOptions, default_meta_dir
+from .ltx import LTXError
+from .metrics import Metrics
+from .restore import NoBackupError, RestoreError, list_levels, plan, restore
+from .server import serve
+from .sqlite import SQLiteFormatError
+from .storage import ConfigError, ReplicaClient, StorageError, new_client, parse_timestamp
+from .store import DatabaseSpec, Store
+
+log = logging.getLogger("lifeboat")
+
+
+class CLIError(Exception):
+    """A failure reported as one line on stderr with exit code 1."""
+
+
+def _version() -> str:
+    try:
+        return version("sqlite-lifeboat")
+    except PackageNotFoundError:
+        return "0.0.0-dev"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"lifeboat {self.prog.split()[-1]}: {message}\n")
+
+
+def _flag(p: argparse.ArgumentParser, name: str, **kw: Any) -> None:
+    """Accept Litestream's single-dash spelling and the double-dash one."""
+    p.add_argument(f"-{name}", f"--{name}", dest=name.replace("-", "_"), **kw)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    root = _Parser(prog="lifeboat", description="Disaster recovery for SQLite: stream the WAL to a replica.")
+    sub = root.add_subparsers(dest="command", parser_class=_Parser)
+
+    rep = sub.add_parser("replicate", help="replicate databases continuously")
+    for name in ("config", "exec", "log-level"):
+        _flag(rep, name)
+    for name in ("no-expand-env", "once", "force-snapshot", "enforce-retention", "restore-if-db-not-exists"):
+        _flag(rep, name, action="store_true")
+    rep.add_argument("args", nargs="*", metavar="DB_PATH REPLICA_URL")
+
+    res = sub.add_parser("restore", help="restore a database from its replica")
+    for name in ("config", "o", "txid", "timestamp", "integrity-check"):
+        _flag(res, name)
+    _flag(res, "parallelism", type=int, default=8)
+    for name in ("no-expand-env", "if-db-not-exists", "if-replica-exists", "dry-run", "force", "json"):
+        _flag(res, name, action="store_true")
+    res.add_argument("target", metavar="DB_PATH|REPLICA_URL")
+
+    lt = sub.add_parser("ltx", aliases=["wal"], help="list the replica's LTX files")
+    _flag(lt, "config")
+    _flag(lt, "level", default="0")
+    for name in ("no-expand-env", "json"):
+        _flag(lt, name, action="store_true")
+    lt.add_argument("target", metavar="DB_PATH|REPLICA_URL")
+
+    dbs = sub.add_parser("databases", help="list the configured databases")
+    _flag(dbs, "config")
+    for name in ("no-expand-env", "json"):
+        _flag(dbs, name, action="store_true")
+
+    st = sub.add_parser("status", help="local replication state of each database")
+    _flag(st, "config")
+    for name in ("no-expand-env", "json"):
+        _flag(st, name, action="store_true")
+    st.add_argument("db", nargs="?")
+
+    rs = sub.add_parser("reset", help="delete a database's local replication state")
+    _flag(rs, "config")
+    for name in ("no-expand-env", "dry-run"):
+        _flag(rs, name, action="store_true")
+    rs.add_argument("db")
+
+    ver = sub.add_parser("version", help="print the version")
+    _flag(ver, "verbose", action="store_true")
+    return root
+
+
+# ---- configuration helpers ---------------------------------------------------------------------
+
+
+def _load(args: argparse.Namespace, required: bool = True) -> cfgmod.Config | None:
+    path = args.config or cfgmod.default_config_path()
+    if not args.config and not os.path.exists(path):
+        if required:
+            raise CLIError(f"config file not found: {path} (pass -config or a DB path and replica URL)")
+        return None
+    if not os.path.exists(path):
+        raise CLIError(f"config file not found: {path}")
+    return cfgmod.load_config(path, expand=not args.no_expand_env)
+
+
+def _db_options(db: cfgmod.DBConfig) -> DatabaseOptions:
+    return DatabaseOptions(
+        meta_path=db.meta_path,
+        busy_timeout=db.busy_timeout,
+        min_checkpoint_page_count=db.min_checkpoint_page_count,
+        truncate_page_n=db.truncate_page_n,
+        checkpoint_interval=db.checkpoint_interval,
+        max_sync_wal_bytes=db.max_sync_wal_bytes,
+    )
+
+
+def _find_db(conf: cfgmod.Config, path: str) -> cfgmod.DBConfig:
+    want = os.path.abspath(os.path.expanduser(path))
+    for db in conf.dbs:
+        if db.path == want:
+            return db
+    raise CLIError(f"database not found in config {conf.source}: {want}")
+
+
+def _client_for(args: argparse.Namespace, target: str) -> tuple[ReplicaClient, cfgmod.DBConfig | None]:
+    """A replica URL, or a database path looked up in the config."""
+    if "://" in target:
+        return new_client({"url": target}), None
+    conf = _load(args)
+    assert conf is not None
+    db = _find_db(conf, target)
+    if db.replica is None:
+        raise CLIError(f"{conf.source}: database {db.path} has no replica")
+    return new_client(db.replica.settings), db
+
+
+# ---- commands ----------------------------------------------------------------------------------
+
+
+def _setup_logging(level: str, kind: str = "text") -> None:
+    level = os.environ.get("LOG_LEVEL", level).upper()
+    handler = logging.StreamHandler(sys.stderr)
+    if kind == "json":
+        handler.setFormatter(_JSONFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(getattr(logging, level, logging.INFO))
+
+
+class _JSONFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps({
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname, "logger": record.name, "msg": record.getMessage(),
+        })
+
+
+def cmd_replicate(args: argparse.Namespace) -> int:
+    if args.args:
+        if args.config:
+            raise CLIError("cannot use -config together with a DB path and replica URL")
+        if len(args.args) != 2:
+            raise CLIError("replicate takes exactly one DB path and one replica URL")
+        conf = cfgmod.config_for_db(args.args[0], args.args[1])
+        if not os.path.exists(conf.dbs[0].path):
+            raise CLIError(f"{conf.dbs[0].path}: database does not exist")
+    else:
+        conf = _load(args)
+        assert conf is not None
+    if (args.force_snapshot or args.enforce_retention) and not args.once:
+        raise CLIError("-force-snapshot and -enforce-retention require -once")
+    _setup_logging(args.log_level or conf.logging_level, conf.logging_type)
+    specs = []
+    for db in conf.dbs:
+        if db.replica is None:
+            raise CLIError(f"{conf.source}: database {db.path} has no replica")
+        client = new_client(db.replica.settings)
+        specs.append(DatabaseSpec(db.path, client, _db_options(db), db.monitor_interval, db.replica.sync_interval))
+    if args.restore_if_db_not_exists or any(db.restore_if_db_not_exists for db in conf.dbs):
+        for db, spec in zip(conf.dbs, specs, strict=True):
+            if (args.restore_if_db_not_exists or db.restore_if_db_not_exists) and not os.path.exists(db.path):
+                try:
+                    asyncio.run(restore(spec.client, db.path))
+                    log.info("restored %s from %r", db.path, spec.client)
+                except NoBackupError:
+                    log.info("no backup for %s: starting fresh", db.path)
+    return asyncio.run(_replicate(conf, specs, once=args.once))
+
+
+async def _replicate(conf: cfgmod.Config, specs: list[DatabaseSpec], *, once: bool) -> int:
+    metrics = Metrics()
+    store = Store(specs, hook=metrics.observe)
+    await store.open()
+    if once:
+        try:
+            await store.sync_once()
+        finally:
+            store.close()
+        return 0
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    server = None
+    if conf.addr:
+        server = await serve(conf.addr, store, metrics)
+    for r in store.runners:
+        log.info("replicating %s to %s", r.db.path, r.replica.url)
+    try:
+        await store.run(stop, conf.shutdown_sync_timeout)
+    finally:
+        if server is not None:
+            server.close()
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    client, db = _client_for(args, args.target)
+    output = args.o or (db.path if db is not None else None)
+    if output is None:
+        raise CLIError("restore from a replica URL needs an output path (-o)")
+    if args.txid and args.timestamp:
+        raise CLIError("cannot specify both -txid and -timestamp")
+    txid = _parse_txid(args.txid) if args.txid else None
+    ts = _parse_ts(args.timestamp) if args.timestamp else None
+    check = (args.integrity_check or "none").lower()
+    if check not in ("none", "quick", "full"):
+        raise CLIError(f"invalid -integrity-check {args.integrity_check!r}: expected none, quick or full")
+    out = os.path.abspath(output)
+    if os.path.exists(out) and not args.dry_run:
+        if args.if_db_not_exists:
+            print(f"database already exists, skipping restore: {out}", file=sys.stderr)
+            return 0
+        if not args.force:
+            raise CLIError(f"output database already exists: {out} (use -force to overwrite)")
+    if not os.path.isdir(os.path.dirname(out)):
+        raise CLIError(f"output directory does not exist: {os.path.dirname(out)}")
+    if args.dry_run:
+        return asyncio.run(_dry_run(client, txid, ts, args.json))
+    if args.force and not args.dry_run:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            if os.path.exists(out + suffix):
+                os.unlink(out + suffix)
+    started = time.monotonic()
+    try:
+        result = asyncio.run(restore(client, out, txid=txid, timestamp=ts, parallelism=args.parallelism,
+                                     integrity_check=check))
+    except NoBackupError:
+        if args.if_replica_exists:
+            print(f"no backup found in {client!r}, skipping restore", file=sys.stderr)
+            return 0
+        raise CLIError(f"{client!r}: no matching backup files available") from None
+    if args.json:
+        print(json.dumps({"db_path": result.path, "replica": repr(client), "txid": f"{result.txid:016x}",
+                          "duration_ms": int((time.monotonic() - started) * 1000),
+                          "integrity_check": result.integrity_check}))
+    else:
+        print(f"restored {result.path} to txid {result.txid:016x} from {result.files} file(s)", file=sys.stderr)
+    return 0
+
+
+async def _dry_run(client: ReplicaClient, txid: int | None, ts: datetime | None, as_json: bool) -> int:
+    files = plan(await list_levels(client, ts is not None), txid=txid, timestamp=ts)
+    rows = [{"level": f.level, "name": f.name, "min_txid": f"{f.min_txid:016x}", "max_txid": f"{f.max_txid:016x}",
+             "size": f.size, "timestamp": f.created_at.isoformat()} for f in files]
+    if as_json:
+        print(json.dumps(rows))
+    else:
+        for r in rows:
+            print(f"level={r['level']} {r['name']} size={r['size']} created={r['timestamp']}")
+    return 0
+
+
+def _parse_txid(text: str) -> int:
+    try:
+        value = int(text, 16)
+    except ValueError:
+        raise CLIError(f"invalid -txid {text!r}: expected a hexadecimal TXID") from None
+    if value <= 0:
+        raise CLIError(f"invalid -txid {text!r}: must be positive")
+    return value
+
+
+def _parse_ts(text: str) -> datetime:
+    try:
+        return parse_timestamp(text)
+    except ValueError:
+        raise CLIError(f"invalid -timestamp {text!r}: expected RFC3339, e.g. 2026-01-02T15:04:05Z") from None
+
+
+def cmd_ltx(args: argparse.Namespace) -> int:
+    client, _ = _client_for(args, args.target)
+    if args.level == "all":
+        levels = list(range(10))
+    else:
+        try:
+            levels = [int(args.level)]
+        except ValueError:
+            raise CLIError(f"invalid -level {args.level!r}: expected 0-9 or all") from None
+        if not 0 <= levels[0] <= 9:
+            raise CLIError(f"invalid -level {args.level!r}: expected 0-9 or all")
+
+    async def listing() -> list[dict[str, Any]]:
+        rows = []
+        for lvl in levels:
+            for f in await client.ltx_files(lvl):
+                rows.append({"level": lvl, "min_txid": f"{f.min_txid:016x}", "max_txid": f"{f.max_txid:016x}",
+                             "size": f.size, "created": f.created_at.strftime("%Y-%m-%dT%H:%M:%SZ")})
+        return rows
+
+    rows = asyncio.run(listing())
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        print(f"{'level':<6}{'min_txid':<18}{'max_txid':<18}{'size':>10}  created")
+        for r in rows:
+            print(f"{r['level']:<6}{r['min_txid']:<18}{r['max_txid']:<18}{r['size']:>10}  {r['created']}")
+    return 0
+
+
+def cmd_databases(args: argparse.Namespace) -> int:
+    conf = _load(args)
+    assert conf is not None
+    rows = [{"path": db.path, "replica": db.replica.type if db.replica else None} for db in conf.dbs]
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        print(f"{'path':<50}replica")
+        for r in rows:
+            print(f"{r['path']:<50}{r['replica']}")
+    return 0
+
+
+def _local_status(db: cfgmod.DBConfig) -> dict[str, Any]:
+    meta = Path(db.meta_path or default_meta_dir(db.path))
+    txid = 0
+    l0 = meta / "ltx" / "0"
+    if l0.is_dir():
+        names = sorted(n for n in os.listdir(l0) if n.endswith(".ltx"))
+        if names:
+            txid = int(names[-1][17:33], 16)
+    wal = db.path + "-wal"
+    status = "ok" if txid else "not initialized"
+    if not os.path.exists(db.path):
+        status = "no database"
+    return {"path": db.path, "status": status, "txid": f"{txid:016x}",
+            "wal_size": os.path.getsize(wal) if os.path.exists(wal) else 0}
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    conf = _load(args)
+    assert conf is not None
+    dbs = [_find_db(conf, args.db)] if args.db else conf.dbs
+    rows = [_local_status(db) for db in dbs]
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        print(f"{'database':<50}{'status':<18}{'local txid':<18}wal size")
+        for r in rows:
+            print(f"{r['path']:<50}{r['status']:<18}{r['txid']:<18}{r['wal_size']}")
+    return 0
+
+
+def cmd_reset(args: argparse.Namespace) -> int:
+    path = os.path.abspath(args.db)
+    meta_path = None
+    conf = _load(args, required=False)
+    if conf is not None:
+        meta_path = next((d.meta_path for d in conf.dbs if d.path == path), None)
+    if not os.path.exists(path):
+        raise CLIError(f"{path}: database does not exist")
+    target = Path(meta_path or default_meta_dir(path)) / "ltx"
+    if args.dry_run:
+        print(f"would remove {target}")
+        return 0
+    shutil.rmtree(target, ignore_errors=True)
+    print(f"reset local state of {path}: removed {target}")
+    return 0
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    print(f"lifeboat v{_version()}")
+    return 0
+
+
+COMMANDS = {
+    "replicate": cmd_replicate, "restore": cmd_restore, "ltx": cmd_ltx, "wal": cmd_ltx,
+    "databases": cmd_databases, "status": cmd_status, "reset": cmd_reset, "version": cmd_version,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `lifeboat` command."""
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        return 1
+    except (CLIError, ConfigError, DatabaseError, RestoreError, StorageError, LTXError, SQLiteFormatError) as exc:
+        print(f"lifeboat {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"lifeboat {args.command}: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

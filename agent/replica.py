@@ -1,0 +1,100 @@
+"""`Replica`: ships a database's local L0 files to one `ReplicaClient` and tracks the remote position."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass
+
+from .db import Database, DatabaseError
+from .storage import FileInfo, ReplicaClient, StorageError
+
+log = logging.getLogger("lifeboat.replica")
+
+
+@dataclass
+class UploadStats:
+    """Counters the metrics and `/status` read."""
+
+    uploads: int = 0
+    bytes: int = 0
+    errors: int = 0
+    last_upload: float | None = None  # wall clock
+    last_error: str | None = None
+
+
+class Replica:
+    """The remote copy of one database."""
+
+    def __init__(self, db: Database, client: ReplicaClient, *, sync_interval: float = 1.0) -> None:
+        self.db = db
+        self.client = client
+        self.sync_interval = sync_interval
+        self.pos = 0  # highest L0 TXID known to be durable in the replica
+        self.stats = UploadStats()
+        self.committed_at: dict[int, float] = {}  # txid -> when its L0 file was written (lag metric)
+        self._lock = asyncio.Lock()
+
+    @property
+    def url(self) -> str:
+        return repr(self.client)
+
+    async def init(self) -> None:
+        """Reach the store and learn the remote position (max L0 TXID, or any level's max)."""
+        await self.client.init()
+        self.pos = await self.remote_max_txid()
+
+    async def remote_max_txid(self) -> int:
+        """The replica's newest TXID: L0's maximum, else the highest of the compacted levels."""
+        files = await self.client.ltx_files(0)
+        if files:
+            return files[-1].max_txid
+        best = 0
+        for level in range(1, 10):
+            lf = await self.client.ltx_files(level)
+            if lf:
+                best = max(best, lf[-1].max_txid)
+        return best
+
+    async def sync(self) -> list[FileInfo]:
+        """Upload every local L0 file above the remote position, in TXID order."""
+        async with self._lock:
+            uploaded: list[FileInfo] = []
+            for txid in self.db.local_l0_txids():
+                if txid <= self.pos:
+                    continue
+                if txid != self.pos + 1 and self.pos != 0:
+                    raise DatabaseError(
+                        f"{self.db.path}: local L0 files jump from {self.pos} to {txid}; "
+                        "run `lifeboat reset` on this database"
+                    )
+                path = self.db.l0_path(txid)
+                with open(path, "rb") as f:
+                    info = await self.client.write_ltx_file(0, txid, txid, f)
+                self.pos = txid
+                self.stats.uploads += 1
+                self.stats.bytes += info.size
+                self.stats.last_upload = time.time()
+                uploaded.append(info)
+            self.stats.last_error = None
+            return uploaded
+
+    async def sync_with_retry(self, stop: asyncio.Event | None = None, deadline: float | None = None) -> None:
+        """`sync`, retrying failures with exponential backoff and full jitter until it succeeds."""
+        delay = 0.05
+        while True:
+            try:
+                await self.sync()
+                return
+            except (StorageError, OSError) as exc:
+                self.stats.errors += 1
+                self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("replica %s: upload failed, retrying: %s", self.url, exc)
+                if deadline is not None and time.monotonic() + delay > deadline:
+                    raise
+                if stop is not None and stop.is_set():
+                    raise
+                await asyncio.sleep(random.uniform(0, delay))
+                delay = min(delay * 2, 10.0)

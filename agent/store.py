@@ -1,0 +1,236 @@
+"""`Store`: the databases of one agent process, each followed and shipped by its own pair of tasks.
+
+Per database, one task turns WAL changes into L0 files (woken by inotify on the database's
+directory, with a cheap stat poll every `monitor-interval` as a fallback) and one task uploads them,
+so a slow or failing store never stops local capture, and local capture never waits for uploads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from .db import Database, DatabaseOptions, SyncResult
+from .replica import Replica
+from .storage import ReplicaClient, format_timestamp
+
+log = logging.getLogger("lifeboat.store")
+
+Hook = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass
+class DatabaseSpec:
+    """What the store needs to replicate one database."""
+
+    path: str
+    client: ReplicaClient
+    options: DatabaseOptions = field(default_factory=DatabaseOptions)
+    monitor_interval: float = 1.0
+    sync_interval: float = 1.0
+
+
+class DatabaseRunner:
+    """Follows one database and ships it to its replica."""
+
+    def __init__(self, spec: DatabaseSpec, hook: Hook | None = None) -> None:
+        self.spec = spec
+        self.db = Database(spec.path, spec.options)
+        self.replica = Replica(self.db, spec.client, sync_interval=spec.sync_interval)
+        self.hook = hook or (lambda event, fields: None)
+        self.last_sync: float | None = None
+        self.last_error: str | None = None
+        self.seen_at: dict[int, float] = {}
+        self._changed = asyncio.Event()
+        self._new_ltx = asyncio.Event()
+        self._lock = asyncio.Lock()
+        # Object stores bill per request: at most one L0 per sync-interval, the first change after a
+        # quiet period immediately. A directory replica ships every change at once.
+        self._min_gap = 0.0 if spec.client.type == "file" else spec.sync_interval
+        self._last_capture = 0.0
+
+    async def open(self) -> None:
+        """Open the database and the replica, and reconcile their positions."""
+        await asyncio.to_thread(self.db.open)
+        await self.replica.init()
+        if self.replica.pos > self.db.pos:
+            log.info("%s: replica is at txid %d, local at %d; continuing above the replica",
+                     self.db.path, self.replica.pos, self.db.pos)
+            await asyncio.to_thread(self.db.set_replica_position, self.replica.pos)
+
+    async def capture(self) -> SyncResult:
+        """One sync of the WAL into L0 files, then a checkpoint if the policy says so."""
+        async with self._lock:
+            seen = time.time()
+            result = await asyncio.to_thread(self.db.sync)
+            mode = self.db.checkpoint_mode_due()
+            if mode is not None:
+                t0 = time.monotonic()
+                more = await asyncio.to_thread(self.db.checkpoint, mode)
+                result.txids += more.txids
+                self.hook("checkpoint", {"db": self.db.path, "mode": mode, "seconds": time.monotonic() - t0})
+            for txid in result.txids:
+                self.seen_at[txid] = seen
+            if result.txids:
+                self.last_sync = time.time()
+                self._new_ltx.set()
+                self.hook("sync", {"db": self.db.path, "txids": result.txids, "wal_bytes": result.wal_bytes,
+                                   "snapshot": result.snapshot})
+            return result
+
+    async def upload(self, stop: asyncio.Event | None = None, deadline: float | None = None) -> None:
+        """Ship every local L0 file the replica lacks (retrying transient failures)."""
+        before = self.replica.pos
+        await self.replica.sync_with_retry(stop, deadline)
+        now = time.time()
+        for txid in range(before + 1, self.replica.pos + 1):
+            seen = self.seen_at.pop(txid, None)
+            if seen is not None:
+                self.hook("uploaded", {"db": self.db.path, "txid": txid, "lag": now - seen,
+                                       "replica_type": self.replica.client.type})
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Capture and upload until `stop` is set, then a final sync."""
+        tasks = [
+            asyncio.create_task(self._capture_loop(stop)),
+            asyncio.create_task(self._upload_loop(stop)),
+            asyncio.create_task(self._watch(stop)),
+            asyncio.create_task(self._poll(stop)),
+        ]
+        try:
+            await stop.wait()
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def final_sync(self, timeout: float) -> None:
+        """Capture what the application committed last and make it durable in the replica."""
+        await self.capture()
+        await self.upload(deadline=time.monotonic() + timeout)
+
+    async def _capture_loop(self, stop: asyncio.Event) -> None:
+        self._changed.set()  # the first pass writes the initial snapshot or catches up
+        while not stop.is_set():
+            await self._changed.wait()
+            self._changed.clear()
+            gap = self._last_capture + self._min_gap - time.monotonic()
+            if gap > 0:
+                await asyncio.sleep(gap)
+            self._last_capture = time.monotonic()
+            try:
+                await self.capture()
+                self.last_error = None
+            except Exception as exc:  # keep following the database; the error is reported in status
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.error("%s: sync failed: %s", self.db.path, exc)
+                self.hook("sync_error", {"db": self.db.path, "error": self.last_error})
+                await asyncio.sleep(self.spec.monitor_interval)
+                self._changed.set()
+
+    async def _upload_loop(self, stop: asyncio.Event) -> None:
+        self._new_ltx.set()
+        while not stop.is_set():
+            await self._new_ltx.wait()
+            self._new_ltx.clear()
+            try:
+                await self.upload(stop)
+            except Exception as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.error("replica %s: %s", self.replica.url, exc)
+                await asyncio.sleep(self.spec.monitor_interval)
+                self._new_ltx.set()
+
+    async def _watch(self, stop: asyncio.Event) -> None:
+        try:
+            from asyncinotify import Inotify, Mask
+        except ImportError:  # not Linux: the poll alone detects changes
+            return
+        wal_name = os.path.basename(self.db.wal_path)
+        with Inotify() as inotify:
+            inotify.add_watch(os.path.dirname(self.db.path), Mask.MODIFY | Mask.CREATE | Mask.MOVED_TO)
+            async for event in inotify:
+                if event.name is not None and str(event.name) == wal_name:
+                    self._changed.set()
+
+    async def _poll(self, stop: asyncio.Event) -> None:
+        last: tuple[int, int] | None = None
+        while not stop.is_set():
+            await asyncio.sleep(self.spec.monitor_interval)
+            try:
+                st = os.stat(self.db.wal_path)
+                cur = (st.st_size, st.st_mtime_ns)
+            except FileNotFoundError:
+                cur = (0, 0)
+            if cur != last or self.db.checkpoint_mode_due() is not None:
+                self._changed.set()
+            last = cur
+
+    def status(self) -> dict[str, Any]:
+        """What `/status` reports for this database."""
+        lag = None
+        if self.replica.pos < self.db.pos and self.seen_at:
+            lag = time.time() - min(self.seen_at.values())
+        elif self.replica.pos >= self.db.pos:
+            lag = 0.0
+        last_upload = self.replica.stats.last_upload
+        return {
+            "path": self.db.path,
+            "txid": self.db.pos,
+            "remote_txid": self.replica.pos,
+            "replica": self.replica.url,
+            "last_sync": _rfc3339(self.last_sync),
+            "last_upload": _rfc3339(last_upload),
+            "last_upload_age_seconds": None if last_upload is None else round(time.time() - last_upload, 3),
+            "lag_seconds": None if lag is None else round(lag, 3),
+            "error": self.last_error or self.replica.stats.last_error,
+        }
+
+
+def _rfc3339(ts: float | None) -> str | None:
+    return None if ts is None else format_timestamp(datetime.fromtimestamp(ts, UTC))
+
+
+class Store:
+    """Every database of one agent process."""
+
+    def __init__(self, specs: list[DatabaseSpec], hook: Hook | None = None) -> None:
+        self.runners = [DatabaseRunner(s, hook) for s in specs]
+
+    async def open(self) -> None:
+        """Open every database and replica; the first failure stops start-up with its message."""
+        for runner in self.runners:
+            await runner.open()
+
+    async def run(self, stop: asyncio.Event, shutdown_timeout: float = 30.0) -> None:
+        """Replicate until `stop`, then give every database a final sync."""
+        try:
+            await asyncio.gather(*(r.run(stop) for r in self.runners))
+        finally:
+            for r in self.runners:
+                try:
+                    await r.final_sync(shutdown_timeout)
+                except Exception as exc:  # report every database's failure, not just the first
+                    log.error("%s: final sync failed: %s", r.db.path, exc)
+                r.db.close()
+
+    async def sync_once(self) -> None:
+        """One capture and upload of every database (`replicate -once`)."""
+        for r in self.runners:
+            await r.capture()
+            await r.upload(deadline=time.monotonic() + 30)
+
+    def statuses(self) -> list[dict[str, Any]]:
+        """`/status` of every database."""
+        return [r.status() for r in self.runners]
+
+    def close(self) -> None:
+        """Release every database without a final sync."""
+        for r in self.runners:
+            r.db.close()

@@ -43,6 +43,15 @@ class Options:
     native_sidecar: bool = True
 
 
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """The same sources as :func:`kube.load_api_client`: the service account, else ``$KUBECONFIG``.
+
+    kopf's client-library login reads the kubeconfig path frozen at import time; these read it now.
+    """
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
 @kopf.on.startup()
 async def configure(
     settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any
@@ -52,6 +61,8 @@ async def configure(
     # kopf's own bookkeeping goes into annotations: the status schema is structural and would prune it.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=specs.GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=specs.GROUP)
+    # The status timer needs a finalizer (kopf stops it before the object goes); name it as ours.
+    settings.persistence.finalizer = f"{specs.GROUP}/finalizer"
     # Events for warnings and our own explicit ones; not one per successful handler run.
     settings.posting.level = logging.WARNING
     # Exact namespaces need no namespace scanning; the chart installs the CRD before the operator.

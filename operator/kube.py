@@ -6,6 +6,7 @@ dicts (``_preload_content=False``): the operator's logic works on dicts, never o
 
 import asyncio
 import json
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -27,7 +28,9 @@ def load_api_client() -> kubernetes.client.ApiClient:
     try:
         kubernetes.config.load_incluster_config(client_configuration=configuration)
     except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config(client_configuration=configuration)
+        # Read $KUBECONFIG now: the client library's default was frozen when it was imported.
+        kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"),
+                                           client_configuration=configuration)
     return kubernetes.client.ApiClient(configuration)
 
 

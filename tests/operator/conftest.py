@@ -1,0 +1,97 @@
+"""Fixtures: a Kubernetes API emulated by kmock over HTTP, and the real operator (kopf) running against it."""
+
+import asyncio
+import contextlib
+import pathlib
+import threading
+from collections.abc import AsyncIterator
+from typing import Any
+
+import kmock
+import kopf
+import pytest
+import yaml
+from kube_helpers import NAMESPACE, REPO, free_port
+from lifeboat.operator import handlers, webhook
+
+
+@pytest.fixture
+def k8s(kmock: kmock.KubernetesEmulator) -> kmock.KubernetesEmulator:
+    """kmock with the built-in kinds and the SQLiteReplica CRD's resource."""
+    kmock.resources.load_bundled()
+    crd = yaml.safe_load((REPO / "crds" / "sqlitereplicas.yaml").read_text())
+    kmock.resources[f"lifeboat.dev/v1alpha1/{crd['spec']['names']['plural']}"] = kmock_resource_info(crd)
+    return kmock
+
+
+def kmock_resource_info(crd: dict[str, Any]) -> "kmock.ResourceInfo":
+    """The discovery entry a real API server would publish for the CRD."""
+    names = crd["spec"]["names"]
+    return kmock.ResourceInfo(
+        kind=names["kind"], singular=names["singular"], namespaced=crd["spec"]["scope"] == "Namespaced",
+        shortnames=set(names["shortNames"]), categories=set(names["categories"]),
+        verbs={"get", "list", "watch", "create", "update", "patch", "delete"}, subresources={"status"})
+
+
+@pytest.fixture
+def kubeconfig(
+    k8s: kmock.KubernetesEmulator, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Point both kopf and the operator's API client at kmock."""
+    config = {
+        "apiVersion": "v1", "kind": "Config", "current-context": "kmock",
+        "clusters": [{"name": "kmock", "cluster": {"server": str(k8s.url).rstrip("/")}}],
+        "users": [{"name": "test", "user": {"token": "test-token"}}],
+        "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "test"}}],
+    }
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+    monkeypatch.setenv("KUBECONFIG", str(path))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+
+
+@pytest.fixture
+def tls(tmp_path: pathlib.Path) -> webhook.TLSBundle:
+    """A CA and a serving certificate for 127.0.0.1, written where the operator reads them."""
+    bundle = webhook.generate_certificate(["localhost", "127.0.0.1"])
+    bundle.write(tmp_path / "tls")
+    return bundle
+
+
+@pytest.fixture
+async def operator(
+    k8s: kmock.KubernetesEmulator, kubeconfig: None, tls: webhook.TLSBundle, tmp_path: pathlib.Path
+) -> AsyncIterator[handlers.Options]:
+    """The operator, as ``lifeboat-operator -n apps`` runs it, until its webhook port is open.
+
+    It runs in a thread with its own event loop, as in production: on exit kopf cancels every task
+    of its loop, which would include the test's own.
+    """
+    options = handlers.Options(namespaces=(NAMESPACE,), webhook_addr="127.0.0.1", webhook_port=free_port(),
+                               tls_dir=tmp_path / "tls", agent_image="lifeboat:test")
+    stop = threading.Event()
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(kopf.operator(standalone=True, clusterwide=False, namespaces=[NAMESPACE],
+                                      memo=kopf.Memo(options=options), stop_flag=stop))
+        except BaseException as exc:
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name="operator", daemon=True)
+    thread.start()
+    try:
+        async with asyncio.timeout(20):
+            while not failure:
+                with contextlib.suppress(OSError):
+                    _, writer = await asyncio.open_connection("127.0.0.1", options.webhook_port)
+                    writer.close()
+                    break
+                await asyncio.sleep(0.1)
+        assert not failure, failure
+        yield options
+    finally:
+        stop.set()
+        await asyncio.to_thread(thread.join, 20)
+    assert not thread.is_alive(), "the operator did not stop"

@@ -1,0 +1,146 @@
+"""The operator's resource handlers, run by kopf against kmock over HTTP."""
+
+import base64
+from typing import Any
+
+import aiohttp.web
+import kmock
+import pytest
+import yaml
+from kube_helpers import NAMESPACE, create, eventually, make_replica
+from lifeboat.operator import handlers
+
+SECRET_VALUE = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY"
+REPLICAS = "/apis/lifeboat.dev/v1alpha1/namespaces/apps/sqlitereplicas"
+
+
+def stored(k8s: kmock.KubernetesEmulator, resource: str, name: str) -> dict[str, Any] | None:
+    """The current state of an object in kmock, or None."""
+    try:
+        obj = k8s.objects[resource, NAMESPACE, name]
+    except KeyError:
+        return None
+    return None if obj.deleted else dict(obj.raw)
+
+
+def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any] | None:
+    for cond in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if cond["type"] == type_:
+            return cond
+    return None
+
+
+async def create_secret(k8s: kmock.KubernetesEmulator, **data: str) -> None:
+    encoded = {key: base64.b64encode(value.encode()).decode() for key, value in data.items()}
+    await create(k8s, f"/api/v1/namespaces/{NAMESPACE}/secrets",
+                 {"apiVersion": "v1", "kind": "Secret",
+                  "metadata": {"name": "s3-creds", "namespace": NAMESPACE}, "data": encoded})
+
+
+async def test_replica_gets_owned_configmap_and_conditions(
+    k8s: kmock.KubernetesEmulator, operator: handlers.Options
+) -> None:
+    await create_secret(k8s, AWS_ACCESS_KEY_ID="AKIAEXAMPLE", AWS_SECRET_ACCESS_KEY=SECRET_VALUE)
+    await create(k8s, REPLICAS, make_replica())
+
+    configmap = await eventually(lambda: stored(k8s, "v1/configmaps", "db-lifeboat"))
+    config = yaml.safe_load(configmap["data"]["lifeboat.yml"])
+    assert config == {
+        "addr": ":9090",
+        "dbs": [{"path": "/data/app.db", "replica": {
+            "url": "s3://backups/app", "endpoint": "http://minio:9000", "force-path-style": True,
+            "sync-interval": "1s"}}],
+    }
+    owner = configmap["metadata"]["ownerReferences"][0]
+    assert (owner["kind"], owner["name"], owner["uid"]) == ("SQLiteReplica", "db", "uid-db")
+    assert owner["controller"] is True
+    assert SECRET_VALUE not in yaml.safe_dump(configmap)
+
+    replica = await eventually(lambda: condition(stored(k8s, "lifeboat.dev/v1alpha1/sqlitereplicas", "db"),
+                                                 "CredentialsReady") and stored(
+        k8s, "lifeboat.dev/v1alpha1/sqlitereplicas", "db"))
+    assert condition(replica, "ConfigReady")["status"] == "True"
+    assert condition(replica, "CredentialsReady")["status"] == "True"
+    assert replica["status"]["configMap"] == "db-lifeboat"
+    assert SECRET_VALUE not in yaml.safe_dump(replica)
+
+
+async def test_missing_secret_is_a_false_condition_and_a_warning_event(
+    k8s: kmock.KubernetesEmulator, operator: handlers.Options
+) -> None:
+    await create(k8s, REPLICAS, make_replica())
+
+    def credentials() -> dict[str, Any] | None:
+        return condition(stored(k8s, "lifeboat.dev/v1alpha1/sqlitereplicas", "db"), "CredentialsReady")
+
+    cond = await eventually(credentials)
+    assert (cond["status"], cond["reason"]) == ("False", "SecretNotFound")
+    assert "s3-creds" in cond["message"]
+
+    def warnings() -> list[dict[str, Any]]:
+        return [obj.raw for (resource, _, _), obj in k8s.objects.items()
+                if resource.plural == "events" and obj.raw.get("reason") == "SecretNotFound"]
+
+    event = (await eventually(warnings))[0]
+    assert event["type"] == "Warning"
+    assert event["involvedObject"]["name"] == "db"
+
+
+async def test_secret_without_needed_keys_is_reported_by_name_only(
+    k8s: kmock.KubernetesEmulator, operator: handlers.Options
+) -> None:
+    await create_secret(k8s, AWS_ACCESS_KEY_ID="AKIAEXAMPLE", OTHER=SECRET_VALUE)
+    await create(k8s, REPLICAS, make_replica())
+
+    def credentials() -> dict[str, Any] | None:
+        return condition(stored(k8s, "lifeboat.dev/v1alpha1/sqlitereplicas", "db"), "CredentialsReady")
+
+    cond = await eventually(credentials)
+    assert (cond["status"], cond["reason"]) == ("False", "SecretKeysMissing")
+    assert "AWS_SECRET_ACCESS_KEY" in cond["message"]
+    assert SECRET_VALUE not in cond["message"]
+
+
+async def test_timer_collects_agent_status_into_pods_and_ready(
+    k8s: kmock.KubernetesEmulator, operator: handlers.Options, aiohttp_agent: int
+) -> None:
+    await create_secret(k8s, AWS_ACCESS_KEY_ID="AKIAEXAMPLE", AWS_SECRET_ACCESS_KEY=SECRET_VALUE)
+    await create(k8s, f"/api/v1/namespaces/{NAMESPACE}/pods", {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "app-0", "namespace": NAMESPACE, "labels": {"lifeboat.dev/replica": "db"}},
+        "spec": {"containers": [{"name": "app", "image": "app:1"}]},
+        "status": {"phase": "Running", "podIP": "127.0.0.1"},
+    })
+    await create(k8s, REPLICAS, make_replica(agent={"metricsPort": aiohttp_agent}, maxLag="30s"))
+
+    def ready() -> dict[str, Any] | None:
+        obj = stored(k8s, "lifeboat.dev/v1alpha1/sqlitereplicas", "db")
+        return obj if condition(obj, "Ready") and (obj or {}).get("status", {}).get("pods") else None
+
+    replica = await eventually(ready)
+    assert replica["status"]["pods"] == [{
+        "name": "app-0", "txid": "0000000000000012", "remoteTxid": "0000000000000011", "lagSeconds": 0.5,
+        "lastSync": "2026-01-01T00:00:00Z", "error": None}]
+    assert replica["status"]["txid"] == "0000000000000011"
+    assert condition(replica, "Ready")["status"] == "True"
+
+
+@pytest.fixture
+async def aiohttp_agent() -> Any:
+    """A stand-in agent answering ``/status`` on 127.0.0.1; yields its port."""
+    async def status(_: aiohttp.web.Request) -> aiohttp.web.Response:
+        return aiohttp.web.json_response({"databases": [
+            {"path": "/other.db", "txid": 1, "remote_txid": 1, "last_sync": None, "lag_seconds": None,
+             "error": None},
+            {"path": "/data/app.db", "txid": 18, "remote_txid": 17, "last_sync": "2026-01-01T00:00:00Z",
+             "lag_seconds": 0.5, "error": None},
+        ]})
+
+    app = aiohttp.web.Application()
+    app.router.add_get("/status", status)
+    runner = aiohttp.web.AppRunner(app)
+    await runner.setup()
+    site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    yield runner.addresses[0][1]
+    await runner.cleanup()

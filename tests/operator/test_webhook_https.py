@@ -1,0 +1,129 @@
+"""The admission webhooks through their real HTTPS endpoint, as an API server calls them."""
+
+import base64
+import copy
+import ssl
+import uuid
+from typing import Any
+
+import aiohttp
+import jsonpatch
+import kmock
+import pytest
+from kube_helpers import NAMESPACE, create, make_pod, make_replica
+from lifeboat.operator import handlers, injection, webhook
+
+REPLICAS = f"/apis/lifeboat.dev/v1alpha1/namespaces/{NAMESPACE}/sqlitereplicas"
+
+
+def review(obj: dict[str, Any], resource: dict[str, str], operation: str = "CREATE") -> dict[str, Any]:
+    """An AdmissionReview request as the API server sends it (namespace only in the request)."""
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": str(uuid.uuid4()),
+            "kind": {"group": resource["group"], "version": resource["version"], "kind": obj["kind"]},
+            "resource": resource,
+            "namespace": NAMESPACE,
+            "operation": operation,
+            "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
+            "object": obj,
+            "oldObject": None,
+            "dryRun": False,
+        },
+    }
+
+
+PODS = {"group": "", "version": "v1", "resource": "pods"}
+REPLICA_RESOURCE = {"group": "lifeboat.dev", "version": "v1alpha1", "resource": "sqlitereplicas"}
+
+
+async def call(options: handlers.Options, tls: webhook.TLSBundle, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    """POST over HTTPS, trusting only the test CA and checking the host name, like an API server."""
+    context = ssl.create_default_context(cadata=tls.ca.decode())
+    async with aiohttp.ClientSession() as session, session.post(
+        f"https://127.0.0.1:{options.webhook_port}{path}", json=body, ssl=context
+    ) as response:
+        assert response.status == 200, await response.text()
+        answer: dict[str, Any] = await response.json()
+    assert answer["response"]["uid"] == body["request"]["uid"]
+    return answer["response"]
+
+
+async def test_labelled_pod_gets_a_patch_that_yields_the_injected_pod(
+    k8s: kmock.KubernetesEmulator, operator: handlers.Options, tls: webhook.TLSBundle
+) -> None:
+    replica = make_replica()
+    await create(k8s, REPLICAS, replica)
+    pod = make_pod()
+
+    response = await call(operator, tls, "/inject", review(copy.deepcopy(pod), PODS))
+
+    assert response["allowed"] is True
+    assert response["patchType"] == "JSONPatch"
+    patch = jsonpatch.JsonPatch.from_string(base64.b64decode(response["patch"]).decode())
+    patched = patch.apply(pod)
+    expected = injection.inject(pod, replica, native_sidecar=True, default_image=operator.agent_image)
+    assert patched == expected
+    assert [c["name"] for c in patched["spec"]["initContainers"]] == ["lifeboat-restore", "lifeboat-agent"]
+    assert patched["spec"]["initContainers"][1]["image"] == "lifeboat:test"
+    assert "namespace" not in patched["metadata"]  # the webhook never adds what the API server fills in
+
+
+async def test_pod_already_injected_gets_no_patch(
+    k8s: kmock.KubernetesEmulator, operator: handlers.Options, tls: webhook.TLSBundle
+) -> None:
+    replica = make_replica()
+    await create(k8s, REPLICAS, replica)
+    injected = injection.inject(make_pod(), replica)
+
+    response = await call(operator, tls, "/inject", review(injected, PODS))
+
+    assert response["allowed"] is True
+    assert "patch" not in response
+
+
+async def test_pod_naming_a_missing_replica_is_denied(
+    k8s: kmock.KubernetesEmulator, operator: handlers.Options, tls: webhook.TLSBundle
+) -> None:
+    response = await call(operator, tls, "/inject", review(make_pod(replica="nope"), PODS))
+
+    assert response["allowed"] is False
+    message = response["status"]["message"]
+    assert "lifeboat.dev/replica=nope" in message
+    assert f"namespace {NAMESPACE}" in message
+    assert "patch" not in response
+
+
+async def test_pod_without_the_database_volume_is_denied(
+    k8s: kmock.KubernetesEmulator, operator: handlers.Options, tls: webhook.TLSBundle
+) -> None:
+    await create(k8s, REPLICAS, make_replica(database="/var/lib/app/app.db"))
+
+    response = await call(operator, tls, "/inject", review(make_pod(), PODS))
+
+    assert response["allowed"] is False
+    assert "/var/lib/app/app.db is on no volume" in response["status"]["message"]
+
+
+@pytest.mark.parametrize(("replica_spec", "problem"), [
+    ({"replica": {"url": "gs://bucket/app", "forcePathStyle": True}}, "replica.forcePathStyle applies to s3://"),
+    ({"restore": {"timestamp": "2026-01-01T00:00:00Z", "txid": "0000000000000002"}}, "exclusive"),
+])
+async def test_inconsistent_replica_is_rejected(
+    k8s: kmock.KubernetesEmulator, operator: handlers.Options, tls: webhook.TLSBundle,
+    replica_spec: dict[str, Any], problem: str,
+) -> None:
+    response = await call(operator, tls, "/validate", review(make_replica(**replica_spec), REPLICA_RESOURCE))
+
+    assert response["allowed"] is False
+    assert problem in response["status"]["message"]
+
+
+async def test_consistent_replica_is_admitted(
+    k8s: kmock.KubernetesEmulator, operator: handlers.Options, tls: webhook.TLSBundle
+) -> None:
+    response = await call(operator, tls, "/validate", review(make_replica(), REPLICA_RESOURCE))
+
+    assert response["allowed"] is True

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs everything the tests need (Python packages, the real storage servers, helm), starts the
+# servers, lints, and runs the whole test suite. Safe to run twice.
+set -euo pipefail
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$REPO"
+t0=$SECONDS
+step() { echo "== [$((SECONDS - t0))s] $*"; }
+
+step "python packages"
+bash scripts/bootstrap.sh all,test
+step "storage servers"
+bash .ci/services.sh
+trap 'bash .ci/stop-services.sh >/dev/null 2>&1 || true' EXIT
+if [[ -f .ci/k8s-tools.sh ]]; then
+  step "kubernetes tools"
+  bash .ci/k8s-tools.sh
+fi
+step "lint"
+.venv/bin/ruff check .
+step "tests"
+.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+step "done"

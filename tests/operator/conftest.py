@@ -1,17 +1,13 @@
 """Fixtures: a Kubernetes API emulated by kmock over HTTP, and the real operator (kopf) running against it."""
 
-import asyncio
-import contextlib
 import pathlib
-import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
 import kmock
-import kopf
 import pytest
 import yaml
-from kube_helpers import NAMESPACE, REPO, free_port
+from kube_helpers import NAMESPACE, REPO, free_port, running_operator
 from lifeboat.operator import handlers, webhook
 
 
@@ -62,36 +58,8 @@ def tls(tmp_path: pathlib.Path) -> webhook.TLSBundle:
 async def operator(
     k8s: kmock.KubernetesEmulator, kubeconfig: None, tls: webhook.TLSBundle, tmp_path: pathlib.Path
 ) -> AsyncIterator[handlers.Options]:
-    """The operator, as ``lifeboat-operator -n apps`` runs it, until its webhook port is open.
-
-    It runs in a thread with its own event loop, as in production: on exit kopf cancels every task
-    of its loop, which would include the test's own.
-    """
+    """The operator with certificate files given (the cert-manager way)."""
     options = handlers.Options(namespaces=(NAMESPACE,), webhook_addr="127.0.0.1", webhook_port=free_port(),
                                tls_dir=tmp_path / "tls", agent_image="lifeboat:test")
-    stop = threading.Event()
-    failure: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            asyncio.run(kopf.operator(standalone=True, clusterwide=False, namespaces=[NAMESPACE],
-                                      memo=kopf.Memo(options=options), stop_flag=stop))
-        except BaseException as exc:
-            failure.append(exc)
-
-    thread = threading.Thread(target=run, name="operator", daemon=True)
-    thread.start()
-    try:
-        async with asyncio.timeout(20):
-            while not failure:
-                with contextlib.suppress(OSError):
-                    _, writer = await asyncio.open_connection("127.0.0.1", options.webhook_port)
-                    writer.close()
-                    break
-                await asyncio.sleep(0.1)
-        assert not failure, failure
+    async with running_operator(options):
         yield options
-    finally:
-        stop.set()
-        await asyncio.to_thread(thread.join, 20)
-    assert not thread.is_alive(), "the operator did not stop"

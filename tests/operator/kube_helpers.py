@@ -4,10 +4,13 @@ import asyncio
 import contextlib
 import pathlib
 import socket
-from collections.abc import Callable
+import threading
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import kmock
+import kopf
+from lifeboat.operator import handlers
 
 NAMESPACE = "apps"
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -66,3 +69,38 @@ async def eventually(probe: Callable[[], Any], *, seconds: float = 15.0) -> Any:
             if result := probe():
                 return result
             await asyncio.sleep(0.1)
+
+
+@contextlib.asynccontextmanager
+async def running_operator(options: handlers.Options) -> AsyncIterator[handlers.Options]:
+    """The operator, as ``lifeboat-operator -n apps`` runs it, from its webhook port opening until exit.
+
+    It runs in a thread with its own event loop, as in production: on exit kopf cancels every task
+    of its loop, which would include the test's own.
+    """
+    stop = threading.Event()
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(kopf.operator(standalone=True, clusterwide=False, namespaces=[NAMESPACE],
+                                      memo=kopf.Memo(options=options), stop_flag=stop))
+        except BaseException as exc:
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name="operator", daemon=True)
+    thread.start()
+    try:
+        async with asyncio.timeout(20):
+            while not failure:
+                with contextlib.suppress(OSError):
+                    _, writer = await asyncio.open_connection("127.0.0.1", options.webhook_port)
+                    writer.close()
+                    break
+                await asyncio.sleep(0.1)
+        assert not failure, failure
+        yield options
+    finally:
+        stop.set()
+        await asyncio.to_thread(thread.join, 20)
+    assert not thread.is_alive(), "the operator did not stop"

@@ -2,6 +2,7 @@
 
 import base64
 import copy
+import pathlib
 import ssl
 import uuid
 from typing import Any
@@ -10,7 +11,7 @@ import aiohttp
 import jsonpatch
 import kmock
 import pytest
-from kube_helpers import NAMESPACE, create, make_pod, make_replica
+from kube_helpers import NAMESPACE, create, free_port, make_pod, make_replica, running_operator
 from lifeboat.operator import handlers, injection, webhook
 
 REPLICAS = f"/apis/lifeboat.dev/v1alpha1/namespaces/{NAMESPACE}/sqlitereplicas"
@@ -127,3 +128,30 @@ async def test_consistent_replica_is_admitted(
     response = await call(operator, tls, "/validate", review(make_replica(), REPLICA_RESOURCE))
 
     assert response["allowed"] is True
+
+
+async def test_operator_generates_its_certificate_secret_and_publishes_the_ca(
+    k8s: kmock.KubernetesEmulator, kubeconfig: None, tmp_path: pathlib.Path
+) -> None:
+    for kind in ("mutating", "validating"):
+        await create(k8s, f"/apis/admissionregistration.k8s.io/v1/{kind}webhookconfigurations", {
+            "apiVersion": "admissionregistration.k8s.io/v1", "kind": f"{kind.title()}WebhookConfiguration",
+            "metadata": {"name": "lifeboat"},
+            "webhooks": [{"name": f"{kind}.lifeboat.dev", "clientConfig": {"service": {
+                "name": "lifeboat-webhook", "namespace": "lifeboat-system", "path": "/inject"}}}]})
+    options = handlers.Options(
+        namespaces=(NAMESPACE,), webhook_addr="127.0.0.1", webhook_port=free_port(), tls_dir=tmp_path / "gen",
+        tls_secret="lifeboat-webhook-tls", operator_namespace="lifeboat-system")
+
+    async with running_operator(options):
+        secret = k8s.objects["v1/secrets", "lifeboat-system", "lifeboat-webhook-tls"].raw
+        ca = base64.b64decode(secret["data"]["ca.crt"])
+        for kind in ("mutating", "validating"):
+            config = k8s.objects[f"admissionregistration.k8s.io/v1/{kind}webhookconfigurations", None,
+                                 "lifeboat"].raw
+            assert base64.b64decode(config["webhooks"][0]["clientConfig"]["caBundle"]) == ca
+            assert config["webhooks"][0]["clientConfig"]["service"]["path"] == "/inject"
+        # The server presents the Secret's certificate, valid for the Service's DNS names.
+        served = ssl.get_server_certificate(("127.0.0.1", options.webhook_port))
+        assert served.encode() == (tmp_path / "gen" / "tls.crt").read_bytes()
+        assert served.encode() == base64.b64decode(secret["data"]["tls.crt"])

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import config as cfgmod
+from .compaction import LifecycleSettings
 from .db import DatabaseError, DatabaseOptions, default_meta_dir
 from .ltx import LTXError
 from .metrics import Metrics
@@ -165,10 +166,14 @@ def _setup_logging(level: str, kind: str = "text") -> None:
 
 class _JSONFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        return json.dumps({
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
-            "level": record.levelname, "logger": record.name, "msg": record.getMessage(),
-        })
+        return json.dumps(
+            {
+                "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
+                "level": record.levelname,
+                "logger": record.name,
+                "msg": record.getMessage(),
+            }
+        )
 
 
 def cmd_replicate(args: argparse.Namespace) -> int:
@@ -191,7 +196,11 @@ def cmd_replicate(args: argparse.Namespace) -> int:
         if db.replica is None:
             raise CLIError(f"{conf.source}: database {db.path} has no replica")
         client = new_client(db.replica.settings)
-        specs.append(DatabaseSpec(db.path, client, _db_options(db), db.monitor_interval, db.replica.sync_interval))
+        specs.append(
+            DatabaseSpec(
+                db.path, client, _db_options(db), db.monitor_interval, db.replica.sync_interval, _lifecycle(conf)
+            )
+        )
     if args.restore_if_db_not_exists or any(db.restore_if_db_not_exists for db in conf.dbs):
         for db, spec in zip(conf.dbs, specs, strict=True):
             if (args.restore_if_db_not_exists or db.restore_if_db_not_exists) and not os.path.exists(db.path):
@@ -200,16 +209,38 @@ def cmd_replicate(args: argparse.Namespace) -> int:
                     log.info("restored %s from %r", db.path, spec.client)
                 except NoBackupError:
                     log.info("no backup for %s: starting fresh", db.path)
-    return asyncio.run(_replicate(conf, specs, once=args.once))
+    return asyncio.run(
+        _replicate(
+            conf, specs, once=args.once, force_snapshot=args.force_snapshot, enforce_retention=args.enforce_retention
+        )
+    )
 
 
-async def _replicate(conf: cfgmod.Config, specs: list[DatabaseSpec], *, once: bool) -> int:
+def _lifecycle(conf: cfgmod.Config) -> LifecycleSettings:
+    return LifecycleSettings(
+        levels=list(conf.levels),
+        snapshot_interval=conf.snapshot_interval,
+        snapshot_retention=conf.snapshot_retention,
+        l0_retention=conf.l0_retention,
+        l0_retention_check_interval=conf.l0_retention_check_interval,
+        retention_enabled=conf.retention_enabled,
+    )
+
+
+async def _replicate(
+    conf: cfgmod.Config,
+    specs: list[DatabaseSpec],
+    *,
+    once: bool,
+    force_snapshot: bool = False,
+    enforce_retention: bool = False,
+) -> int:
     metrics = Metrics()
     store = Store(specs, hook=metrics.observe)
     await store.open()
     if once:
         try:
-            await store.sync_once()
+            await store.sync_once(force_snapshot=force_snapshot, enforce_retention=enforce_retention)
         finally:
             store.close()
         return 0
@@ -259,17 +290,26 @@ def cmd_restore(args: argparse.Namespace) -> int:
                 os.unlink(out + suffix)
     started = time.monotonic()
     try:
-        result = asyncio.run(restore(client, out, txid=txid, timestamp=ts, parallelism=args.parallelism,
-                                     integrity_check=check))
+        result = asyncio.run(
+            restore(client, out, txid=txid, timestamp=ts, parallelism=args.parallelism, integrity_check=check)
+        )
     except NoBackupError:
         if args.if_replica_exists:
             print(f"no backup found in {client!r}, skipping restore", file=sys.stderr)
             return 0
         raise CLIError(f"{client!r}: no matching backup files available") from None
     if args.json:
-        print(json.dumps({"db_path": result.path, "replica": repr(client), "txid": f"{result.txid:016x}",
-                          "duration_ms": int((time.monotonic() - started) * 1000),
-                          "integrity_check": result.integrity_check}))
+        print(
+            json.dumps(
+                {
+                    "db_path": result.path,
+                    "replica": repr(client),
+                    "txid": f"{result.txid:016x}",
+                    "duration_ms": int((time.monotonic() - started) * 1000),
+                    "integrity_check": result.integrity_check,
+                }
+            )
+        )
     else:
         print(f"restored {result.path} to txid {result.txid:016x} from {result.files} file(s)", file=sys.stderr)
     return 0
@@ -277,8 +317,17 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 async def _dry_run(client: ReplicaClient, txid: int | None, ts: datetime | None, as_json: bool) -> int:
     files = plan(await list_levels(client, ts is not None), txid=txid, timestamp=ts)
-    rows = [{"level": f.level, "name": f.name, "min_txid": f"{f.min_txid:016x}", "max_txid": f"{f.max_txid:016x}",
-             "size": f.size, "timestamp": f.created_at.isoformat()} for f in files]
+    rows = [
+        {
+            "level": f.level,
+            "name": f.name,
+            "min_txid": f"{f.min_txid:016x}",
+            "max_txid": f"{f.max_txid:016x}",
+            "size": f.size,
+            "timestamp": f.created_at.isoformat(),
+        }
+        for f in files
+    ]
     if as_json:
         print(json.dumps(rows))
     else:
@@ -320,8 +369,15 @@ def cmd_ltx(args: argparse.Namespace) -> int:
         rows = []
         for lvl in levels:
             for f in await client.ltx_files(lvl):
-                rows.append({"level": lvl, "min_txid": f"{f.min_txid:016x}", "max_txid": f"{f.max_txid:016x}",
-                             "size": f.size, "created": f.created_at.strftime("%Y-%m-%dT%H:%M:%SZ")})
+                rows.append(
+                    {
+                        "level": lvl,
+                        "min_txid": f"{f.min_txid:016x}",
+                        "max_txid": f"{f.max_txid:016x}",
+                        "size": f.size,
+                        "created": f.created_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    }
+                )
         return rows
 
     rows = asyncio.run(listing())
@@ -359,8 +415,12 @@ def _local_status(db: cfgmod.DBConfig) -> dict[str, Any]:
     status = "ok" if txid else "not initialized"
     if not os.path.exists(db.path):
         status = "no database"
-    return {"path": db.path, "status": status, "txid": f"{txid:016x}",
-            "wal_size": os.path.getsize(wal) if os.path.exists(wal) else 0}
+    return {
+        "path": db.path,
+        "status": status,
+        "txid": f"{txid:016x}",
+        "wal_size": os.path.getsize(wal) if os.path.exists(wal) else 0,
+    }
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -400,8 +460,14 @@ def cmd_version(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {
-    "replicate": cmd_replicate, "restore": cmd_restore, "ltx": cmd_ltx, "wal": cmd_ltx,
-    "databases": cmd_databases, "status": cmd_status, "reset": cmd_reset, "version": cmd_version,
+    "replicate": cmd_replicate,
+    "restore": cmd_restore,
+    "ltx": cmd_ltx,
+    "wal": cmd_ltx,
+    "databases": cmd_databases,
+    "status": cmd_status,
+    "reset": cmd_reset,
+    "version": cmd_version,
 }
 
 

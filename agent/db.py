@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from . import ltx
 from .sqlite import (
@@ -341,8 +342,15 @@ class Database:
 
         txid = self.pos + 1
         header = ltx.Header(
-            page_size=ps, commit=commit, min_txid=txid, max_txid=txid, timestamp=int(time.time() * 1000),
-            wal_offset=pos.offset, wal_size=end - pos.offset, wal_salt1=wal_hdr.salt1, wal_salt2=wal_hdr.salt2,
+            page_size=ps,
+            commit=commit,
+            min_txid=txid,
+            max_txid=txid,
+            timestamp=int(time.time() * 1000),
+            wal_offset=pos.offset,
+            wal_size=end - pos.offset,
+            wal_salt1=wal_hdr.salt1,
+            wal_salt2=wal_hdr.salt2,
         )
         self._write_l0(header, pages())
         self._wal = _WalPosition(wal_hdr.salt1, wal_hdr.salt2, end, frames[-1].checksum)
@@ -358,60 +366,73 @@ class Database:
             raise DatabaseError(f"{self.path}: page {pgno} is beyond the end of the database file")
         return data
 
+    def _wal_page_map(
+        self, wal_hdr: WalHeader, limit: int | None = None
+    ) -> tuple[dict[int, int], int, int, tuple[int, int]]:
+        """Committed WAL pages from the start up to `limit` (default: the end).
+
+        Returns (pgno -> file offset of its newest page data, commit, end offset, checksum at end).
+        """
+        latest: dict[int, int] = {}
+        end, checksum, commit = WAL_HEADER_SIZE, wal_hdr.checksum, 0
+        fs = wal_hdr.frame_size
+        offset, seed = WAL_HEADER_SIZE, wal_hdr.checksum
+        chunk = max(fs, self.opts.max_sync_wal_bytes // fs * fs)
+        while limit is None or offset < limit:
+            want = chunk if limit is None else min(chunk, limit - offset)
+            data = os.pread(self._wal_fd, want, offset)
+            frames = scan_frames(data, offset, wal_hdr, seed)
+            pending: list[WalFrame] = []
+            for fr in frames:
+                pending.append(fr)
+                if fr.commit:
+                    for p in pending:
+                        latest[p.pgno] = p.offset + WAL_FRAME_HEADER_SIZE
+                    pending.clear()
+                    commit, end, checksum = fr.commit, fr.offset + fs, fr.checksum
+            if len(frames) < len(data) // fs or len(data) < want:
+                break
+            offset += len(frames) * fs
+            seed = frames[-1].checksum
+        return latest, commit, end, checksum
+
+    def _full_pages(self, latest: dict[int, int], commit: int) -> Iterator[tuple[int, bytes]]:
+        """Every page 1..commit but the lock page: from the WAL where it has one, else the file."""
+        ps = self.page_size
+        lock = lock_pgno(ps)
+        for pgno in range(1, commit + 1):
+            if pgno == lock:
+                continue
+            wal_off = latest.get(pgno)
+            if wal_off is not None:
+                yield pgno, os.pread(self._wal_fd, ps, wal_off)
+            else:
+                yield pgno, self._read_db_page(pgno)
+
     def _write_snapshot(self, wal_hdr: WalHeader | None, result: SyncResult) -> None:
         """A full-database L0 file at the next TXID: the database file overlaid with the whole WAL."""
-        ps = self.page_size
         latest: dict[int, int] = {}
-        end = WAL_HEADER_SIZE
-        checksum = (0, 0)
-        commit = 0
+        end, checksum, commit = WAL_HEADER_SIZE, (0, 0), 0
         if wal_hdr is not None:
-            checksum = wal_hdr.checksum
-            fs = wal_hdr.frame_size
-            offset = WAL_HEADER_SIZE
-            seed = wal_hdr.checksum
-            chunk = max(fs, self.opts.max_sync_wal_bytes // fs * fs)
-            while True:
-                data = os.pread(self._wal_fd, chunk, offset)
-                frames = scan_frames(data, offset, wal_hdr, seed)
-                pending: list[WalFrame] = []
-                for fr in frames:
-                    pending.append(fr)
-                    if fr.commit:
-                        for p in pending:
-                            latest[p.pgno] = p.offset + WAL_FRAME_HEADER_SIZE
-                        pending.clear()
-                        commit = fr.commit
-                        end = fr.offset + fs
-                        checksum = fr.checksum
-                if len(frames) < len(data) // fs or len(data) < chunk:
-                    break
-                offset += len(frames) * fs
-                seed = frames[-1].checksum
+            latest, commit, end, checksum = self._wal_page_map(wal_hdr)
         if commit == 0:
-            commit = os.fstat(self._db_fd).st_size // ps
+            commit = os.fstat(self._db_fd).st_size // self.page_size
         if commit == 0:
             return
-        lock = lock_pgno(ps)
-
-        def pages() -> Iterator[tuple[int, bytes]]:
-            for pgno in range(1, commit + 1):
-                if pgno == lock:
-                    continue
-                wal_off = latest.get(pgno)
-                if wal_off is not None:
-                    yield pgno, os.pread(self._wal_fd, ps, wal_off)
-                else:
-                    yield pgno, self._read_db_page(pgno)
-
         txid = self.pos + 1
         salts = (wal_hdr.salt1, wal_hdr.salt2) if wal_hdr else (0, 0)
         header = ltx.Header(
-            page_size=ps, commit=commit, min_txid=txid, max_txid=txid, timestamp=int(time.time() * 1000),
-            wal_offset=WAL_HEADER_SIZE if wal_hdr else 0, wal_size=end - WAL_HEADER_SIZE if wal_hdr else 0,
-            wal_salt1=salts[0], wal_salt2=salts[1],
+            page_size=self.page_size,
+            commit=commit,
+            min_txid=txid,
+            max_txid=txid,
+            timestamp=int(time.time() * 1000),
+            wal_offset=WAL_HEADER_SIZE if wal_hdr else 0,
+            wal_size=end - WAL_HEADER_SIZE if wal_hdr else 0,
+            wal_salt1=salts[0],
+            wal_salt2=salts[1],
         )
-        self._write_l0(header, pages())
+        self._write_l0(header, self._full_pages(latest, commit))
         self._wal = _WalPosition(salts[0], salts[1], end, checksum) if wal_hdr else None
         self.commit = commit
         self.last_wal_offset = end
@@ -420,6 +441,35 @@ class Database:
         result.txids.append(txid)
         result.snapshot = True
         result.wal_bytes += end - WAL_HEADER_SIZE
+
+    def snapshot_to(self, out: BinaryIO) -> ltx.Header:
+        """Write the database as of the current position as an L9 snapshot (`1-<pos>`).
+
+        Syncs first, then reads the database file overlaid with the WAL up to the synced offset,
+        holding only the agent's own sync lock: the application keeps writing meanwhile, and
+        since no checkpoint of ours runs, the pages read stay consistent with that position.
+        """
+        with self._lock:
+            self._sync()
+            if self.pos == 0:
+                raise DatabaseError(f"{self.path}: nothing to snapshot yet")
+            latest: dict[int, int] = {}
+            wal_hdr = self._read_wal_header()
+            if (
+                self._wal is not None
+                and wal_hdr is not None
+                and (wal_hdr.salt1, wal_hdr.salt2) == (self._wal.salt1, self._wal.salt2)
+            ):
+                latest, _, _, _ = self._wal_page_map(wal_hdr, self._wal.offset)
+            header = ltx.Header(
+                page_size=self.page_size,
+                commit=self.commit,
+                min_txid=1,
+                max_txid=self.pos,
+                timestamp=int(time.time() * 1000),
+            )
+            ltx.encode(header, self._full_pages(latest, self.commit), out)
+            return header
 
     def _write_l0(self, header: ltx.Header, pages: Iterator[tuple[int, bytes | memoryview]]) -> None:
         path = self.l0_path(header.max_txid)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from .compaction import Lifecycle, LifecycleSettings
 from .db import Database, DatabaseOptions, SyncResult
 from .replica import Replica
 from .storage import ReplicaClient, format_timestamp
@@ -34,6 +35,7 @@ class DatabaseSpec:
     options: DatabaseOptions = field(default_factory=DatabaseOptions)
     monitor_interval: float = 1.0
     sync_interval: float = 1.0
+    lifecycle: LifecycleSettings | None = None
 
 
 class DatabaseRunner:
@@ -44,11 +46,15 @@ class DatabaseRunner:
         self.db = Database(spec.path, spec.options)
         self.replica = Replica(self.db, spec.client, sync_interval=spec.sync_interval)
         self.hook = hook or (lambda event, fields: None)
+        self.lifecycle = (
+            Lifecycle(self.db, spec.client, spec.lifecycle, self.hook) if spec.lifecycle is not None else None
+        )
         self.last_sync: float | None = None
         self.last_error: str | None = None
         self.seen_at: dict[int, float] = {}
         self._changed = asyncio.Event()
         self._new_ltx = asyncio.Event()
+        self._shipped = asyncio.Event()
         self._lock = asyncio.Lock()
         # Object stores bill per request: at most one L0 per sync-interval, the first change after a
         # quiet period immediately. A directory replica ships every change at once.
@@ -60,8 +66,12 @@ class DatabaseRunner:
         await asyncio.to_thread(self.db.open)
         await self.replica.init()
         if self.replica.pos > self.db.pos:
-            log.info("%s: replica is at txid %d, local at %d; continuing above the replica",
-                     self.db.path, self.replica.pos, self.db.pos)
+            log.info(
+                "%s: replica is at txid %d, local at %d; continuing above the replica",
+                self.db.path,
+                self.replica.pos,
+                self.db.pos,
+            )
             await asyncio.to_thread(self.db.set_replica_position, self.replica.pos)
 
     async def capture(self) -> SyncResult:
@@ -80,20 +90,31 @@ class DatabaseRunner:
             if result.txids:
                 self.last_sync = time.time()
                 self._new_ltx.set()
-                self.hook("sync", {"db": self.db.path, "txids": result.txids, "wal_bytes": result.wal_bytes,
-                                   "snapshot": result.snapshot})
+                self.hook(
+                    "sync",
+                    {
+                        "db": self.db.path,
+                        "txids": result.txids,
+                        "wal_bytes": result.wal_bytes,
+                        "snapshot": result.snapshot,
+                    },
+                )
             return result
 
     async def upload(self, stop: asyncio.Event | None = None, deadline: float | None = None) -> None:
         """Ship every local L0 file the replica lacks (retrying transient failures)."""
         before = self.replica.pos
         await self.replica.sync_with_retry(stop, deadline)
+        if self.replica.pos:
+            self._shipped.set()
         now = time.time()
         for txid in range(before + 1, self.replica.pos + 1):
             seen = self.seen_at.pop(txid, None)
             if seen is not None:
-                self.hook("uploaded", {"db": self.db.path, "txid": txid, "lag": now - seen,
-                                       "replica_type": self.replica.client.type})
+                self.hook(
+                    "uploaded",
+                    {"db": self.db.path, "txid": txid, "lag": now - seen, "replica_type": self.replica.client.type},
+                )
 
     async def run(self, stop: asyncio.Event) -> None:
         """Capture and upload until `stop` is set, then a final sync."""
@@ -103,6 +124,8 @@ class DatabaseRunner:
             asyncio.create_task(self._watch(stop)),
             asyncio.create_task(self._poll(stop)),
         ]
+        if self.lifecycle is not None:
+            tasks.append(asyncio.create_task(self._lifecycle(stop)))
         try:
             await stop.wait()
         finally:
@@ -114,6 +137,12 @@ class DatabaseRunner:
         """Capture what the application committed last and make it durable in the replica."""
         await self.capture()
         await self.upload(deadline=time.monotonic() + timeout)
+
+    async def _lifecycle(self, stop: asyncio.Event) -> None:
+        assert self.lifecycle is not None
+        # Compaction reads remote L0 files: let the initial capture and upload go first.
+        await self._shipped.wait()
+        await self.lifecycle.run(stop)
 
     async def _capture_loop(self, stop: asyncio.Event) -> None:
         self._changed.set()  # the first pass writes the initial snapshot or catches up
@@ -220,11 +249,19 @@ class Store:
                     log.error("%s: final sync failed: %s", r.db.path, exc)
                 r.db.close()
 
-    async def sync_once(self) -> None:
-        """One capture and upload of every database (`replicate -once`)."""
+    async def sync_once(self, *, force_snapshot: bool = False, enforce_retention: bool = False) -> None:
+        """One capture and upload of every database (`replicate -once`), optionally a snapshot
+        and retention."""
         for r in self.runners:
             await r.capture()
             await r.upload(deadline=time.monotonic() + 30)
+            if r.lifecycle is None:
+                continue
+            if force_snapshot:
+                await r.lifecycle.snapshot()
+            if enforce_retention:
+                await r.lifecycle.enforce_snapshot_retention()
+                await r.lifecycle.enforce_l0_retention()
 
     def statuses(self) -> list[dict[str, Any]]:
         """`/status` of every database."""

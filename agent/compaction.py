@@ -1,0 +1,265 @@
+"""The replica's lifecycle: compaction levels, L9 snapshots, and retention.
+
+Level N (1..n) merges level N-1 files above its own last TXID every `levels[N-1]` seconds, aligned
+to wall-clock boundaries; L9 holds full snapshots. Retention keeps every moment of the snapshot
+retention window restorable: unlike Litestream, the newest snapshot taken *before* the window starts
+is kept too, together with the compacted files above it, so a point in time early in the window
+still has a base to start from.
+
+Snapshot and compaction of one database never run at once (one lock), and both stream through
+temporary files: memory stays bounded whatever the database's size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, BinaryIO
+
+from . import ltx
+from .db import Database
+from .storage import SNAPSHOT_LEVEL, FileInfo, ReplicaClient
+
+log = logging.getLogger("lifeboat.compaction")
+
+Hook = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass
+class LifecycleSettings:
+    """Litestream's global lifecycle keys, in seconds."""
+
+    levels: list[float] = field(default_factory=lambda: [30.0, 300.0, 3600.0])
+    snapshot_interval: float = 86400.0
+    snapshot_retention: float = 86400.0
+    l0_retention: float = 300.0
+    l0_retention_check_interval: float = 15.0
+    retention_enabled: bool = True
+
+
+def next_boundary(now: float, interval: float) -> float:
+    """The next wall-clock multiple of `interval` after `now` (UTC midnight for 24 h)."""
+    return (now // interval + 1) * interval
+
+
+def contiguous_run(files: list[FileInfo], after: int) -> list[FileInfo]:
+    """The longest run of files continuing a chain at `after` (0: start at the first file)."""
+    run: list[FileInfo] = []
+    prev = after
+    for f in files:
+        if f.max_txid <= prev:
+            continue
+        if prev and f.min_txid > prev + 1:
+            break
+        run.append(f)
+        prev = f.max_txid
+    return run
+
+
+def snapshots_to_delete(snapshots: list[FileInfo], now: datetime, retention: float) -> list[FileInfo]:
+    """Snapshots older than the window, except the newest and the one the window starts from."""
+    if len(snapshots) <= 1:
+        return []
+    cutoff = now - timedelta(seconds=retention)
+    ordered = sorted(snapshots, key=lambda f: (f.created_at, f.max_txid))
+    old = [f for f in ordered[:-1] if f.created_at < cutoff]
+    # The newest of the old ones is the base for points in time early in the window: keep it.
+    return old[:-1]
+
+
+def level_files_below_floor(files: list[FileInfo], floor: int) -> list[FileInfo]:
+    """Compacted files wholly below the oldest kept snapshot; each level's last file always stays."""
+    if not files:
+        return []
+    return [f for f in files[:-1] if f.max_txid <= floor]
+
+
+def l0_files_to_delete(l0: list[FileInfo], l1_max: int, now: datetime, retention: float) -> list[FileInfo]:
+    """L0 files covered by L1 and older than `retention`; stops at the first recent one; keeps the newest."""
+    cutoff = now - timedelta(seconds=retention)
+    out = []
+    for f in l0[:-1]:
+        if f.max_txid > l1_max or f.created_at >= cutoff:
+            break
+        out.append(f)
+    return out
+
+
+class Lifecycle:
+    """Compaction, snapshots and retention for one database's replica."""
+
+    def __init__(
+        self, db: Database, client: ReplicaClient, settings: LifecycleSettings, hook: Hook | None = None
+    ) -> None:
+        self.db = db
+        self.client = client
+        self.settings = settings
+        self.hook = hook or (lambda event, fields: None)
+        self.lock = asyncio.Lock()
+        self.work_dir = db.meta_dir / "tmp"
+
+    @property
+    def max_level(self) -> int:
+        return len(self.settings.levels)
+
+    @contextlib.asynccontextmanager
+    async def _temp_file(self) -> AsyncIterator[BinaryIO]:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=self.work_dir) as f:
+            yield f  # type: ignore[misc]
+
+    async def _fetch(self, info: FileInfo, dest: BinaryIO) -> None:
+        local = self.db.l0_path(info.max_txid) if info.level == 0 else None
+        if local is not None and info.min_txid == info.max_txid and local.exists():
+            with open(local, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    dest.write(chunk)
+        else:
+            async for chunk in self.client.open_ltx_file(info.level, info.min_txid, info.max_txid):
+                dest.write(chunk)
+        dest.seek(0)
+
+    async def compact(self, level: int) -> FileInfo | None:
+        """Merge level-1 files above this level's last TXID into one file of this level."""
+        async with self.lock:
+            dst = await self.client.ltx_files(level)
+            src = await self.client.ltx_files(level - 1)
+            inputs = contiguous_run(src, dst[-1].max_txid if dst else 0)
+            if not inputs:
+                return None
+            t0 = time.monotonic()
+            async with contextlib.AsyncExitStack() as stack:
+                files = [await stack.enter_async_context(self._temp_file()) for _ in inputs]
+                for info, f in zip(inputs, files, strict=True):
+                    await self._fetch(info, f)
+                out = await stack.enter_async_context(self._temp_file())
+                names = [f"level {i.level} file {i.name}" for i in inputs]
+                header = await asyncio.to_thread(_compact_files, files, names, out)
+                out.seek(0)
+                info = await self.client.write_ltx_file(level, header.min_txid, header.max_txid, out)
+            self.hook(
+                "compaction",
+                {"db": self.db.path, "level": level, "inputs": len(inputs), "seconds": time.monotonic() - t0},
+            )
+            return info
+
+    async def snapshot(self) -> FileInfo:
+        """Write an L9 snapshot of the database at its current position."""
+        async with self.lock:
+            t0 = time.monotonic()
+            async with self._temp_file() as out:
+                header = await asyncio.to_thread(self.db.snapshot_to, out)
+                out.flush()
+                out.seek(0)
+                info = await self.client.write_ltx_file(SNAPSHOT_LEVEL, 1, header.max_txid, out)
+            self.hook("snapshot", {"db": self.db.path, "txid": header.max_txid, "seconds": time.monotonic() - t0})
+            return info
+
+    async def snapshot_due(self, now: float | None = None) -> bool:
+        """No snapshot yet, or the newest is older than the snapshot interval."""
+        snaps = await self.client.ltx_files(SNAPSHOT_LEVEL)
+        if not snaps:
+            return True
+        now = time.time() if now is None else now
+        return snaps[-1].created_at.timestamp() < now - self.settings.snapshot_interval
+
+    async def enforce_snapshot_retention(self, now: datetime | None = None) -> list[FileInfo]:
+        """Drop snapshots older than the window (keeping its base) and compacted files below it."""
+        if not self.settings.retention_enabled:
+            return []
+        async with self.lock:
+            now = now or datetime.now(UTC)
+            snaps = await self.client.ltx_files(SNAPSHOT_LEVEL, 0, True)
+            doomed = snapshots_to_delete(snaps, now, self.settings.snapshot_retention)
+            if not doomed:
+                return []
+            kept = [s for s in snaps if s not in doomed]
+            floor = min(s.max_txid for s in kept)
+            for level in range(1, self.max_level + 1):
+                doomed += level_files_below_floor(await self.client.ltx_files(level), floor)
+            await self.client.delete_ltx_files(doomed)
+            self.hook("retention", {"db": self.db.path, "deleted": len(doomed)})
+            return doomed
+
+    async def enforce_l0_retention(self, now: datetime | None = None) -> list[FileInfo]:
+        """Delete L0 files that L1 covers once they are older than `l0-retention`, locally too."""
+        if self.max_level == 0:
+            return []
+        async with self.lock:
+            now = now or datetime.now(UTC)
+            l1 = await self.client.ltx_files(1)
+            l0 = await self.client.ltx_files(0)
+            if not l1 or not l0:
+                return []
+            doomed = l0_files_to_delete(l0, l1[-1].max_txid, now, self.settings.l0_retention)
+            if self.settings.retention_enabled and doomed:
+                await self.client.delete_ltx_files(doomed)
+            # Local copies go whether or not remote retention is on: they exist only to resume and
+            # to feed L1 compaction, and both are past them.
+            for f in doomed:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.db.l0_path(f.max_txid))
+            return doomed
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Timers for every level, snapshots and L0 retention, until `stop`."""
+        tasks = [
+            asyncio.create_task(self._level_loop(lvl, iv, stop)) for lvl, iv in enumerate(self.settings.levels, start=1)
+        ]
+        tasks.append(asyncio.create_task(self._snapshot_loop(stop)))
+        tasks.append(asyncio.create_task(self._l0_loop(stop)))
+        try:
+            await stop.wait()
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _guarded(self, what: str, op: Callable[[], Any]) -> None:
+        try:
+            await op()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the next tick retries; the error is visible in logs and metrics
+            log.error("%s: %s failed: %s", self.db.path, what, exc)
+            self.hook("lifecycle_error", {"db": self.db.path, "what": what, "error": str(exc)})
+
+    async def _sleep_until(self, when: float, stop: asyncio.Event) -> bool:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), max(0.0, when - time.time()))
+        return not stop.is_set()
+
+    async def _level_loop(self, level: int, interval: float, stop: asyncio.Event) -> None:
+        await self._guarded(f"L{level} compaction", lambda: self.compact(level))
+        while await self._sleep_until(next_boundary(time.time(), interval), stop):
+            await self._guarded(f"L{level} compaction", lambda: self.compact(level))
+            if level == 1:
+                await self._guarded("L0 retention", self.enforce_l0_retention)
+
+    async def _snapshot_loop(self, stop: asyncio.Event) -> None:
+        async def startup() -> None:
+            if await self.snapshot_due():
+                await self.snapshot()
+
+        await self._guarded("snapshot", startup)
+        while await self._sleep_until(next_boundary(time.time(), self.settings.snapshot_interval), stop):
+            await self._guarded("snapshot", self.snapshot)
+            await self._guarded("snapshot retention", self.enforce_snapshot_retention)
+
+    async def _l0_loop(self, stop: asyncio.Event) -> None:
+        while await self._sleep_until(time.time() + self.settings.l0_retention_check_interval, stop):
+            await self._guarded("L0 retention", self.enforce_l0_retention)
+
+
+def _compact_files(files: list[BinaryIO], names: list[str], out: BinaryIO) -> ltx.Header:
+    decoders = [ltx.Decoder(f, n) for f, n in zip(files, names, strict=True)]
+    header = ltx.compact(decoders, out)
+    out.flush()
+    return header

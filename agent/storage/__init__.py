@@ -151,9 +151,7 @@ async def read_ltx_file(client: ReplicaClient, info: FileInfo) -> bytes:
     return b"".join(chunks)
 
 
-def select_ltx_files(
-    level: int, entries: Iterable[tuple[str, int, datetime]], seek: int = 0
-) -> list[FileInfo]:
+def select_ltx_files(level: int, entries: Iterable[tuple[str, int, datetime]], seek: int = 0) -> list[FileInfo]:
     """FileInfos from (base name, size, created) listing entries: LTX names only, `min >= seek`, sorted."""
     out = []
     for name, size, created in entries:

@@ -261,7 +261,8 @@ class ABSReplicaClient:
             if if_match is None
             else {"overwrite": True, "etag": if_match, "match_condition": _if_match()}
         )
-        out = await self._run(self.lock_key, self.container.upload_blob, self.lock_key, body, **cond)
+        blob = self.container.get_blob_client(self.lock_key)
+        out = await self._run(self.lock_key, blob.upload_blob, body, **cond)
         return str(out["etag"])
 
     async def delete_lock(self, if_match: str) -> None:
@@ -271,6 +272,10 @@ class ABSReplicaClient:
             )
         except NotFound:
             return
+        except PreconditionFailed:
+            # Azure answers a conditional delete of a missing blob with 412, not 404.
+            if await self.read_lock() is not None:
+                raise
 
 
 def _if_match() -> Any:

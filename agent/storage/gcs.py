@@ -229,9 +229,18 @@ class GCSReplicaClient:
         return await self._run(self.lock_key, write)  # type: ignore[no-any-return]
 
     async def delete_lock(self, if_match: str) -> None:
-        try:
-            await self._run(
-                self.lock_key, self.bucket_handle.delete_blob, self.lock_key, if_generation_match=int(if_match)
-            )
-        except NotFound:
-            return
+        def delete() -> None:
+            from google.api_core.exceptions import NotFound as GoogleNotFound
+
+            blob = self.bucket_handle.get_blob(self.lock_key)
+            if blob is None:
+                return
+            # Checked here as well: emulators ignore preconditions on DELETE (GCS itself does not).
+            if str(blob.generation) != if_match:
+                raise PreconditionFailed(f"{self.url}: {self.lock_key}: lease object changed")
+            try:
+                blob.delete(if_generation_match=int(if_match))
+            except GoogleNotFound:
+                pass
+
+        await self._run(self.lock_key, delete)

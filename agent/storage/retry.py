@@ -19,9 +19,7 @@ T = TypeVar("T")
 _DONE = object()
 
 
-async def retry(
-    op: Callable[[], Awaitable[T]], *, attempts: int = 5, base: float = 0.1, cap: float = 10.0
-) -> T:
+async def retry(op: Callable[[], Awaitable[T]], *, attempts: int = 5, base: float = 0.1, cap: float = 10.0) -> T:
     """Await `op()` until it succeeds, retrying `Transient` errors up to `attempts` tries in all.
 
     The wait before try n+1 is uniform in [0, min(cap, base * 2**n)] ("full jitter"), which spreads

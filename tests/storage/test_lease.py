@@ -1,0 +1,88 @@
+"""The single-writer lease, on every backend's real server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from lifeboat.agent.lease import Lease, LeaseHeldError, LeaseLostError
+from lifeboat.agent.storage import PreconditionFailed, new_client
+
+# Backends whose store offers a real conditional write (NATS's lease is best effort).
+ATOMIC = ["file", "s3", "gs", "abs", "sftp"]
+
+
+async def test_second_agent_is_refused_while_the_first_holds_the_lease(client: Any) -> None:
+    first = Lease(client, owner="pod-a:1", ttl=30)
+    second = Lease(client, owner="pod-b:2", ttl=30)
+    state = await first.acquire()
+    assert state.generation == 1
+
+    with pytest.raises(LeaseHeldError) as refused:
+        await second.acquire()
+    assert "pod-a:1" in str(refused.value) and repr(client) in str(refused.value)
+    assert refused.value.expires_at == state.expires_at
+
+    body, _ = await client.read_lock()
+    doc = json.loads(body)
+    assert doc["owner"] == "pod-a:1" and doc["generation"] == 1
+    assert datetime.fromisoformat(doc["expires_at"].replace("Z", "+00:00")) > datetime.now(UTC)
+
+    renewed = await first.renew()
+    assert renewed.generation == 1 and renewed.expires_at >= state.expires_at
+    with pytest.raises(LeaseHeldError):
+        await second.acquire()
+
+    await first.release()
+    assert await client.read_lock() is None
+    assert (await second.acquire()).generation == 1
+
+
+async def test_takeover_after_expiry(client: Any) -> None:
+    first = Lease(client, owner="pod-a:1", ttl=0.5)
+    await first.acquire()
+    await asyncio.sleep(0.8)
+    second = Lease(client, owner="pod-b:2", ttl=30)
+    assert (await second.acquire()).generation == 2
+    # The old holder finds out at its next renewal, and its release leaves the new lease alone.
+    with pytest.raises(LeaseLostError):
+        await first.renew()
+    await first.release()
+    body, _ = await client.read_lock()
+    assert json.loads(body)["owner"] == "pod-b:2"
+
+
+async def test_stale_version_tags_lose(client: Any) -> None:
+    assert await client.read_lock() is None
+    tag1 = await client.write_lock(b'{"v": 1}', None)
+    with pytest.raises(PreconditionFailed):
+        await client.write_lock(b'{"v": 2}', None)
+    tag2 = await client.write_lock(b'{"v": 2}', tag1)
+    with pytest.raises(PreconditionFailed):
+        await client.write_lock(b'{"v": 3}', tag1)
+    assert await client.read_lock() == (b'{"v": 2}', tag2)
+    with pytest.raises(PreconditionFailed):
+        await client.delete_lock(tag1)
+    await client.delete_lock(tag2)
+    assert await client.read_lock() is None
+    await client.delete_lock(tag2)  # already gone
+
+
+@pytest.mark.parametrize("kind", ATOMIC)
+async def test_racing_agents_exactly_one_wins(kind: str, make_settings: Any) -> None:
+    settings = await make_settings(kind)
+    clients = [new_client(settings) for _ in range(6)]
+    try:
+        for c in clients:
+            await c.init()
+        leases = [Lease(c, owner=f"pod-{i}:1") for i, c in enumerate(clients)]
+        results = await asyncio.gather(*(lease.acquire() for lease in leases), return_exceptions=True)
+        winners = [r for r in results if not isinstance(r, BaseException)]
+        assert len(winners) == 1, results
+        assert all(isinstance(r, LeaseHeldError) for r in results if r not in winners)
+    finally:
+        for c in clients:
+            await c.close()

@@ -237,13 +237,15 @@ async def _replicate(
 ) -> int:
     metrics = Metrics()
     store = Store(specs, hook=metrics.observe)
-    await store.open()
-    if once:
-        try:
+    try:
+        await store.open()
+        if once:
             await store.sync_once(force_snapshot=force_snapshot, enforce_retention=enforce_retention)
-        finally:
-            store.close()
-        return 0
+            await store.close()
+            return 0
+    except BaseException:
+        await store.close()
+        raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -258,7 +260,7 @@ async def _replicate(
     finally:
         if server is not None:
             server.close()
-    return 0
+    return 1 if store.lost_lease else 0
 
 
 def cmd_restore(args: argparse.Namespace) -> int:

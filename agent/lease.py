@@ -63,6 +63,20 @@ def default_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def _is_dead_local(owner: str) -> bool:
+    """A lease left by a process of this host that no longer exists (a crash, a SIGKILL) is stale."""
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 class Lease:
     """A lease on one replica. `acquire`, then `renew` at least every ttl/3, then `release`."""
 
@@ -90,7 +104,7 @@ class Lease:
             body, tag = current
             held = LeaseState.decode(body)
             # Our own unexpired lease (a restart of the same pid is impossible) is taken back too.
-            if held.expires_at > datetime.now(UTC) and held.owner != self.owner:
+            if held.expires_at > datetime.now(UTC) and held.owner != self.owner and not _is_dead_local(held.owner):
                 raise LeaseHeldError(repr(self.client), held.owner, held.expires_at)
             generation = held.generation + 1
         state = self._next(generation)

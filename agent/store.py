@@ -8,6 +8,7 @@ so a slow or failing store never stops local capture, and local capture never wa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -18,8 +19,9 @@ from typing import Any
 
 from .compaction import Lifecycle, LifecycleSettings
 from .db import Database, DatabaseOptions, SyncResult
+from .lease import Lease, LeaseLostError
 from .replica import Replica
-from .storage import ReplicaClient, format_timestamp
+from .storage import ReplicaClient, StorageError, format_timestamp
 
 log = logging.getLogger("lifeboat.store")
 
@@ -50,8 +52,10 @@ class DatabaseRunner:
             Lifecycle(self.db, spec.client, spec.lifecycle, self.hook) if spec.lifecycle is not None else None
         )
         self.last_sync: float | None = None
+        self.lost_lease = False
         self.last_error: str | None = None
         self.seen_at: dict[int, float] = {}
+        self.lease = Lease(spec.client)
         self._changed = asyncio.Event()
         self._new_ltx = asyncio.Event()
         self._shipped = asyncio.Event()
@@ -62,7 +66,9 @@ class DatabaseRunner:
         self._last_capture = 0.0
 
     async def open(self) -> None:
-        """Open the database and the replica, and reconcile their positions."""
+        """Take the replica's lease, open the database, and reconcile their positions."""
+        await self.replica.client.init()
+        await self.lease.acquire()
         await asyncio.to_thread(self.db.open)
         await self.replica.init()
         if self.replica.pos > self.db.pos:
@@ -123,6 +129,7 @@ class DatabaseRunner:
             asyncio.create_task(self._upload_loop(stop)),
             asyncio.create_task(self._watch(stop)),
             asyncio.create_task(self._poll(stop)),
+            asyncio.create_task(self._renew_lease(stop)),
         ]
         if self.lifecycle is not None:
             tasks.append(asyncio.create_task(self._lifecycle(stop)))
@@ -138,11 +145,39 @@ class DatabaseRunner:
         await self.capture()
         await self.upload(deadline=time.monotonic() + timeout)
 
+    async def shutdown(self, timeout: float) -> None:
+        """Final sync (unless another agent owns the replica now), release the lease, close."""
+        try:
+            if not self.lost_lease and self.db.pos:
+                await self.final_sync(timeout)
+        except Exception as exc:  # report every database's failure, not just the first
+            log.error("%s: final sync failed: %s", self.db.path, exc)
+        try:
+            await self.lease.release()
+        except StorageError as exc:
+            log.warning("replica %s: lease release failed: %s", self.replica.url, exc)
+        self.db.close()
+
     async def _lifecycle(self, stop: asyncio.Event) -> None:
         assert self.lifecycle is not None
         # Compaction reads remote L0 files: let the initial capture and upload go first.
         await self._shipped.wait()
         await self.lifecycle.run(stop)
+
+    async def _renew_lease(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await asyncio.sleep(self.lease.ttl / 3)
+            try:
+                await self.lease.renew()
+            except LeaseLostError as exc:
+                # Another agent owns the replica now: writing on would fork its history.
+                self.last_error = str(exc)
+                log.error("%s", exc)
+                self.lost_lease = True
+                stop.set()
+                return
+            except StorageError as exc:  # transient: the lease outlives a few missed renewals
+                log.warning("replica %s: lease renewal failed: %s", self.replica.url, exc)
 
     async def _capture_loop(self, stop: asyncio.Event) -> None:
         self._changed.set()  # the first pass writes the initial snapshot or catches up
@@ -243,11 +278,7 @@ class Store:
             await asyncio.gather(*(r.run(stop) for r in self.runners))
         finally:
             for r in self.runners:
-                try:
-                    await r.final_sync(shutdown_timeout)
-                except Exception as exc:  # report every database's failure, not just the first
-                    log.error("%s: final sync failed: %s", r.db.path, exc)
-                r.db.close()
+                await r.shutdown(shutdown_timeout)
 
     async def sync_once(self, *, force_snapshot: bool = False, enforce_retention: bool = False) -> None:
         """One capture and upload of every database (`replicate -once`), optionally a snapshot
@@ -255,19 +286,23 @@ class Store:
         for r in self.runners:
             await r.capture()
             await r.upload(deadline=time.monotonic() + 30)
-            if r.lifecycle is None:
-                continue
-            if force_snapshot:
+            if r.lifecycle is not None and force_snapshot:
                 await r.lifecycle.snapshot()
-            if enforce_retention:
+            if r.lifecycle is not None and enforce_retention:
                 await r.lifecycle.enforce_snapshot_retention()
                 await r.lifecycle.enforce_l0_retention()
+
+    @property
+    def lost_lease(self) -> bool:
+        return any(r.lost_lease for r in self.runners)
 
     def statuses(self) -> list[dict[str, Any]]:
         """`/status` of every database."""
         return [r.status() for r in self.runners]
 
-    def close(self) -> None:
-        """Release every database without a final sync."""
+    async def close(self) -> None:
+        """Release every lease and database without a final sync."""
         for r in self.runners:
+            with contextlib.suppress(StorageError):
+                await r.lease.release()
             r.db.close()

@@ -66,8 +66,18 @@ class Header:
 
     def pack(self) -> bytes:
         return _HEADER.pack(
-            MAGIC, self.flags, self.page_size, self.commit, self.min_txid, self.max_txid, self.timestamp,
-            self.pre_apply_checksum, self.wal_offset, self.wal_size, self.wal_salt1, self.wal_salt2,
+            MAGIC,
+            self.flags,
+            self.page_size,
+            self.commit,
+            self.min_txid,
+            self.max_txid,
+            self.timestamp,
+            self.pre_apply_checksum,
+            self.wal_offset,
+            self.wal_size,
+            self.wal_salt1,
+            self.wal_salt2,
             self.node_id,
         )
 
@@ -79,9 +89,18 @@ class Header:
         if fields[0] != MAGIC:
             raise LTXError("bad magic (not an LTX file)")
         hdr = cls(
-            flags=fields[1], page_size=fields[2], commit=fields[3], min_txid=fields[4], max_txid=fields[5],
-            timestamp=fields[6], pre_apply_checksum=fields[7], wal_offset=fields[8], wal_size=fields[9],
-            wal_salt1=fields[10], wal_salt2=fields[11], node_id=fields[12],
+            flags=fields[1],
+            page_size=fields[2],
+            commit=fields[3],
+            min_txid=fields[4],
+            max_txid=fields[5],
+            timestamp=fields[6],
+            pre_apply_checksum=fields[7],
+            wal_offset=fields[8],
+            wal_size=fields[9],
+            wal_salt1=fields[10],
+            wal_salt2=fields[11],
+            node_id=fields[12],
         )
         hdr.validate()
         return hdr
@@ -305,13 +324,16 @@ class Decoder:
             raise LTXError(f"{self.name}: page index too large or trailing bytes")
         pos = 0
         entries: list[tuple[int, int, int]] = []
-        while True:
-            pgno, pos = _read_uvarint(rest, pos)
-            if pgno == 0:
-                break
-            offset, pos = _read_uvarint(rest, pos)
-            size, pos = _read_uvarint(rest, pos)
-            entries.append((pgno, offset, size))
+        try:
+            while True:
+                pgno, pos = _read_uvarint(rest, pos)
+                if pgno == 0:
+                    break
+                offset, pos = _read_uvarint(rest, pos)
+                size, pos = _read_uvarint(rest, pos)
+                entries.append((pgno, offset, size))
+        except LTXError as exc:
+            raise LTXError(f"{self.name}: {exc}") from None
         if len(rest) != pos + 8 + TRAILER_SIZE:
             raise LTXError(f"{self.name}: truncated file or trailing bytes after the page index")
         (idx_size,) = _U64.unpack_from(rest, pos)
@@ -388,8 +410,14 @@ def compact(decoders: list[Decoder], out: BinaryIO, flags: int = HEADER_FLAG_NO_
             raise LTXError(f"{dec.name}: non-contiguous txid range {h.min_txid}-{h.max_txid} after {prev_max}")
         prev_max = h.max_txid
     header = replace(
-        Header(page_size=first.page_size, commit=last.commit, min_txid=first.min_txid,
-               max_txid=last.max_txid, timestamp=last.timestamp, flags=flags),
+        Header(
+            page_size=first.page_size,
+            commit=last.commit,
+            min_txid=first.min_txid,
+            max_txid=last.max_txid,
+            timestamp=last.timestamp,
+            flags=flags,
+        ),
         pre_apply_checksum=first.pre_apply_checksum if not flags & HEADER_FLAG_NO_CHECKSUM else 0,
     )
     enc = Encoder(out, header)

@@ -19,10 +19,11 @@ from pathlib import Path
 
 from . import ltx
 from .sqlite import lock_pgno
-from .storage import SNAPSHOT_LEVEL, FileInfo, ReplicaClient
+from .storage import SNAPSHOT_LEVEL, FileInfo, NotFound, ReplicaClient
 from .storage.file import fsync_dir
 
 MAX_LEVEL = SNAPSHOT_LEVEL
+REPLAN_ATTEMPTS = 3
 
 
 class RestoreError(RuntimeError):
@@ -67,9 +68,7 @@ def plan(
         snap = max(snaps, key=lambda f: (f.max_txid, f.created_at))
         chosen.append(snap)
         current = snap.max_txid
-    candidates = [
-        f for lvl in range(MAX_LEVEL - 1, -1, -1) for f in levels.get(lvl, []) if eligible(f, False)
-    ]
+    candidates = [f for lvl in range(MAX_LEVEL - 1, -1, -1) for f in levels.get(lvl, []) if eligible(f, False)]
     while True:
         usable = [f for f in candidates if f.min_txid <= current + 1 and f.max_txid > current]
         if not usable:
@@ -101,8 +100,9 @@ async def _download(client: ReplicaClient, info: FileInfo, dest: Path) -> None:
         async for chunk in client.open_ltx_file(info.level, info.min_txid, info.max_txid):
             f.write(chunk)
     if os.path.getsize(dest) != info.size and info.size:
-        raise RestoreError(f"level {info.level} file {info.name}: downloaded {os.path.getsize(dest)} bytes, "
-                           f"listing says {info.size}")
+        raise RestoreError(
+            f"level {info.level} file {info.name}: downloaded {os.path.getsize(dest)} bytes, listing says {info.size}"
+        )
 
 
 def _apply(files: list[tuple[FileInfo, Path]], out: Path, progress: Callable[[int], None] | None) -> int:
@@ -173,19 +173,10 @@ async def restore(
     progress: Callable[[int], None] | None = None,
 ) -> RestoreResult:
     """Restore the replica into `output` (which must not exist): latest, or as of txid/timestamp."""
-    levels = await list_levels(client, use_metadata=timestamp is not None)
-    files = plan(levels, txid=txid, timestamp=timestamp)
     out = Path(output).absolute()
     tmp = out.with_name(out.name + ".tmp")
     with tempfile.TemporaryDirectory(prefix=".lifeboat-restore-", dir=out.parent) as work:
-        paths = [Path(work) / f"{i:06d}-{f.level}-{f.name}" for i, f in enumerate(files)]
-        sem = asyncio.Semaphore(max(1, parallelism))
-
-        async def fetch(info: FileInfo, dest: Path) -> None:
-            async with sem:
-                await _download(client, info, dest)
-
-        await asyncio.gather(*(fetch(f, p) for f, p in zip(files, paths, strict=True)))
+        files, paths = await _fetch_plan(client, Path(work), txid, timestamp, parallelism)
         try:
             await asyncio.to_thread(_apply, list(zip(files, paths, strict=True)), tmp, progress)
             check = await asyncio.to_thread(_integrity_check, tmp, integrity_check)
@@ -201,6 +192,34 @@ async def restore(
     fsync_dir(out.parent)
     last = files[-1]
     return RestoreResult(str(out), last.max_txid, last.created_at, len(files), check)
+
+
+async def _download_all(client: ReplicaClient, files: list[FileInfo], paths: list[Path], parallelism: int) -> None:
+    sem = asyncio.Semaphore(max(1, parallelism))
+
+    async def fetch(info: FileInfo, dest: Path) -> None:
+        async with sem:
+            await _download(client, info, dest)
+
+    await asyncio.gather(*(fetch(f, p) for f, p in zip(files, paths, strict=True)))
+
+
+async def _fetch_plan(
+    client: ReplicaClient, work: Path, txid: int | None, timestamp: datetime | None, parallelism: int
+) -> tuple[list[FileInfo], list[Path]]:
+    """Plan and download. A file deleted between listing and download (retention or compaction of
+    a running agent) makes the plan stale, not the restore impossible: plan again."""
+    for attempt in range(REPLAN_ATTEMPTS):
+        levels = await list_levels(client, use_metadata=timestamp is not None)
+        files = plan(levels, txid=txid, timestamp=timestamp)
+        paths = [work / f"{i:06d}-{f.level}-{f.name}" for i, f in enumerate(files)]
+        try:
+            await _download_all(client, files, paths, parallelism)
+            return files, paths
+        except NotFound:
+            if attempt == REPLAN_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _remove(path: Path) -> None:

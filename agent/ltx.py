@@ -290,13 +290,15 @@ class Decoder:
 
     def _read_lz4_frame(self, pgno: int) -> bytes:
         """Read exactly one LZ4 frame (legacy page encoding) by walking its block sizes."""
-        head = self._read(7, f"page {pgno} frame header")
+        head = self._read(6, f"page {pgno} frame header")  # magic, FLG, BD
         if head[:4] != LZ4_FRAME_MAGIC:
             raise LTXError(f"{self.name}: page {pgno}: bad LZ4 frame magic")
         flg = head[4]
         parts = [head]
         if flg & 0x08:  # content size present
             parts.append(self._read(8, "frame content size"))
+        if flg & 0x01:  # dictionary ID present
+            parts.append(self._read(4, "frame dictionary id"))
         parts.append(self._read(1, "frame header checksum"))
         block_checksum = 4 if flg & 0x10 else 0
         total = 0

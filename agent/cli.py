@@ -382,26 +382,26 @@ def cmd_ltx(args: argparse.Namespace) -> int:
                 )
         return rows
 
-    rows = asyncio.run(listing())
-    if args.json:
-        print(json.dumps(rows))
-    else:
-        print(f"{'level':<6}{'min_txid':<18}{'max_txid':<18}{'size':>10}  created")
-        for r in rows:
-            print(f"{r['level']:<6}{r['min_txid']:<18}{r['max_txid']:<18}{r['size']:>10}  {r['created']}")
+    _print_rows(asyncio.run(listing()), {"level": 6, "min_txid": 18, "max_txid": 18, "size": 12, "created": 0},
+                args.json)
     return 0
+
+
+def _print_rows(rows: list[dict[str, Any]], widths: dict[str, int], as_json: bool) -> None:
+    """JSON, or a left-aligned table of the given columns (width 0: last column, unpadded)."""
+    if as_json:
+        print(json.dumps(rows))
+        return
+    print("".join(f"{k:<{w}}" for k, w in widths.items()).rstrip())
+    for r in rows:
+        print("".join(f"{r[k]!s:<{w}}" for k, w in widths.items()).rstrip())
 
 
 def cmd_databases(args: argparse.Namespace) -> int:
     conf = _load(args)
     assert conf is not None
     rows = [{"path": db.path, "replica": db.replica.type if db.replica else None} for db in conf.dbs]
-    if args.json:
-        print(json.dumps(rows))
-    else:
-        print(f"{'path':<50}replica")
-        for r in rows:
-            print(f"{r['path']:<50}{r['replica']}")
+    _print_rows(rows, {"path": 50, "replica": 0}, args.json)
     return 0
 
 
@@ -429,13 +429,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     conf = _load(args)
     assert conf is not None
     dbs = [_find_db(conf, args.db)] if args.db else conf.dbs
-    rows = [_local_status(db) for db in dbs]
-    if args.json:
-        print(json.dumps(rows))
-    else:
-        print(f"{'database':<50}{'status':<18}{'local txid':<18}wal size")
-        for r in rows:
-            print(f"{r['path']:<50}{r['status']:<18}{r['txid']:<18}{r['wal_size']}")
+    _print_rows([_local_status(db) for db in dbs], {"path": 50, "status": 18, "txid": 18, "wal_size": 0}, args.json)
     return 0
 
 

@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, BinaryIO
 
 from . import ltx
+from .aio import run_until
 from .db import Database
 from .storage import SNAPSHOT_LEVEL, FileInfo, ReplicaClient
 
@@ -210,17 +211,8 @@ class Lifecycle:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Timers for every level, snapshots and L0 retention, until `stop`."""
-        tasks = [
-            asyncio.create_task(self._level_loop(lvl, iv, stop)) for lvl, iv in enumerate(self.settings.levels, start=1)
-        ]
-        tasks.append(asyncio.create_task(self._snapshot_loop(stop)))
-        tasks.append(asyncio.create_task(self._l0_loop(stop)))
-        try:
-            await stop.wait()
-        finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        loops = [self._level_loop(lvl, iv, stop) for lvl, iv in enumerate(self.settings.levels, start=1)]
+        await run_until(stop, [*loops, self._snapshot_loop(stop), self._l0_loop(stop)])
 
     async def _guarded(self, what: str, op: Callable[[], Any]) -> None:
         try:

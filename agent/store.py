@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from .aio import run_until
 from .compaction import Lifecycle, LifecycleSettings
 from .db import Database, DatabaseOptions, SyncResult
 from .lease import Lease, LeaseLostError
@@ -124,21 +125,11 @@ class DatabaseRunner:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Capture and upload until `stop` is set, then a final sync."""
-        tasks = [
-            asyncio.create_task(self._capture_loop(stop)),
-            asyncio.create_task(self._upload_loop(stop)),
-            asyncio.create_task(self._watch(stop)),
-            asyncio.create_task(self._poll(stop)),
-            asyncio.create_task(self._renew_lease(stop)),
-        ]
+        loops = [self._capture_loop(stop), self._upload_loop(stop), self._watch(stop), self._poll(stop),
+                 self._renew_lease(stop)]
         if self.lifecycle is not None:
-            tasks.append(asyncio.create_task(self._lifecycle(stop)))
-        try:
-            await stop.wait()
-        finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            loops.append(self._lifecycle(stop))
+        await run_until(stop, loops)
 
     async def final_sync(self, timeout: float) -> None:
         """Capture what the application committed last and make it durable in the replica."""

@@ -35,6 +35,9 @@ from .store import DatabaseSpec, Store
 log = logging.getLogger("lifeboat")
 
 
+CONFIG_POLL_SECONDS = 2.0
+
+
 class CLIError(Exception):
     """A failure reported as one line on stderr with exit code 1."""
 
@@ -166,14 +169,19 @@ def _setup_logging(level: str, kind: str = "text") -> None:
 
 class _JSONFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        return json.dumps(
-            {
-                "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
-                "level": record.levelname,
-                "logger": record.name,
-                "msg": record.getMessage(),
-            }
-        )
+        out: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key in ("event", "db", "replica"):  # structured context from `extra=`
+            if getattr(record, key, None) is not None:
+                out[key] = getattr(record, key)
+        out.update(getattr(record, "fields", None) or {})
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
 
 
 def cmd_replicate(args: argparse.Namespace) -> int:
@@ -191,16 +199,7 @@ def cmd_replicate(args: argparse.Namespace) -> int:
     if (args.force_snapshot or args.enforce_retention) and not args.once:
         raise CLIError("-force-snapshot and -enforce-retention require -once")
     _setup_logging(args.log_level or conf.logging_level, conf.logging_type)
-    specs = []
-    for db in conf.dbs:
-        if db.replica is None:
-            raise CLIError(f"{conf.source}: database {db.path} has no replica")
-        client = new_client(db.replica.settings)
-        specs.append(
-            DatabaseSpec(
-                db.path, client, _db_options(db), db.monitor_interval, db.replica.sync_interval, _lifecycle(conf)
-            )
-        )
+    specs = _specs(conf)
     if args.restore_if_db_not_exists or any(db.restore_if_db_not_exists for db in conf.dbs):
         for db, spec in zip(conf.dbs, specs, strict=True):
             if (args.restore_if_db_not_exists or db.restore_if_db_not_exists) and not os.path.exists(db.path):
@@ -211,9 +210,51 @@ def cmd_replicate(args: argparse.Namespace) -> int:
                     log.info("no backup for %s: starting fresh", db.path)
     return asyncio.run(
         _replicate(
-            conf, specs, once=args.once, force_snapshot=args.force_snapshot, enforce_retention=args.enforce_retention
+            conf, specs, once=args.once, force_snapshot=args.force_snapshot, enforce_retention=args.enforce_retention,
+            expand=not args.no_expand_env,
         )
     )
+
+
+def _specs(conf: cfgmod.Config) -> list[DatabaseSpec]:
+    specs = []
+    for db in conf.dbs:
+        if db.replica is None:
+            raise CLIError(f"{conf.source}: database {db.path} has no replica")
+        specs.append(
+            DatabaseSpec(
+                db.path, new_client(db.replica.settings), _db_options(db), db.monitor_interval,
+                db.replica.sync_interval, _lifecycle(conf), dict(db.replica.settings),
+            )
+        )
+    return specs
+
+
+async def _watch_config(path: str, expand: bool, store: Store, stop: asyncio.Event) -> None:
+    """Reload the config file when it changes (a ConfigMap update swaps its symlinks)."""
+    def read() -> bytes:
+        try:
+            return Path(path).read_bytes()
+        except OSError:
+            return b""
+
+    last = read()
+    while not stop.is_set():
+        await asyncio.sleep(CONFIG_POLL_SECONDS)
+        current = read()
+        if current == last or not current:
+            continue
+        last = current
+        try:
+            conf = cfgmod.load_config(path, expand=expand)
+            reasons = store.reconfigure(_specs(conf), conf.paused)
+        except (ConfigError, CLIError, StorageError) as exc:
+            log.error("config reload failed, keeping the running configuration: %s", exc)
+            continue
+        if reasons:
+            log.warning("config reloaded; a restart is needed to apply: %s", "; ".join(reasons))
+        else:
+            log.info("config reloaded from %s%s", path, " (replication paused)" if conf.paused else "")
 
 
 def _lifecycle(conf: cfgmod.Config) -> LifecycleSettings:
@@ -234,9 +275,14 @@ async def _replicate(
     once: bool,
     force_snapshot: bool = False,
     enforce_retention: bool = False,
+    expand: bool = True,
 ) -> int:
     metrics = Metrics()
+    for spec in specs:
+        spec.client = metrics.instrument(spec.client, spec.path, conf.l0_retention)
     store = Store(specs, hook=metrics.observe)
+    for r in store.runners:
+        metrics.register(r.db.path, r.replica.client.type)
     try:
         await store.open()
         if once:
@@ -254,10 +300,16 @@ async def _replicate(
     if conf.addr:
         server = await serve(conf.addr, store, metrics)
     for r in store.runners:
-        log.info("replicating %s to %s", r.db.path, r.replica.url)
+        r.paused = conf.paused
+        log.info("replicating %s to %s%s", r.db.path, r.replica.url, " (paused)" if conf.paused else "")
+    watcher = None
+    if conf.source != "<args>":
+        watcher = asyncio.create_task(_watch_config(conf.source, expand, store, stop))
     try:
         await store.run(stop, conf.shutdown_sync_timeout)
     finally:
+        if watcher is not None:
+            watcher.cancel()
         if server is not None:
             server.close()
     return 1 if store.lost_lease else 0
@@ -291,15 +343,23 @@ def cmd_restore(args: argparse.Namespace) -> int:
             if os.path.exists(out + suffix):
                 os.unlink(out + suffix)
     started = time.monotonic()
+    bar = _Progress() if sys.stderr.isatty() and not args.json else None
     try:
         result = asyncio.run(
-            restore(client, out, txid=txid, timestamp=ts, parallelism=args.parallelism, integrity_check=check)
+            restore(
+                client, out, txid=txid, timestamp=ts, parallelism=args.parallelism, integrity_check=check,
+                progress=bar,
+            )
         )
     except NoBackupError:
+        if bar is not None:
+            bar.done()
         if args.if_replica_exists:
             print(f"no backup found in {client!r}, skipping restore", file=sys.stderr)
             return 0
         raise CLIError(f"{client!r}: no matching backup files available") from None
+    if bar is not None:
+        bar.done()
     if args.json:
         print(
             json.dumps(
@@ -315,6 +375,36 @@ def cmd_restore(args: argparse.Namespace) -> int:
     else:
         print(f"restored {result.path} to txid {result.txid:016x} from {result.files} file(s)", file=sys.stderr)
     return 0
+
+
+class _Progress:
+    """A one-line progress indicator on a terminal's stderr (bytes of LTX applied, files, rate)."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.files = 0
+        self.started = time.monotonic()
+        self._shown = 0.0
+
+    def __call__(self, nbytes: int) -> None:
+        self.bytes += nbytes
+        self.files += 1
+        now = time.monotonic()
+        if now - self._shown >= 0.1:
+            self._shown = now
+            self._draw(now)
+
+    def _draw(self, now: float) -> None:
+        mib = self.bytes / (1 << 20)
+        rate = mib / max(now - self.started, 1e-6)
+        sys.stderr.write(f"\rrestoring: {mib:,.1f} MiB from {self.files} file(s), {rate:,.1f} MiB/s\x1b[K")
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.files:
+            self._draw(time.monotonic())
+            sys.stderr.write("\n")
+            sys.stderr.flush()
 
 
 async def _dry_run(client: ReplicaClient, txid: int | None, ts: datetime | None, as_json: bool) -> int:

@@ -211,7 +211,7 @@ class Lifecycle:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Timers for every level, snapshots and L0 retention, until `stop`."""
-        loops = [self._level_loop(lvl, iv, stop) for lvl, iv in enumerate(self.settings.levels, start=1)]
+        loops = [self._level_loop(lvl, stop) for lvl in range(1, self.max_level + 1)]
         await run_until(stop, [*loops, self._snapshot_loop(stop), self._l0_loop(stop)])
 
     async def _guarded(self, what: str, op: Callable[[], Any]) -> None:
@@ -228,9 +228,10 @@ class Lifecycle:
             await asyncio.wait_for(stop.wait(), max(0.0, when - time.time()))
         return not stop.is_set()
 
-    async def _level_loop(self, level: int, interval: float, stop: asyncio.Event) -> None:
+    async def _level_loop(self, level: int, stop: asyncio.Event) -> None:
+        # Intervals are read on every tick: a reloaded configuration applies without a restart.
         await self._guarded(f"L{level} compaction", lambda: self.compact(level))
-        while await self._sleep_until(next_boundary(time.time(), interval), stop):
+        while await self._sleep_until(next_boundary(time.time(), self.settings.levels[level - 1]), stop):
             await self._guarded(f"L{level} compaction", lambda: self.compact(level))
             if level == 1:
                 await self._guarded("L0 retention", self.enforce_l0_retention)

@@ -399,6 +399,7 @@ class Config:
     socket_path: str = DEFAULT_SOCKET_PATH
     socket_permissions: int = 0o600
     mcp_addr: str | None = None
+    paused: bool = False  # Lifeboat's own key: keep following nothing, ship nothing, until unset
     source: str = "<args>"
 
     def db(self, path: str) -> DBConfig | None:
@@ -655,6 +656,7 @@ _GLOBAL_KEYS = {
     "mcp-addr",
     "shutdown-sync-timeout",
     "shutdown-sync-interval",
+    "paused",
 }
 _DB_KEYS = {
     "path",
@@ -1163,6 +1165,8 @@ class _Parser:
             cfg.exec = self.convert("str", get["exec"], "exec") or None
         if "verify-compaction" in get:
             cfg.verify_compaction = self.as_bool(get["verify-compaction"], "verify-compaction")
+        if "paused" in get:
+            cfg.paused = self.as_bool(get["paused"], "paused")
 
         if "socket" in get:
             sock = self.mapping(get["socket"], "socket")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -39,6 +40,7 @@ class DatabaseSpec:
     monitor_interval: float = 1.0
     sync_interval: float = 1.0
     lifecycle: LifecycleSettings | None = None
+    replica_settings: dict[str, Any] = field(default_factory=dict)  # what the client was built from
 
 
 class DatabaseRunner:
@@ -54,6 +56,7 @@ class DatabaseRunner:
         )
         self.last_sync: float | None = None
         self.lost_lease = False
+        self.paused = False
         self.last_error: str | None = None
         self.seen_at: dict[int, float] = {}
         self.lease = Lease(spec.client)
@@ -85,11 +88,17 @@ class DatabaseRunner:
         """One sync of the WAL into L0 files, then a checkpoint if the policy says so."""
         async with self._lock:
             seen = time.time()
+            t_sync = time.monotonic()
             result = await asyncio.to_thread(self.db.sync)
+            sync_seconds = time.monotonic() - t_sync
             mode = self.db.checkpoint_mode_due()
             if mode is not None:
                 t0 = time.monotonic()
-                more = await asyncio.to_thread(self.db.checkpoint, mode)
+                try:
+                    more = await asyncio.to_thread(self.db.checkpoint, mode)
+                except Exception as exc:
+                    self.hook("checkpoint_error", {"db": self.db.path, "mode": mode, "error": str(exc)})
+                    raise
                 result.txids += more.txids
                 self.hook("checkpoint", {"db": self.db.path, "mode": mode, "seconds": time.monotonic() - t0})
             for txid in result.txids:
@@ -104,6 +113,7 @@ class DatabaseRunner:
                         "txids": result.txids,
                         "wal_bytes": result.wal_bytes,
                         "snapshot": result.snapshot,
+                        "seconds": sync_seconds,
                     },
                 )
             return result
@@ -175,6 +185,8 @@ class DatabaseRunner:
         while not stop.is_set():
             await self._changed.wait()
             self._changed.clear()
+            if self.paused:
+                continue  # the WAL keeps everything; unpausing captures it in one sync
             gap = self._last_capture + self._min_gap - time.monotonic()
             if gap > 0:
                 await asyncio.sleep(gap)
@@ -184,7 +196,7 @@ class DatabaseRunner:
                 self.last_error = None
             except Exception as exc:  # keep following the database; the error is reported in status
                 self.last_error = f"{type(exc).__name__}: {exc}"
-                log.error("%s: sync failed: %s", self.db.path, exc)
+                log.error("%s: sync failed: %s", self.db.path, exc, extra={"db": self.db.path})
                 self.hook("sync_error", {"db": self.db.path, "error": self.last_error})
                 await asyncio.sleep(self.spec.monitor_interval)
                 self._changed.set()
@@ -198,7 +210,10 @@ class DatabaseRunner:
                 await self.upload(stop)
             except Exception as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
-                log.error("replica %s: %s", self.replica.url, exc)
+                log.error(
+                    "%s: replica %s: %s", self.db.path, self.replica.url, exc,
+                    extra={"db": self.db.path, "replica": self.replica.url},
+                )
                 await asyncio.sleep(self.spec.monitor_interval)
                 self._new_ltx.set()
 
@@ -245,7 +260,28 @@ class DatabaseRunner:
             "last_upload_age_seconds": None if last_upload is None else round(time.time() - last_upload, 3),
             "lag_seconds": None if lag is None else round(lag, 3),
             "error": self.last_error or self.replica.stats.last_error,
+            "paused": self.paused,
         }
+
+    def reconfigure(self, spec: DatabaseSpec, paused: bool) -> list[str]:
+        """Apply a reloaded configuration; returns what cannot change without a restart."""
+        old = self.spec
+        if spec.replica_settings != old.replica_settings:
+            return [f"{self.db.path}: replica settings changed"]
+        old_levels = old.lifecycle.levels if old.lifecycle else None
+        new_levels = spec.lifecycle.levels if spec.lifecycle else None
+        if (old_levels is None) != (new_levels is None) or len(old_levels or []) != len(new_levels or []):
+            return [f"{self.db.path}: number of compaction levels changed"]
+        self.spec = dataclasses.replace(spec, client=old.client)
+        self.db.opts = spec.options
+        self.replica.sync_interval = spec.sync_interval
+        self._min_gap = 0.0 if spec.client.type == "file" else spec.sync_interval
+        if self.lifecycle is not None and spec.lifecycle is not None:
+            self.lifecycle.settings = spec.lifecycle
+        if self.paused and not paused:
+            self._changed.set()
+        self.paused = paused
+        return []
 
 
 def _rfc3339(ts: float | None) -> str | None:
@@ -257,6 +293,7 @@ class Store:
 
     def __init__(self, specs: list[DatabaseSpec], hook: Hook | None = None) -> None:
         self.runners = [DatabaseRunner(s, hook) for s in specs]
+        self.restart_required: list[str] = []
 
     async def open(self) -> None:
         """Open every database and replica; the first failure stops start-up with its message."""
@@ -289,7 +326,20 @@ class Store:
 
     def statuses(self) -> list[dict[str, Any]]:
         """`/status` of every database."""
-        return [r.status() for r in self.runners]
+        return [dict(r.status(), restart_required=self.restart_required) for r in self.runners]
+
+    def reconfigure(self, specs: list[DatabaseSpec], paused: bool) -> list[str]:
+        """Apply a reloaded configuration to running databases; remember what needs a restart."""
+        by_path = {s.path: s for s in specs}
+        reasons = [f"{p}: database added" for p in by_path.keys() - {r.db.path for r in self.runners}]
+        for r in self.runners:
+            spec = by_path.get(r.db.path)
+            if spec is None:
+                reasons.append(f"{r.db.path}: database removed")
+            else:
+                reasons += r.reconfigure(spec, paused)
+        self.restart_required = reasons
+        return reasons
 
     async def close(self) -> None:
         """Release every lease and database without a final sync."""

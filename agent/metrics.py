@@ -2,16 +2,31 @@
 
 Litestream's counters without a `_total` suffix are Gauges here: prometheus_client would append
 `_total` to a Counter's name, and the exact names matter more than the TYPE line.
+
+Three sources feed them: the store's events (`Metrics.observe`, also logged at debug level by
+`log_event`), a thin wrapper around every `ReplicaClient` (`Metrics.instrument`: operation counts,
+bytes, durations and errors by GET/PUT/DELETE/LIST, and the L0 retention gauge from the listings
+the agent makes anyway), and file sizes read at each sync.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any, BinaryIO
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 OP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+OPERATIONS = ("GET", "PUT", "DELETE", "LIST")
+CHECKPOINT_MODES = ("PASSIVE", "TRUNCATE")
+L0_STATUSES = ("eligible", "not_compacted", "too_recent")
+
+log = logging.getLogger("lifeboat.events")
 
 
 class Metrics:
@@ -21,52 +36,265 @@ class Metrics:
         r = self.registry = CollectorRegistry()
         self.db_size = Gauge("litestream_db_size", "The current size of the real DB", ["db"], registry=r)
         self.wal_size = Gauge("litestream_wal_size", "The current size of the real WAL", ["db"], registry=r)
-        self.total_wal_bytes = Gauge("litestream_total_wal_bytes", "Total number of bytes written to shadow WAL",
-                                       ["db"], registry=r)
+        self.total_wal_bytes = Gauge(
+            "litestream_total_wal_bytes", "Total number of bytes written to shadow WAL", ["db"], registry=r
+        )
         self.txid = Gauge("litestream_txid", "Current transaction ID", ["db"], registry=r)
         self.sync_count = Gauge("litestream_sync_count", "Number of sync operations", ["db"], registry=r)
         self.sync_errors = Gauge("litestream_sync_error_count", "Number of sync errors", ["db"], registry=r)
-        self.sync_seconds = Gauge("litestream_sync_seconds", "Time spent syncing shadow WAL", ["db"],
-                                    registry=r)
-        self.disk_full = Gauge("litestream_disk_full", "1 while the meta directory's disk is full", ["db"],
-                               registry=r)
-        self.checkpoint_count = Gauge("litestream_checkpoint_count", "Number of checkpoint operations",
-                                        ["db", "mode"], registry=r)
-        self.checkpoint_errors = Gauge("litestream_checkpoint_error_count", "Number of checkpoint errors",
-                                         ["db", "mode"], registry=r)
-        self.checkpoint_seconds = Gauge("litestream_checkpoint_seconds", "Time spent checkpointing",
-                                          ["db", "mode"], registry=r)
-        self.replica_ops = Counter("litestream_replica_operation", "The number of replica operations performed",
-                                   ["replica_type", "operation"], registry=r)
-        self.replica_bytes = Gauge("litestream_replica_operation_bytes",
-                                     "The number of bytes used by replica operations",
-                                     ["replica_type", "operation"], registry=r)
-        self.lag = Histogram("lifeboat_replication_lag_seconds",
-                             "Time from a change being seen in the WAL to it being durable in the replica",
-                             ["db"], buckets=LAG_BUCKETS, registry=r)
-        self.replica_txid = Gauge("lifeboat_replica_txid", "Highest TXID durable in the replica", ["db"],
-                                  registry=r)
+        self.sync_seconds = Gauge("litestream_sync_seconds", "Time spent syncing shadow WAL", ["db"], registry=r)
+        self.disk_full = Gauge("litestream_disk_full", "1 while the meta directory's disk is full", ["db"], registry=r)
+        self.checkpoint_count = Gauge(
+            "litestream_checkpoint_count", "Number of checkpoint operations", ["db", "mode"], registry=r
+        )
+        self.checkpoint_errors = Gauge(
+            "litestream_checkpoint_error_count", "Number of checkpoint errors", ["db", "mode"], registry=r
+        )
+        self.checkpoint_seconds = Gauge(
+            "litestream_checkpoint_seconds", "Time spent checkpointing", ["db", "mode"], registry=r
+        )
+        self.compaction_verify_errors = Gauge(
+            "litestream_compaction_verify_error_count", "Number of post-compaction verification failures", ["db"],
+            registry=r,
+        )
+        self.replica_ops = Counter(
+            "litestream_replica_operation",
+            "The number of replica operations performed",
+            ["replica_type", "operation"],
+            registry=r,
+        )
+        self.replica_bytes = Gauge(
+            "litestream_replica_operation_bytes",
+            "The number of bytes used by replica operations",
+            ["replica_type", "operation"],
+            registry=r,
+        )
+        self.replica_seconds = Histogram(
+            "litestream_replica_operation_duration_seconds",
+            "Duration of replica operations",
+            ["replica_type", "operation"],
+            buckets=OP_BUCKETS,
+            registry=r,
+        )
+        self.replica_errors = Counter(
+            "litestream_replica_operation_errors",
+            "The number of replica operations that failed",
+            ["replica_type", "operation", "code"],
+            registry=r,
+        )
+        self.l0_retention = Gauge(
+            "litestream_l0_retention_files_total",
+            "L0 files by retention status at the last check",
+            ["db", "status"],
+            registry=r,
+        )
+        self.lag = Histogram(
+            "lifeboat_replication_lag_seconds",
+            "Time from a change being seen in the WAL to it being durable in the replica",
+            ["db"],
+            buckets=LAG_BUCKETS,
+            registry=r,
+        )
+        self.replica_txid = Gauge("lifeboat_replica_txid", "Highest TXID durable in the replica", ["db"], registry=r)
+
+    def register(self, db: str, replica_type: str) -> None:
+        """Create every series of one database at zero, so dashboards and alerts see them at once."""
+        for g in (self.sync_errors, self.sync_count, self.sync_seconds, self.disk_full, self.total_wal_bytes):
+            g.labels(db)
+        self.compaction_verify_errors.labels(db)
+        for mode in CHECKPOINT_MODES:
+            for g in (self.checkpoint_count, self.checkpoint_errors, self.checkpoint_seconds):
+                g.labels(db, mode)
+        for status in L0_STATUSES:
+            self.l0_retention.labels(db, status)
+        for op in OPERATIONS:
+            self.replica_ops.labels(replica_type, op)
+            self.replica_bytes.labels(replica_type, op)
+            self.replica_seconds.labels(replica_type, op)
+        self.lag.labels(db)
+        self.replica_txid.labels(db)
+        self.update_sizes(db)
+
+    def update_sizes(self, db: str) -> None:
+        """`litestream_db_size` and `litestream_wal_size` from the files (a stat each)."""
+        for gauge, path in ((self.db_size, db), (self.wal_size, db + "-wal")):
+            try:
+                gauge.labels(db).set(os.stat(path).st_size)
+            except OSError:
+                gauge.labels(db).set(0)
 
     def observe(self, event: str, fields: dict[str, Any]) -> None:
-        """Turn a store event into metric updates."""
+        """Turn a store event into metric updates, and log it at debug level."""
+        log_event(event, fields)
         db = fields.get("db", "")
         if event == "sync":
             self.sync_count.labels(db).inc()
             self.total_wal_bytes.labels(db).inc(fields.get("wal_bytes", 0))
             self.sync_seconds.labels(db).inc(fields.get("seconds", 0.0))
+            self.disk_full.labels(db).set(0)
             if fields.get("txids"):
                 self.txid.labels(db).set(fields["txids"][-1])
+            self.update_sizes(db)
         elif event == "sync_error":
             self.sync_errors.labels(db).inc()
+            if "No space left" in str(fields.get("error", "")):
+                self.disk_full.labels(db).set(1)
         elif event == "checkpoint":
             self.checkpoint_count.labels(db, fields["mode"]).inc()
             self.checkpoint_seconds.labels(db, fields["mode"]).inc(fields.get("seconds", 0.0))
+        elif event == "checkpoint_error":
+            self.checkpoint_errors.labels(db, fields["mode"]).inc()
+        elif event == "compaction_verify_error":
+            self.compaction_verify_errors.labels(db).inc()
         elif event == "uploaded":
             self.lag.labels(db).observe(fields["lag"])
             self.replica_txid.labels(db).set(fields["txid"])
-            rtype = fields.get("replica_type", "")
-            self.replica_ops.labels(rtype, "PUT").inc()
-            self.replica_bytes.labels(rtype, "PUT").inc(fields.get("size", 0))
         elif event == "db_size":
             self.db_size.labels(db).set(fields["db_size"])
             self.wal_size.labels(db).set(fields["wal_size"])
+
+    def instrument(self, client: Any, db: str = "", l0_retention: float | None = None) -> InstrumentedClient:
+        """Wrap a ReplicaClient so its operations show in the replica metrics."""
+        if isinstance(client, InstrumentedClient):
+            return client
+        return InstrumentedClient(client, self, db, l0_retention)
+
+    # -- used by InstrumentedClient --------------------------------------------------------------
+
+    def record(self, rtype: str, op: str, seconds: float, nbytes: int = 0, error: BaseException | None = None) -> None:
+        self.replica_ops.labels(rtype, op).inc()
+        self.replica_seconds.labels(rtype, op).observe(seconds)
+        if nbytes:
+            self.replica_bytes.labels(rtype, op).inc(nbytes)
+        if error is not None:
+            self.replica_errors.labels(rtype, op, type(error).__name__).inc()
+
+
+_DEBUG_FIELDS = ("txids", "wal_bytes", "seconds", "mode", "level", "inputs", "txid", "lag", "deleted", "what")
+
+
+def log_event(event: str, fields: dict[str, Any]) -> None:
+    """One debug line per store event (sync, checkpoint, compaction, ...); errors at error level are
+    logged where they happen. Fields are data the store produced: never configuration or secrets."""
+    # Failures were logged at ERROR where they happened, with their database and replica.
+    level = logging.DEBUG
+    if not log.isEnabledFor(level):
+        return
+    data = {k: fields[k] for k in _DEBUG_FIELDS if k in fields}
+    if "txids" in data and len(data["txids"]) > 8:
+        data["txids"] = [data["txids"][0], data["txids"][-1]]
+    if "error" in fields:
+        data["error"] = fields["error"]
+    text = " ".join(f"{k}={v}" for k, v in data.items())
+    log.log(level, "%s %s: %s", event, fields.get("db", ""), text, extra={"event": event, "db": fields.get("db"),
+                                                                         "fields": data})
+
+
+class InstrumentedClient:
+    """A ReplicaClient that counts, sizes and times every operation of the client it wraps.
+
+    Also derives `litestream_l0_retention_files_total` from full L0/L1 listings (the retention check
+    lists both anyway), with Litestream's statuses: covered by L1 and older than `l0-retention`
+    (eligible), not yet in L1 (not_compacted), covered but younger (too_recent).
+    """
+
+    def __init__(self, inner: Any, metrics: Metrics, db: str, l0_retention: float | None) -> None:
+        self.inner = inner
+        self.metrics = metrics
+        self.db = db
+        self.l0_retention = l0_retention
+        self._l0: list[Any] | None = None
+        self._l1_max: int | None = None
+
+    @property
+    def type(self) -> str:
+        return str(self.inner.type)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def __repr__(self) -> str:
+        return repr(self.inner)
+
+    async def _timed(self, op: str, coro: Any, nbytes: int = 0) -> Any:
+        t0 = time.monotonic()
+        try:
+            result = await coro
+        except BaseException as exc:
+            self.metrics.record(self.type, op, time.monotonic() - t0, 0, exc)
+            raise
+        self.metrics.record(self.type, op, time.monotonic() - t0, nbytes)
+        return result
+
+    async def init(self) -> None:
+        await self.inner.init()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    async def ltx_files(self, level: int, seek: int = 0, use_metadata: bool = False) -> list[Any]:
+        files = await self._timed("LIST", self.inner.ltx_files(level, seek, use_metadata))
+        if seek == 0 and level in (0, 1):
+            if level == 0:
+                self._l0 = files
+            else:
+                self._l1_max = files[-1].max_txid if files else 0
+            self._update_l0_retention()
+        return files
+
+    def _update_l0_retention(self) -> None:
+        if self._l0 is None or self._l1_max is None or self.l0_retention is None or not self.db:
+            return
+        now = datetime.now(UTC).timestamp()
+        counts = dict.fromkeys(L0_STATUSES, 0)
+        for f in self._l0:
+            if f.max_txid > self._l1_max:
+                counts["not_compacted"] += 1
+            elif f.created_at.timestamp() > now - self.l0_retention:
+                counts["too_recent"] += 1
+            else:
+                counts["eligible"] += 1
+        for status, n in counts.items():
+            self.metrics.l0_retention.labels(self.db, status).set(n)
+
+    async def open_ltx_file(
+        self, level: int, min_txid: int, max_txid: int, offset: int = 0, size: int | None = None
+    ) -> AsyncIterator[bytes]:
+        t0 = time.monotonic()
+        total = 0
+        try:
+            async for chunk in self.inner.open_ltx_file(level, min_txid, max_txid, offset, size):
+                total += len(chunk)
+                yield chunk
+        except GeneratorExit:
+            self.metrics.record(self.type, "GET", time.monotonic() - t0, total)
+            raise
+        except BaseException as exc:
+            self.metrics.record(self.type, "GET", time.monotonic() - t0, total, exc)
+            raise
+        self.metrics.record(self.type, "GET", time.monotonic() - t0, total)
+
+    async def write_ltx_file(self, level: int, min_txid: int, max_txid: int, src: BinaryIO) -> Any:
+        t0 = time.monotonic()
+        try:
+            info = await self.inner.write_ltx_file(level, min_txid, max_txid, src)
+        except BaseException as exc:
+            self.metrics.record(self.type, "PUT", time.monotonic() - t0, 0, exc)
+            raise
+        self.metrics.record(self.type, "PUT", time.monotonic() - t0, info.size)
+        return info
+
+    async def delete_ltx_files(self, files: list[Any]) -> None:
+        await self._timed("DELETE", self.inner.delete_ltx_files(files))
+
+    async def delete_all(self) -> None:
+        await self._timed("DELETE", self.inner.delete_all())
+
+    async def read_lock(self) -> Any:
+        return await self._timed("GET", self.inner.read_lock())
+
+    async def write_lock(self, body: bytes, if_match: str | None) -> str:
+        return str(await self._timed("PUT", self.inner.write_lock(body, if_match), len(body)))
+
+    async def delete_lock(self, if_match: str) -> None:
+        await self._timed("DELETE", self.inner.delete_lock(if_match))

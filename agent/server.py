@@ -52,8 +52,10 @@ async def serve(addr: str, source: StatusSource, metrics: Metrics, ready_max_age
             parts = request.decode("latin-1").split()
             path = parts[1].split("?")[0] if len(parts) >= 2 else "/"
             status, ctype, body = route(path)
-            head = (f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-                    "Connection: close\r\n\r\n")
+            head = (
+                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                "Connection: close\r\n\r\n"
+            )
             writer.write(head.encode() + body)
             await writer.drain()
         except (TimeoutError, ConnectionError):
@@ -68,8 +70,11 @@ async def serve(addr: str, source: StatusSource, metrics: Metrics, ready_max_age
             return "200 OK", "text/plain", b"ok\n"
         if path == "/readyz":
             ok, problems = readiness(source.statuses(), ready_max_age)
-            return ("200 OK" if ok else "503 Service Unavailable"), "text/plain", (
-                "ok\n" if ok else "\n".join(problems) + "\n").encode()
+            return (
+                ("200 OK" if ok else "503 Service Unavailable"),
+                "text/plain",
+                ("ok\n" if ok else "\n".join(problems) + "\n").encode(),
+            )
         if path == "/status":
             return "200 OK", "application/json", json.dumps({"databases": source.statuses()}).encode()
         return "404 Not Found", "text/plain", b"not found\n"

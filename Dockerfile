@@ -8,12 +8,14 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 
+# Made outside the source tree: `python3 -m` puts the working directory first on sys.path, where
+# the project's operator/ folder would shadow the standard library's operator module.
+RUN python3 -m venv /opt/lifeboat
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY agent/ agent/
 COPY operator/ operator/
-RUN python3 -m venv /opt/lifeboat \
- && /opt/lifeboat/bin/pip install --no-cache-dir '.[all]'
+RUN /opt/lifeboat/bin/pip install --no-cache-dir '.[all]'
 
 
 FROM docker.io/library/debian:bookworm-slim

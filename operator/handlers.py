@@ -100,7 +100,14 @@ def configmap_body(name: str, namespace: str, spec: Mapping[str, Any]) -> dict[s
     }
 
 
-async def _credentials_condition(
+def _config_verdict(name: str, spec: Mapping[str, Any]) -> tuple[str, str, str]:
+    found = specs.problems(spec)
+    if found:
+        return "False", "InvalidSpec", "; ".join(found)
+    return "True", "Rendered", f"agent config in ConfigMap {specs.configmap_name(name)}"
+
+
+async def _credentials_verdict(
     lifeboat: kube.Kube, namespace: str, spec: Mapping[str, Any]
 ) -> tuple[str, str, str]:
     secret_name = ((spec.get("replica") or {}).get("credentials") or {}).get("secretName")
@@ -137,23 +144,18 @@ async def reconcile(
     generation = meta.get("generation")
     conditions: list[dict[str, Any]] = [dict(c) for c in status.get("conditions") or []]
 
-    found = specs.problems(spec)
-    if found:
-        config: tuple[str, str, str] = ("False", "InvalidSpec", "; ".join(found))
-        kopf.event(body, type="Warning", reason=config[1], message=config[2])
-    else:
+    config = _config_verdict(name, spec)
+    if config[0] == "True":
         configmap = configmap_body(name, namespace, spec)
         kopf.adopt(configmap, owner=body)
         await memo.kube.apply_configmap(namespace, configmap)
-        config = ("True", "Rendered", f"agent config in ConfigMap {configmap['metadata']['name']}")
+    credentials = await _credentials_verdict(memo.kube, namespace, spec)
+    for verdict in (config, credentials):
+        if verdict[0] == "False":
+            kopf.event(body, type="Warning", reason=verdict[1], message=verdict[2])
+
     conditions = _conditions_with(conditions, CONFIG_READY, config, generation)
-
-    credentials = await _credentials_condition(memo.kube, namespace, spec)
-    if credentials[0] == "False":
-        kopf.event(body, type="Warning", reason=credentials[1], message=credentials[2])
-    conditions = _conditions_with(conditions, CREDENTIALS_READY, credentials, generation)
-
-    patch.status["conditions"] = conditions
+    patch.status["conditions"] = _conditions_with(conditions, CREDENTIALS_READY, credentials, generation)
     patch.status["observedGeneration"] = generation
     patch.status["configMap"] = specs.configmap_name(name)
 
@@ -163,15 +165,23 @@ async def collect_status(
     spec: kopf.Spec, name: str, namespace: str, meta: kopf.Meta, status: kopf.Status,
     patch: kopf.Patch, memo: kopf.Memo, **_: Any,
 ) -> None:
-    """Ask every running labelled pod's agent for its state; Ready = all replicate within maxLag."""
+    """Ask every running labelled pod's agent for its state; Ready = all replicate within maxLag.
+
+    It also re-derives the other conditions, so they heal without a spec change (a Secret created
+    after its SQLiteReplica) and survive a status patch racing with :func:`reconcile`.
+    """
+    generation = meta.get("generation")
+    conditions: list[dict[str, Any]] = [dict(c) for c in status.get("conditions") or []]
+    conditions = _conditions_with(conditions, CONFIG_READY, _config_verdict(name, spec), generation)
+    credentials = await _credentials_verdict(memo.kube, namespace, spec)
+    conditions = _conditions_with(conditions, CREDENTIALS_READY, credentials, generation)
+
     pods = await memo.kube.running_pods(namespace, name)
     port = int((spec.get("agent") or {}).get("metricsPort", specs.DEFAULT_METRICS_PORT))
     reports = await statuses.collect(pods, port)
-    summary = statuses.summarize(
-        reports, database=spec["database"], max_lag=specs.max_lag_seconds(spec),
-        conditions=[dict(c) for c in status.get("conditions") or []],
-        generation=meta.get("generation"), now=statuses.now_rfc3339())
-    patch.status.update(summary)
+    patch.status.update(statuses.summarize(
+        reports, database=spec["database"], max_lag=specs.max_lag_seconds(spec), conditions=conditions,
+        generation=generation, now=statuses.now_rfc3339()))
 
 
 @kopf.on.mutate("", "v1", "pods", id="inject", operations=["CREATE"],

@@ -86,6 +86,23 @@ async def test_missing_secret_is_a_false_condition_and_a_warning_event(
     assert event["involvedObject"]["name"] == "db"
 
 
+async def test_credentials_condition_heals_when_the_secret_appears(
+    k8s: kmock.KubernetesEmulator, operator: handlers.Options
+) -> None:
+    await create(k8s, REPLICAS, make_replica())
+
+    def credentials() -> dict[str, Any] | None:
+        return condition(stored(k8s, "lifeboat.dev/v1alpha1/sqlitereplicas", "db"), "CredentialsReady")
+
+    assert (await eventually(credentials))["status"] == "False"
+    await create_secret(k8s, AWS_ACCESS_KEY_ID="AKIAEXAMPLE", AWS_SECRET_ACCESS_KEY=SECRET_VALUE)
+
+    # No spec change: the status timer's next round re-checks the Secret.
+    healed = await eventually(lambda: (c := credentials()) and c["status"] == "True" and c,
+                              seconds=handlers.STATUS_INTERVAL + 10)
+    assert healed["reason"] == "SecretFound"
+
+
 async def test_secret_without_needed_keys_is_reported_by_name_only(
     k8s: kmock.KubernetesEmulator, operator: handlers.Options
 ) -> None:

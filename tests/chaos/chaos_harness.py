@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import random
 import shutil
 import signal
@@ -121,7 +120,7 @@ class Workspace:
         self.port = free_port()
         self.agent: subprocess.Popen[bytes] | None = None
         self.app: subprocess.Popen[bytes] | None = None
-        self.agent_log = open(root / "agent.log", "ab")  # noqa: SIM115 - closed in close()
+        self.agent_log = open(root / "agent.log", "ab")  # closed in close()
         self.acked = 0
         self._pending: list[tuple[int, int]] = []  # (committed count C, txid that proves it)
         conn = sqlite3.connect(self.db, isolation_level=None)
@@ -259,7 +258,7 @@ dbs:
         }
         acked = self.acked
         for tool, proc in procs.items():
-            out, err = proc.communicate(timeout=120)
+            _out, err = proc.communicate(timeout=120)
             stats.restores += 1
             if proc.returncode != 0:
                 if acked == 0 and b"no matching backup" in err:

@@ -11,6 +11,7 @@ application committed, and contains every row the agent had acknowledged via `/s
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from chaos_harness import Workspace, run_cycles
@@ -38,7 +39,6 @@ def test_restarted_agent_takes_over_its_own_stale_lease(tmp_path: Path) -> None:
     try:
         ws.start_app()
         ws.start_agent()
-        import time
 
         deadline = time.monotonic() + 30
         while (st := ws.status()) is None or st["remote_txid"] == 0:

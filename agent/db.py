@@ -220,11 +220,18 @@ class Database:
         try:
             with open(path, "rb") as f:
                 dec = ltx.Decoder(f, str(path))
-                pages = dict(dec.pages())
+                want = self._last_frame_pgno(dec.header)
+                # Only the page the resume check needs stays in memory: a full-snapshot L0 file
+                # can be as large as the database.
+                page = None
+                for pgno, data in dec.pages():
+                    if pgno == want:
+                        page = bytes(data)
         except ltx.LTXError as exc:
             log.warning("local state unusable, next sync writes a snapshot: %s", exc)
             self._force_snapshot = True
             return
+        pages = {want: page} if page is not None else {}
         h = dec.header
         self.commit = h.commit
         self._wal = None
@@ -248,6 +255,19 @@ class Database:
             return
         self._wal = _WalPosition(wal_hdr.salt1, wal_hdr.salt2, end, (c1, c2))
         self._force_snapshot = False
+
+    def _last_frame_pgno(self, h: ltx.Header) -> int | None:
+        """The page number of the WAL frame just before `h`'s end, if the WAL still holds it."""
+        if h.wal_offset == 0 or self.page_size == 0:
+            return None
+        wal_hdr = self._read_wal_header()
+        if wal_hdr is None:
+            return None
+        end = h.wal_offset + h.wal_size
+        if end <= WAL_HEADER_SIZE:
+            return None
+        head = os.pread(self._wal_fd, 4, end - wal_hdr.frame_size)
+        return struct.unpack(">I", head)[0] if len(head) == 4 else None
 
     def set_replica_position(self, remote_txid: int) -> None:
         """The replica is ahead of local state (a restore, a wiped meta dir): continue above it."""

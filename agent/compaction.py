@@ -65,12 +65,11 @@ def contiguous_run(files: list[FileInfo], after: int) -> list[FileInfo]:
 
 
 def snapshots_to_delete(snapshots: list[FileInfo], now: datetime, retention: float) -> list[FileInfo]:
-    """Snapshots older than the window, except the newest and the one the window starts from."""
-    if len(snapshots) <= 1:
-        return []
+    """Snapshots older than the window, except the one the window starts from (the newest of the
+    old ones; when every snapshot is old, that is the newest snapshot, which always stays)."""
     cutoff = now - timedelta(seconds=retention)
     ordered = sorted(snapshots, key=lambda f: (f.created_at, f.max_txid))
-    old = [f for f in ordered[:-1] if f.created_at < cutoff]
+    old = [f for f in ordered if f.created_at < cutoff]
     # The newest of the old ones is the base for points in time early in the window: keep it.
     return old[:-1]
 

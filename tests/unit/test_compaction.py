@@ -246,9 +246,7 @@ async def _put(client: FileReplicaClient, level: int, data: bytes) -> FileInfo:
 async def test_lifecycle_compacts_levels_and_enforces_retention(tmp_path: Path) -> None:
     client = FileReplicaClient(str(tmp_path / "replica"))
     await client.init()
-    settings = LifecycleSettings(
-        levels=[2.0, 5.0], snapshot_interval=15.0, snapshot_retention=30.0, l0_retention=5.0
-    )
+    settings = LifecycleSettings(levels=[2.0, 5.0], snapshot_interval=15.0, snapshot_retention=30.0, l0_retention=5.0)
     events: list[tuple[str, dict[str, Any]]] = []
     lc = Lifecycle(_stub_db(tmp_path), client, settings, hook=lambda e, f: events.append((e, f)))
     now = datetime.now(UTC)
@@ -362,7 +360,9 @@ def test_cli_once_force_snapshot_enforce_retention(tmp_path: Path) -> None:
         assert int(l9[-1]["max_txid"], 16) == l0_max  # the forced snapshot is at the latest position
 
         plan_rows = json.loads(
-            ok(lifeboat("restore", "-config", str(conf), "-dry-run", "-json", "-o", str(tmp_path / "x.db"), str(db))).stdout
+            ok(
+                lifeboat("restore", "-config", str(conf), "-dry-run", "-json", "-o", str(tmp_path / "x.db"), str(db))
+            ).stdout
         )
         assert plan_rows[0]["level"] == SNAPSHOT_LEVEL
         assert plan_rows[0]["max_txid"] == l9[-1]["max_txid"]

@@ -110,8 +110,8 @@ class Database:
 
     # ---- opening ---------------------------------------------------------------------------
 
-    def open(self) -> None:
-        """Validate the database, connect, pin the WAL, and load local state."""
+    def validate(self) -> None:
+        """Check, without writing anything, that the file is a SQLite database in WAL mode."""
         if not os.path.exists(self.path):
             raise DatabaseError(f"{self.path}: database does not exist")
         with open(self.path, "rb") as f:
@@ -127,6 +127,10 @@ class Database:
                 f"{self.path}: database is not in WAL mode (run PRAGMA journal_mode=wal in the application)"
             )
         self.page_size = hdr.page_size
+
+    def open(self) -> None:
+        """Validate the database, connect, pin the WAL, and load local state."""
+        self.validate()
         # Our own descriptor stays open for the agent's lifetime: closing any descriptor of a file
         # drops every POSIX lock this process holds on it, including SQLite's.
         self._db_fd = os.open(self.path, os.O_RDONLY)

@@ -71,6 +71,7 @@ class DatabaseRunner:
 
     async def open(self) -> None:
         """Take the replica's lease, open the database, and reconcile their positions."""
+        await asyncio.to_thread(self.db.validate)  # a bad database must not touch the replica
         await self.replica.client.init()
         await self.lease.acquire()
         await asyncio.to_thread(self.db.open)

@@ -76,6 +76,8 @@ def translate(exc: BaseException, what: str) -> StorageError:
             return Transient(f"{what}: HTTP {status} {exc.reason}")
         if status == 412:
             return PreconditionFailed(f"{what}: precondition failed")
+        if status in (401, 403):
+            return StorageError(f"{what}: access denied: check the credentials (account-key or sas-token)")
         return StorageError(f"{what}: HTTP {status} {exc.reason}")
     if isinstance(exc, ae.ServiceRequestError | ae.ServiceResponseError | ConnectionError | TimeoutError):
         return Transient(f"{what}: {exc}")
@@ -139,7 +141,10 @@ class ABSReplicaClient:
                 max_single_put_size=BLOCK_SIZE,
                 max_block_size=BLOCK_SIZE,
                 connection_timeout=10,
+                # The SDK's default backoff starts at 15 s: far too slow to report a dead endpoint.
                 retry_total=3,
+                initial_backoff=0.5,
+                increment_base=2,
             )
             self._container = service.get_container_client(self.container_name)
         return self._container

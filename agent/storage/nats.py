@@ -11,6 +11,7 @@ object's NUID and then writes, a best effort with a short race window between th
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import ssl
@@ -137,7 +138,9 @@ class NATSReplicaClient:
 
             try:
                 if self._nc is None:
-                    self._nc = await nats.connect(servers=[self.server], **self._options)
+                    # nats-py may keep retrying an initial connection that is refused: bound it.
+                    limit = 3 * self._options.get("connect_timeout", 10)
+                    self._nc = await asyncio.wait_for(nats.connect(servers=[self.server], **self._options), limit)
                 self._store = await self._nc.jetstream().object_store(self.bucket)
             except Exception as exc:
                 raise translate(exc, self.url) from exc

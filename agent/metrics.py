@@ -25,6 +25,7 @@ OP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 OPERATIONS = ("GET", "PUT", "DELETE", "LIST")
 CHECKPOINT_MODES = ("PASSIVE", "TRUNCATE")
 L0_STATUSES = ("eligible", "not_compacted", "too_recent")
+SNAPSHOT_LEVEL = 9
 
 log = logging.getLogger("lifeboat.events")
 
@@ -96,6 +97,12 @@ class Metrics:
             registry=r,
         )
         self.replica_txid = Gauge("lifeboat_replica_txid", "Highest TXID durable in the replica", ["db"], registry=r)
+        self.last_snapshot = Gauge(
+            "lifeboat_last_snapshot_timestamp_seconds",
+            "Creation time of the newest snapshot (L9) the agent saw in the replica",
+            ["db"],
+            registry=r,
+        )
 
     def register(self, db: str, replica_type: str) -> None:
         """Create every series of one database at zero, so dashboards and alerts see them at once."""
@@ -146,6 +153,8 @@ class Metrics:
             self.checkpoint_errors.labels(db, fields["mode"]).inc()
         elif event == "compaction_verify_error":
             self.compaction_verify_errors.labels(db).inc()
+        elif event == "snapshot":
+            self.last_snapshot.labels(db).set(time.time())
         elif event == "uploaded":
             self.lag.labels(db).observe(fields["lag"])
             self.replica_txid.labels(db).set(fields["txid"])
@@ -234,6 +243,10 @@ class InstrumentedClient:
 
     async def ltx_files(self, level: int, seek: int = 0, use_metadata: bool = False) -> list[Any]:
         files = await self._timed("LIST", self.inner.ltx_files(level, seek, use_metadata))
+        if level == SNAPSHOT_LEVEL and files and self.db:
+            newest = max(f.created_at.timestamp() for f in files)
+            gauge = self.metrics.last_snapshot.labels(self.db)
+            gauge.set(max(newest, gauge._value.get()))
         if seek == 0 and level in (0, 1):
             if level == 0:
                 self._l0 = files

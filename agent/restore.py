@@ -111,6 +111,10 @@ def _apply(files: list[tuple[FileInfo, Path]], out: Path, progress: Callable[[in
     commit = 0
     prev_max = 0
     present = bytearray()
+    # A header's commit sizes the page bitmap: it must be one these files can physically back (each
+    # stored page costs at least its header, size and LZ4 output), or a forged header would make
+    # restore allocate (and scan) gigabytes.
+    total_bytes = sum(os.path.getsize(path) for _, path in files)
     fd = os.open(out, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         for info, path in files:
@@ -126,6 +130,11 @@ def _apply(files: list[tuple[FileInfo, Path]], out: Path, progress: Callable[[in
                     raise RestoreError(f"{name}: not contiguous with txid {prev_max}")
                 page_size = h.page_size
                 commit = h.commit
+                if commit > total_bytes // (8 + page_size // 512) + 2:
+                    raise RestoreError(
+                        f"{name}: header claims {commit} pages of {page_size} bytes, more than the "
+                        f"{total_bytes} bytes of replica files can hold"
+                    )
                 if len(present) < commit + 1:
                     present.extend(bytes(commit + 1 - len(present)))
                 for pgno, data in dec.pages():

@@ -404,7 +404,8 @@ class S3ReplicaClient:
 
         def keys() -> list[str]:
             pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
-            return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+            # The lease object is not replica data: a holder that resets the replica keeps its lease.
+            return [obj["Key"] for page in pages for obj in page.get("Contents", []) if obj["Key"] != self.lock_key]
 
         try:
             found = await asyncio.to_thread(keys)

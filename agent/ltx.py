@@ -161,7 +161,7 @@ class Encoder:
         self.header = header
         self._lock = lock_pgno(header.page_size)
         self._last_pgno = 0
-        self._index: list[bytes] = []
+        self._index = bytearray()  # encoded as on disk: compact whatever the page count
         head = header.pack()
         out.write(head)
         self._offset = HEADER_SIZE
@@ -186,7 +186,7 @@ class Encoder:
         self.out.write(comp)
         self._crc = crc64.go_iso(data, initial=crc64.go_iso(frame_head, initial=self._crc))
         size = len(frame_head) + len(comp)
-        self._index.append(_uvarint(pgno) + _uvarint(self._offset) + _uvarint(size))
+        self._index += _uvarint(pgno) + _uvarint(self._offset) + _uvarint(size)
         self._offset += size
         self._last_pgno = pgno
 
@@ -201,7 +201,7 @@ class Encoder:
             expected = hdr.commit - 1 if hdr.commit == self._lock else hdr.commit
             if self._last_pgno not in (hdr.commit, expected) and hdr.commit != 0:
                 raise LTXError(f"snapshot ends at page {self._last_pgno}, commit is {hdr.commit}")
-        index = b"".join(self._index) + b"\x00"
+        index = bytes(self._index) + b"\x00"
         index += _U64.pack(len(index))
         post = _U64.pack(post_apply_checksum)
         tail = _ZERO_PAGE_HEADER + index + post
@@ -232,7 +232,10 @@ class Decoder:
             raise LTXError(f"{name}: {exc}") from None
         self._crc = crc64.go_iso(head)
         self._offset = HEADER_SIZE
-        self.page_index: list[tuple[int, int, int]] = []
+        # The page index as the file encodes it (3 uvarints per page), not a list of tuples: a
+        # 1 GiB database has 262k pages, and Python tuples would cost ~40 MB per open decoder.
+        self._index = bytearray()
+        self._pages = 0
 
     def _read(self, n: int, what: str) -> bytes:
         data = self.src.read(n)
@@ -283,10 +286,23 @@ class Decoder:
             if len(data) != ps:
                 raise LTXError(f"{self.name}: page {pgno} decompressed to {len(data)} bytes, expected {ps}")
             self._crc = crc64.go_iso(data, initial=self._crc)
-            self.page_index.append((pgno, start, self._offset - start))
+            self._index += _uvarint(pgno) + _uvarint(start) + _uvarint(self._offset - start)
+            self._pages += 1
             last = pgno
             yield pgno, data
         self._finish()
+
+    @property
+    def page_index(self) -> list[tuple[int, int, int]]:
+        """(pgno, offset, size) of every page read so far."""
+        out: list[tuple[int, int, int]] = []
+        pos = 0
+        while pos < len(self._index):
+            pgno, pos = _read_uvarint(self._index, pos)
+            offset, pos = _read_uvarint(self._index, pos)
+            size, pos = _read_uvarint(self._index, pos)
+            out.append((pgno, offset, size))
+        return out
 
     def _read_lz4_frame(self, pgno: int) -> bytes:
         """Read exactly one LZ4 frame (legacy page encoding) by walking its block sizes."""
@@ -320,20 +336,20 @@ class Decoder:
     def _finish(self) -> None:
         # Whatever follows the pages is the index (at most three 10-byte varints per page plus the
         # terminator), its u64 size and the trailer: read it in one bounded call.
-        bound = 30 * len(self.page_index) + 1 + 8 + TRAILER_SIZE
+        bound = 30 * self._pages + 1 + 8 + TRAILER_SIZE
         rest = self.src.read(bound + 1)
         if len(rest) > bound:
             raise LTXError(f"{self.name}: page index too large or trailing bytes")
         pos = 0
-        entries: list[tuple[int, int, int]] = []
+        end = 0
         try:
             while True:
                 pgno, pos = _read_uvarint(rest, pos)
                 if pgno == 0:
                     break
-                offset, pos = _read_uvarint(rest, pos)
-                size, pos = _read_uvarint(rest, pos)
-                entries.append((pgno, offset, size))
+                _offset, pos = _read_uvarint(rest, pos)
+                _size, pos = _read_uvarint(rest, pos)
+                end = pos
         except LTXError as exc:
             raise LTXError(f"{self.name}: {exc}") from None
         if len(rest) != pos + 8 + TRAILER_SIZE:
@@ -341,7 +357,7 @@ class Decoder:
         (idx_size,) = _U64.unpack_from(rest, pos)
         if idx_size != pos:
             raise LTXError(f"{self.name}: page index size {idx_size} does not match {pos}")
-        if entries != self.page_index:
+        if rest[:end] != self._index:
             raise LTXError(f"{self.name}: page index does not match the pages")
         crc = crc64.go_iso(rest[: pos + 8 + 8], initial=self._crc)
         (stored,) = _U64.unpack_from(rest, pos + 16)

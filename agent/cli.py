@@ -15,11 +15,11 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from . import config as cfgmod
 from .compaction import LifecycleSettings
@@ -36,6 +36,7 @@ log = logging.getLogger("lifeboat")
 
 
 CONFIG_POLL_SECONDS = 2.0
+T = TypeVar("T")
 
 
 class CLIError(Exception):
@@ -337,7 +338,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     if not os.path.isdir(os.path.dirname(out)):
         raise CLIError(f"output directory does not exist: {os.path.dirname(out)}")
     if args.dry_run:
-        return asyncio.run(_dry_run(client, txid, ts, args.json))
+        return _run_with(client, _dry_run(client, txid, ts, args.json))
     if args.force and not args.dry_run:
         for suffix in ("", "-wal", "-shm", "-journal"):
             if os.path.exists(out + suffix):
@@ -345,11 +346,12 @@ def cmd_restore(args: argparse.Namespace) -> int:
     started = time.monotonic()
     bar = _Progress() if sys.stderr.isatty() and not args.json else None
     try:
-        result = asyncio.run(
+        result = _run_with(
+            client,
             restore(
                 client, out, txid=txid, timestamp=ts, parallelism=args.parallelism, integrity_check=check,
                 progress=bar,
-            )
+            ),
         )
     except NoBackupError:
         if bar is not None:
@@ -428,6 +430,18 @@ async def _dry_run(client: ReplicaClient, txid: int | None, ts: datetime | None,
     return 0
 
 
+def _run_with(client: ReplicaClient, coro: Coroutine[Any, Any, T]) -> T:
+    """Run one client operation, then close the client's connections (SFTP, NATS hold some)."""
+
+    async def run() -> T:
+        try:
+            return await coro
+        finally:
+            await client.close()
+
+    return asyncio.run(run())
+
+
 def _parse_txid(text: str) -> int:
     try:
         value = int(text, 16)
@@ -472,7 +486,7 @@ def cmd_ltx(args: argparse.Namespace) -> int:
                 )
         return rows
 
-    _print_rows(asyncio.run(listing()), {"level": 6, "min_txid": 18, "max_txid": 18, "size": 12, "created": 0},
+    _print_rows(_run_with(client, listing()), {"level": 6, "min_txid": 18, "max_txid": 18, "size": 12, "created": 0},
                 args.json)
     return 0
 

@@ -555,6 +555,7 @@ _REPLICA_KEYS: dict[str, str] = {
     "password": "str",
     "key-path": "str",
     "host-key": "str",
+    "insecure-ignore-host-key": "bool",
     "concurrent-writes": "bool",
     # WebDAV (Litestream only)
     "webdav-url": "str",
@@ -612,7 +613,7 @@ _BACKEND_KEYS: dict[str, set[str]] = {
     "s3": _S3_KEYS,
     "gs": {"bucket"},
     "abs": {"account-name", "account-key", "sas-token", "endpoint", "bucket"},
-    "sftp": {"host", "user", "password", "key-path", "host-key", "concurrent-writes"},
+    "sftp": {"host", "user", "password", "key-path", "host-key", "insecure-ignore-host-key", "concurrent-writes"},
     "nats": {
         "bucket",
         "jwt",

@@ -158,6 +158,7 @@ class DatabaseRunner:
             await self.lease.release()
         except StorageError as exc:
             log.warning("replica %s: lease release failed: %s", self.replica.url, exc)
+        await self.replica.client.close()
         self.db.close()
 
     async def _lifecycle(self, stop: asyncio.Event) -> None:
@@ -347,4 +348,6 @@ class Store:
         for r in self.runners:
             with contextlib.suppress(StorageError):
                 await r.lease.release()
+            with contextlib.suppress(StorageError):
+                await r.replica.client.close()
             r.db.close()

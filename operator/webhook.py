@@ -43,15 +43,14 @@ class TLSBundle:
     cert: bytes
     key: bytes
 
-    def write(self, directory: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
-        """Write the files kopf's server loads; returns (certfile, keyfile). The key is owner-only."""
+    def write(self, directory: pathlib.Path) -> None:
+        """Write ``ca.crt``, ``tls.crt`` and ``tls.key`` (owner-only), the files kopf's server loads."""
         directory.mkdir(parents=True, exist_ok=True)
         (directory / CA_FILE).write_bytes(self.ca)
         (directory / CERT_FILE).write_bytes(self.cert)
         key_path = directory / KEY_FILE
         key_path.touch(mode=0o600)
         key_path.write_bytes(self.key)
-        return directory / CERT_FILE, key_path
 
 
 def service_dns_names(service: str, namespace: str) -> list[str]:

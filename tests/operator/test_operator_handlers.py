@@ -161,3 +161,18 @@ async def aiohttp_agent() -> Any:
     await site.start()
     yield runner.addresses[0][1]
     await runner.cleanup()
+
+
+async def test_inconsistent_spec_gets_no_configmap_and_a_false_condition(
+    k8s: kmock.KubernetesEmulator, operator: handlers.Options
+) -> None:
+    # As if applied while the validating webhook was not in place.
+    await create(k8s, REPLICAS, make_replica(replica={"url": "gs://bucket/app", "forcePathStyle": True}))
+
+    def config_ready() -> dict[str, Any] | None:
+        return condition(stored(k8s, "lifeboat.dev/v1alpha1/sqlitereplicas", "db"), "ConfigReady")
+
+    cond = await eventually(config_ready)
+    assert (cond["status"], cond["reason"]) == ("False", "InvalidSpec")
+    assert "replica.forcePathStyle applies to s3://" in cond["message"]
+    assert stored(k8s, "v1/configmaps", "db-lifeboat") is None

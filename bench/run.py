@@ -1,4 +1,4 @@
-# ruff: noqa: B023, B007, RUF001  (waits call their lambdas at once; × is the ratio sign in the report)
+# ruff: noqa: B023, B007, RUF001  (waits call their lambdas at once; the report uses the multiplication sign)
 """Lifeboat vs the real `litestream` 0.5.17, side by side, same machine, same workload, one run.
 
     python bench/run.py            # full run (about 12-15 minutes)

@@ -35,6 +35,7 @@ class Metrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
+        self._newest_snapshot: dict[str, float] = {}
         self.db_size = Gauge("litestream_db_size", "The current size of the real DB", ["db"], registry=r)
         self.wal_size = Gauge("litestream_wal_size", "The current size of the real WAL", ["db"], registry=r)
         self.total_wal_bytes = Gauge(
@@ -154,13 +155,19 @@ class Metrics:
         elif event == "compaction_verify_error":
             self.compaction_verify_errors.labels(db).inc()
         elif event == "snapshot":
-            self.last_snapshot.labels(db).set(time.time())
+            self.snapshot_seen(db, time.time())
         elif event == "uploaded":
             self.lag.labels(db).observe(fields["lag"])
             self.replica_txid.labels(db).set(fields["txid"])
         elif event == "db_size":
             self.db_size.labels(db).set(fields["db_size"])
             self.wal_size.labels(db).set(fields["wal_size"])
+
+    def snapshot_seen(self, db: str, created: float) -> None:
+        """A snapshot created at `created` exists: keep the newest time."""
+        if created > self._newest_snapshot.get(db, 0.0):
+            self._newest_snapshot[db] = created
+            self.last_snapshot.labels(db).set(created)
 
     def instrument(self, client: Any, db: str = "", l0_retention: float | None = None) -> InstrumentedClient:
         """Wrap a ReplicaClient so its operations show in the replica metrics."""
@@ -244,9 +251,7 @@ class InstrumentedClient:
     async def ltx_files(self, level: int, seek: int = 0, use_metadata: bool = False) -> list[Any]:
         files = await self._timed("LIST", self.inner.ltx_files(level, seek, use_metadata))
         if level == SNAPSHOT_LEVEL and files and self.db:
-            newest = max(f.created_at.timestamp() for f in files)
-            gauge = self.metrics.last_snapshot.labels(self.db)
-            gauge.set(max(newest, gauge._value.get()))
+            self.metrics.snapshot_seen(self.db, max(f.created_at.timestamp() for f in files))
         if seek == 0 and level in (0, 1):
             if level == 0:
                 self._l0 = files

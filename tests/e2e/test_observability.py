@@ -133,6 +133,11 @@ def test_metrics_health_status_and_json_logs(tmp_path: Path) -> None:
             samples, "litestream_replica_operation_duration_seconds_count", replica_type="file", operation="PUT"
         ) >= 2
         assert value(samples, "lifeboat_replica_txid", db=str(db)) >= 2
+        # The start-up snapshot (L9) is visible to the "no recent snapshot" alert.
+        wait_for(
+            lambda: value(scrape(port)[1], "lifeboat_last_snapshot_timestamp_seconds", db=str(db)) > 0,
+            what="lifeboat_last_snapshot_timestamp_seconds after the start-up snapshot",
+        )
 
         # /status: one entry per database, caught up once the writes are shipped.
         def caught_up() -> dict[str, object] | None:

@@ -131,7 +131,12 @@ class Lifecycle:
         async with self.lock:
             dst = await self.client.ltx_files(level)
             src = await self.client.ltx_files(level - 1)
-            inputs = contiguous_run(src, dst[-1].max_txid if dst else 0)
+            after = dst[-1].max_txid if dst else 0
+            inputs = contiguous_run(src, after)
+            if not inputs:
+                # The files just above this level's end are gone (retention outran a slow level):
+                # start again at the next run rather than stall forever; the snapshot covers the gap.
+                inputs = contiguous_run([f for f in src if f.min_txid > after + 1], 0)
             if not inputs:
                 return None
             t0 = time.monotonic()

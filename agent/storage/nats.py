@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import json
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
@@ -37,6 +38,7 @@ from . import (
 HEADER_TIMESTAMP = "Litestream-Timestamp"
 LOCK_NAME = "lock.json"
 CHUNK_TIMEOUT = 30.0
+GO_ZERO_TIME = "0001-01-01T00:00:00Z"  # time.Time{} as nats.go marshals it
 
 
 def from_settings(settings: Mapping[str, Any]) -> NATSReplicaClient:
@@ -243,7 +245,7 @@ class NATSReplicaClient:
         store = await self.store()
         for name in names:
             try:
-                await store.delete(name)
+                await _delete_object(store, name)
             except NotFoundError:
                 pass
             except Exception as exc:
@@ -309,6 +311,35 @@ class NATSReplicaClient:
             await self._delete([LOCK_NAME])
         except Exception as exc:
             raise translate(exc, f"{self.url}: {LOCK_NAME}") from exc
+
+
+async def _delete_object(store: Any, name: str) -> None:
+    """nats-py's `ObjectStore.delete`, but the tombstone carries Go's zero time as its mtime.
+
+    nats-py writes `"mtime": ""`, which Go's JSON decoder rejects: nats.go's List/Watch then drops
+    that meta message, and when it is the newest one never signals the end of the initial listing,
+    so `litestream restore` (and replicate) hang on a store where lifeboat deleted anything (the
+    lease object on every clean shutdown). nats.go itself stores `time.Time{}` in tombstones.
+    """
+    from nats.js import api
+    from nats.js.object_store import MSG_ROLLUP_SUBJECT, OBJ_CHUNKS_PRE_TEMPLATE, OBJ_META_PRE_TEMPLATE
+
+    info = await store.get_info(name)
+    if not info.nuid:
+        raise StorageError(f"{name}: object meta has no NUID")
+    info.deleted = True
+    info.size = 0
+    info.chunks = 0
+    info.digest = ""
+    info.mtime = GO_ZERO_TIME
+    meta_subj = OBJ_META_PRE_TEMPLATE.format(bucket=store._name, obj=base64.urlsafe_b64encode(name.encode()).decode())
+    try:
+        await store._js.publish(
+            meta_subj, json.dumps(info.as_dict()).encode(), headers={api.Header.ROLLUP: MSG_ROLLUP_SUBJECT}
+        )
+    finally:
+        chunk_subj = OBJ_CHUNKS_PRE_TEMPLATE.format(bucket=store._name, obj=info.nuid)
+        await store._js.purge_stream(store._stream, subject=chunk_subj)
 
 
 def _created(info: Any) -> datetime:

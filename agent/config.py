@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import difflib
 import logging
-import math
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from fractions import Fraction
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-import yaml
-
+from .config_values import expand_env, parse_duration, parse_size
+from .config_yaml import Scalar, load_yaml
 from .storage import ConfigError, parse_replica_url, replica_type
 
 __all__ = [
@@ -79,183 +77,6 @@ MINUTE = 60.0
 HOUR = 3600.0
 DAY = 86400.0
 MIN_INTERVAL = 0.001  # below 1 ms an interval is a mistake (e.g. a bare number read as nanoseconds)
-
-# ---------------------------------------------------------------------------------------------
-# Durations, sizes, environment expansion
-# ---------------------------------------------------------------------------------------------
-
-_DURATION_UNITS_NS = {
-    "ns": 1,
-    "us": 1_000,
-    "\u00b5s": 1_000,  # micro sign
-    "\u03bcs": 1_000,  # Greek mu
-    "ms": 1_000_000,
-    "s": 1_000_000_000,
-    "m": 60_000_000_000,
-    "h": 3_600_000_000_000,
-}
-_DURATION_PART = re.compile(r"([0-9]*)(?:\.([0-9]*))?(ns|us|\u00b5s|\u03bcs|ms|s|m|h)")
-_MAX_DURATION_NS = 2**63 - 1  # Go's time.Duration range
-
-
-def parse_duration(text: str | int | float, *, allow_zero: bool = True, allow_negative: bool = False) -> float:
-    """Seconds from a Go duration (`500ms`, `1.5s`, `1h30m`, `0`, `10us`/`10µs`, `7ns`).
-
-    The syntax is exactly `time.ParseDuration`'s: a sequence of decimal numbers, each with a unit,
-    optionally signed; a bare number is only accepted for `0`. An `int` or `float` argument is taken
-    as seconds already (for callers building settings in Python). Raises `ValueError` on garbage,
-    on values beyond Go's range (about 292 years), on negative values unless `allow_negative`, and on
-    zero when `allow_zero` is false.
-    """
-    if isinstance(text, bool):
-        raise ValueError(f"invalid duration {text!r}")
-    if isinstance(text, int | float):
-        if not math.isfinite(text):
-            raise ValueError(f"invalid duration {text!r}")
-        seconds = float(text)
-    elif isinstance(text, str):
-        seconds = _parse_go_duration(text)
-    else:
-        raise ValueError(f'invalid duration {text!r}: expected a string such as "1s"')
-    if seconds < 0 and not allow_negative:
-        raise ValueError(f"duration {text!r} must not be negative")
-    if seconds == 0 and not allow_zero:
-        raise ValueError(f"duration {text!r} must be greater than 0")
-    return seconds
-
-
-def _parse_go_duration(text: str) -> float:
-    s = text.strip()
-    hint = 'expected a Go duration such as "500ms", "1s" or "1h30m"'
-    neg = False
-    if s[:1] in ("+", "-"):
-        neg = s[0] == "-"
-        s = s[1:]
-    if s == "0":
-        return 0.0
-    if not s:
-        raise ValueError(f"invalid duration {text!r}: {hint}")
-    total = Fraction(0)
-    pos = 0
-    while pos < len(s):
-        m = _DURATION_PART.match(s, pos)
-        if m is None or not (m.group(1) or m.group(2)):
-            if re.fullmatch(r"[0-9.]+", s[pos:]):
-                raise ValueError(f"invalid duration {text!r}: missing unit ({hint})")
-            raise ValueError(f"invalid duration {text!r}: {hint}")
-        whole, frac, unit = m.group(1) or "0", m.group(2) or "", m.group(3)
-        scale = _DURATION_UNITS_NS[unit]
-        total += int(whole) * scale
-        if frac:
-            total += Fraction(int(frac), 10 ** len(frac)) * scale
-        if total > _MAX_DURATION_NS:
-            raise ValueError(f"invalid duration {text!r}: out of range")
-        pos = m.end()
-    ns = int(total)  # Go truncates fractional nanoseconds
-    return (-ns if neg else ns) / 1e9
-
-
-# go-humanize's ParseBytes table: SI units are powers of 1000, IEC units powers of 1024.
-_SIZE_UNITS: dict[str, int] = {"": 1, "b": 1}
-for _i, _p in enumerate("kmgtpe", start=1):
-    _SIZE_UNITS[f"{_p}ib"] = _SIZE_UNITS[f"{_p}i"] = 1024**_i
-    _SIZE_UNITS[f"{_p}b"] = _SIZE_UNITS[_p] = 1000**_i
-_MAX_SIZE = 2**63 - 1
-
-
-def parse_size(text: str | int) -> int:
-    """Bytes from a humanized size: `1024`, `5MB` (10**6), `64MiB` (2**20), `5 MiB`, `1.5GB`, `1,000`.
-
-    Units as go-humanize's `ParseBytes` (which Litestream uses): b, k/kb, ki/kib, m/mb, mi/mib, ...
-    up to e/eib, case-insensitive. Raises `ValueError` on garbage, negative or out-of-range values.
-    """
-    if isinstance(text, bool):
-        raise ValueError(f"invalid size {text!r}")
-    if isinstance(text, int):
-        if not 0 <= text <= _MAX_SIZE:
-            raise ValueError(f"invalid size {text!r}: out of range")
-        return text
-    if not isinstance(text, str):
-        raise ValueError(f'invalid size {text!r}: expected a string such as "64MiB"')
-    s = text.strip()
-    i = 0
-    while i < len(s) and (s[i] in "0123456789.,"):
-        i += 1
-    number, unit = s[:i].replace(",", ""), s[i:].strip().lower()
-    hint = 'expected a size such as "1024", "5MB" or "64MiB"'
-    if unit not in _SIZE_UNITS:
-        raise ValueError(f"invalid size {text!r}: unknown unit {s[i:].strip()!r} ({hint})")
-    try:
-        value = Fraction(number)
-    except (ValueError, ZeroDivisionError):
-        raise ValueError(f"invalid size {text!r}: {hint}") from None
-    result = int(value * _SIZE_UNITS[unit])
-    if result > _MAX_SIZE:
-        raise ValueError(f"invalid size {text!r}: out of range")
-    return result
-
-
-def _is_shell_special(c: str) -> bool:
-    return c in "*#$@!?-0123456789"
-
-
-def _is_alnum(c: str) -> bool:
-    return c == "_" or ("0" <= c <= "9") or ("a" <= c <= "z") or ("A" <= c <= "Z")
-
-
-def _shell_name(s: str) -> tuple[str, int]:
-    """Go's os.getShellName: (name, characters consumed after the `$`)."""
-    if s[0] == "{":
-        if len(s) > 2 and _is_shell_special(s[1]) and s[2] == "}":
-            return s[1:2], 3
-        for i in range(1, len(s)):
-            if s[i] == "}":
-                if i == 1:
-                    return "", 2  # bad syntax "${}": eaten
-                return s[1:i], i + 1
-        return "", 1  # bad syntax "${" without "}": eaten
-    if _is_shell_special(s[0]):
-        return s[0:1], 1
-    i = 0
-    while i < len(s) and _is_alnum(s[i]):
-        i += 1
-    return s[:i], i
-
-
-def _litestream_env(name: str) -> str:
-    if name == "PID":
-        return str(os.getpid())
-    return os.environ.get(name, "")
-
-
-def expand_env(text: str) -> str:
-    """Expand `$VAR` and `${VAR}` exactly like Litestream (Go's `os.Expand`).
-
-    Unset variables become the empty string; `$PID` is always the current process id (Litestream
-    maps it before looking at the environment); `$$`, `$1`, `$*`... are Go's special one-character
-    names, looked up in the environment (normally empty); `${}` and an unclosed `${` are removed; a
-    `$` followed by anything else (or at the end) stays as is.
-    """
-    out: list[str] = []
-    i = 0
-    j = 0
-    n = len(text)
-    while j < n:
-        if text[j] == "$" and j + 1 < n:
-            out.append(text[i:j])
-            name, w = _shell_name(text[j + 1 :])
-            if name == "" and w > 0:
-                pass  # invalid syntax: the characters are eaten
-            elif name == "":
-                out.append("$")
-            else:
-                out.append(_litestream_env(name))
-            j += w
-            i = j + 1
-        j += 1
-    out.append(text[i:])
-    return "".join(out)
-
 
 def default_config_path() -> str:
     """`$LITESTREAM_CONFIG`, else `$LIFEBOAT_CONFIG`, else `/etc/litestream.yml`."""
@@ -406,114 +227,6 @@ class Config:
         """The database configured at `path` (after `~` and relative-path expansion), if any."""
         wanted = _expand_path(path)
         return next((d for d in self.dbs if d.path == wanted), None)
-
-
-# ---------------------------------------------------------------------------------------------
-# YAML loading with line numbers and scalar text preserved
-# ---------------------------------------------------------------------------------------------
-
-
-class _Scalar(str):
-    """A YAML scalar: the text as written (the str value), the YAML 1.1 value and the line."""
-
-    value: Any
-    line: int
-    plain: bool
-
-
-class _Map(dict):  # type: ignore[type-arg]
-    """A YAML mapping that remembers its line."""
-
-    line: int
-
-
-class _Seq(list):  # type: ignore[type-arg]
-    """A YAML sequence that remembers its line."""
-
-    line: int
-
-
-_NULL_TAG = "tag:yaml.org,2002:null"
-_BOOL_TAG = "tag:yaml.org,2002:bool"
-_INT_TAG = "tag:yaml.org,2002:int"
-_FLOAT_TAG = "tag:yaml.org,2002:float"
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader whose scalars keep their source text and whose mappings reject duplicate keys."""
-
-
-def _construct_scalar(loader: _Loader, node: yaml.ScalarNode) -> _Scalar:
-    text = loader.construct_scalar(node)
-    value: Any = text
-    try:
-        if node.tag == _NULL_TAG:
-            value = None
-        elif node.tag == _BOOL_TAG:
-            value = loader.construct_yaml_bool(node)
-        elif node.tag == _INT_TAG:
-            value = loader.construct_yaml_int(node)
-        elif node.tag == _FLOAT_TAG:
-            value = loader.construct_yaml_float(node)
-    except ValueError:
-        value = text
-    s = _Scalar(text)
-    s.value = value
-    s.line = node.start_mark.line + 1
-    s.plain = node.style is None
-    return s
-
-
-def _construct_map(loader: _Loader, node: yaml.MappingNode) -> Iterator[_Map]:
-    data = _Map()
-    data.line = node.start_mark.line + 1
-    yield data
-    seen: dict[str, int] = {}
-    for key_node, _ in node.value:
-        if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
-            continue
-        if key_node.value in seen:
-            raise yaml.constructor.ConstructorError(
-                None,
-                None,
-                f"key {key_node.value!r} is defined twice (first on line {seen[key_node.value]})",
-                key_node.start_mark,
-            )
-        seen[key_node.value] = key_node.start_mark.line + 1
-    data.update(loader.construct_mapping(node))
-
-
-def _construct_seq(loader: _Loader, node: yaml.SequenceNode) -> Iterator[_Seq]:
-    data = _Seq()
-    data.line = node.start_mark.line + 1
-    yield data
-    data.extend(loader.construct_sequence(node))
-
-
-for _tag in (
-    _NULL_TAG,
-    _BOOL_TAG,
-    _INT_TAG,
-    _FLOAT_TAG,
-    "tag:yaml.org,2002:str",
-    "tag:yaml.org,2002:timestamp",
-):
-    _Loader.add_constructor(_tag, _construct_scalar)
-_Loader.add_constructor("tag:yaml.org,2002:map", _construct_map)
-_Loader.add_constructor("tag:yaml.org,2002:seq", _construct_seq)
-
-
-def _load_yaml(text: str, source: str) -> Any:
-    try:
-        return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: no arbitrary objects
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
-        problem = exc.problem or exc.context or "syntax error"
-        # exc's own str() quotes the offending line, which may hold an expanded secret: leave it out.
-        raise ConfigError(f"{source}: {where}: invalid YAML: {problem}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: invalid YAML: {type(exc).__name__}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -738,7 +451,7 @@ class _Parser:
         if not isinstance(node, dict):
             raise self.error(path, f"expected {what}, got {_describe(node)}", node)
         for key in node:
-            if not isinstance(key, str) or (isinstance(key, _Scalar) and key.value is None):
+            if not isinstance(key, str) or (isinstance(key, Scalar) and key.value is None):
                 raise self.error(path, f"invalid key {str(key)!r}: keys must be names", node)
         return node
 
@@ -757,7 +470,7 @@ class _Parser:
             raise self.error(path or "(top level)", msg, key)
 
     def is_null(self, value: Any) -> bool:
-        return value is None or (isinstance(value, _Scalar) and value.value is None and value.plain)
+        return value is None or (isinstance(value, Scalar) and value.value is None and value.plain)
 
     # -- scalar conversions -------------------------------------------------------------------
 
@@ -767,7 +480,7 @@ class _Parser:
         return repr(str(value)) if isinstance(value, str) else _describe(value)
 
     def as_str(self, value: Any, path: str) -> str:
-        if isinstance(value, _Scalar):
+        if isinstance(value, Scalar):
             return str(value)  # yaml.v2 puts any scalar's text into a string field
         if isinstance(value, str):
             return value
@@ -776,16 +489,16 @@ class _Parser:
         raise self.error(path, f"expected a string, got {_describe(value)}", value)
 
     def as_bool(self, value: Any, path: str) -> bool:
-        raw = value.value if isinstance(value, _Scalar) else value
+        raw = value.value if isinstance(value, Scalar) else value
         if isinstance(raw, bool):
             return raw
-        if isinstance(value, _Scalar) and value.plain and str(value) in _YAML11_SHORT_BOOLS:
+        if isinstance(value, Scalar) and value.plain and str(value) in _YAML11_SHORT_BOOLS:
             return _YAML11_SHORT_BOOLS[str(value)]
         raise self.error(path, f"expected true or false, got {self._show(path, value)}", value)
 
     def as_int(self, value: Any, path: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
-        raw = value.value if isinstance(value, _Scalar) else value
-        if isinstance(value, _Scalar) and not value.plain:
+        raw = value.value if isinstance(value, Scalar) else value
+        if isinstance(value, Scalar) and not value.plain:
             raw = str(value)
         if isinstance(raw, float) and raw.is_integer():
             raw = int(raw)
@@ -806,7 +519,7 @@ class _Parser:
         minimum: float | None = MIN_INTERVAL,
         maximum: float | None = None,
     ) -> float:
-        if isinstance(value, _Scalar):
+        if isinstance(value, Scalar):
             raw = value.value
             if isinstance(raw, int | float) and not isinstance(raw, bool) and raw != 0:
                 # yaml.v2 would read a bare number as nanoseconds: never what anyone meant.
@@ -829,9 +542,9 @@ class _Parser:
         return seconds
 
     def as_size(self, value: Any, path: str) -> int:
-        raw = value.value if isinstance(value, _Scalar) else value
+        raw = value.value if isinstance(value, Scalar) else value
         text: str | int
-        if isinstance(raw, int) and not isinstance(raw, bool) and not (isinstance(value, _Scalar) and not value.plain):
+        if isinstance(raw, int) and not isinstance(raw, bool) and not (isinstance(value, Scalar) and not value.plain):
             text = raw
         elif isinstance(value, str):
             text = str(value)
@@ -1178,7 +891,7 @@ class _Parser:
                 cfg.socket_path = self.convert("str", sock["path"], "socket.path") or DEFAULT_SOCKET_PATH
             if not self.is_null(sock.get("permissions")):
                 perm = sock["permissions"]
-                if isinstance(perm, _Scalar) and not perm.plain and re.fullmatch(r"0?[0-7]{1,4}", str(perm)):
+                if isinstance(perm, Scalar) and not perm.plain and re.fullmatch(r"0?[0-7]{1,4}", str(perm)):
                     cfg.socket_permissions = int(str(perm), 8)
                 else:
                     cfg.socket_permissions = self.as_int(perm, "socket.permissions", minimum=0, maximum=0o7777)
@@ -1311,7 +1024,7 @@ def _join(path: str, key: str) -> str:
 
 
 def _describe(value: Any) -> str:
-    if isinstance(value, _Scalar):
+    if isinstance(value, Scalar):
         v = value.value
         if v is None:
             return "null"
@@ -1363,7 +1076,7 @@ def parse_config(text: str, source: str, *, expand: bool = True) -> Config:
     """
     if expand:
         text = expand_env(text)
-    return _Parser(source).config(_load_yaml(text, source))
+    return _Parser(source).config(load_yaml(text, source))
 
 
 def load_config(path: str, *, expand: bool = True) -> Config:

@@ -23,6 +23,9 @@ from lifeboat.operator import status as statuses
 
 CONFIG_READY = "ConfigReady"
 CREDENTIALS_READY = "CredentialsReady"
+READY = "Ready"
+# A condition's (status, reason, message).
+Verdict = tuple[str, str, str]
 STATUS_INTERVAL = 15.0
 
 
@@ -100,7 +103,7 @@ def configmap_body(name: str, namespace: str, spec: Mapping[str, Any]) -> dict[s
     }
 
 
-def _config_verdict(name: str, spec: Mapping[str, Any]) -> tuple[str, str, str]:
+def _config_verdict(name: str, spec: Mapping[str, Any]) -> Verdict:
     found = specs.problems(spec)
     if found:
         return "False", "InvalidSpec", "; ".join(found)
@@ -109,7 +112,7 @@ def _config_verdict(name: str, spec: Mapping[str, Any]) -> tuple[str, str, str]:
 
 async def _credentials_verdict(
     lifeboat: kube.Kube, namespace: str, spec: Mapping[str, Any]
-) -> tuple[str, str, str]:
+) -> Verdict:
     secret_name = ((spec.get("replica") or {}).get("credentials") or {}).get("secretName")
     if not secret_name:
         return "True", "NoCredentials", "no Secret referenced: the agent uses the pod's ambient identity"
@@ -126,11 +129,23 @@ async def _credentials_verdict(
     return "True", "SecretFound", f"Secret {secret_name!r} has the keys the replica needs"
 
 
-def _conditions_with(
-    conditions: list[dict[str, Any]], type_: str, verdict: tuple[str, str, str], generation: int | None
-) -> list[dict[str, Any]]:
+def _set_conditions(patch: kopf.Patch, verdicts: Mapping[str, Verdict], generation: int | None) -> None:
+    """Set these conditions, keeping the others, on the freshest status at patch time.
+
+    The reconcile handler and the status timer each own some conditions of one list; a merge patch
+    would replace the whole list with a stale copy, so this goes as a JSON patch computed by kopf
+    against the object as just patched (guarded by its resourceVersion).
+    """
     now = statuses.now_rfc3339()
-    return statuses.set_condition(conditions, type_, *verdict, generation=generation, now=now)
+
+    def apply(body: MutableMapping[str, Any]) -> None:
+        status = body.setdefault("status", {})
+        conditions = status.get("conditions") or []
+        for type_, verdict in verdicts.items():
+            conditions = statuses.set_condition(conditions, type_, *verdict, generation=generation, now=now)
+        status["conditions"] = conditions
+
+    patch.fns.append(apply)
 
 
 @kopf.on.resume(specs.GROUP, specs.VERSION, specs.PLURAL)
@@ -138,12 +153,10 @@ def _conditions_with(
 @kopf.on.update(specs.GROUP, specs.VERSION, specs.PLURAL)
 async def reconcile(
     body: kopf.Body, spec: kopf.Spec, name: str, namespace: str, meta: kopf.Meta,
-    status: kopf.Status, patch: kopf.Patch, memo: kopf.Memo, **_: Any,
+    patch: kopf.Patch, memo: kopf.Memo, **_: Any,
 ) -> None:
     """Render the agent ConfigMap and check the credentials Secret; report both as conditions."""
     generation = meta.get("generation")
-    conditions: list[dict[str, Any]] = [dict(c) for c in status.get("conditions") or []]
-
     config = _config_verdict(name, spec)
     if config[0] == "True":
         configmap = configmap_body(name, namespace, spec)
@@ -154,34 +167,30 @@ async def reconcile(
         if verdict[0] == "False":
             kopf.event(body, type="Warning", reason=verdict[1], message=verdict[2])
 
-    conditions = _conditions_with(conditions, CONFIG_READY, config, generation)
-    patch.status["conditions"] = _conditions_with(conditions, CREDENTIALS_READY, credentials, generation)
+    _set_conditions(patch, {CONFIG_READY: config, CREDENTIALS_READY: credentials}, generation)
     patch.status["observedGeneration"] = generation
     patch.status["configMap"] = specs.configmap_name(name)
 
 
 @kopf.timer(specs.GROUP, specs.VERSION, specs.PLURAL, interval=STATUS_INTERVAL)
 async def collect_status(
-    spec: kopf.Spec, name: str, namespace: str, meta: kopf.Meta, status: kopf.Status,
-    patch: kopf.Patch, memo: kopf.Memo, **_: Any,
+    spec: kopf.Spec, name: str, namespace: str, meta: kopf.Meta, patch: kopf.Patch, memo: kopf.Memo,
+    **_: Any,
 ) -> None:
     """Ask every running labelled pod's agent for its state; Ready = all replicate within maxLag.
 
-    It also re-derives the other conditions, so they heal without a spec change (a Secret created
-    after its SQLiteReplica) and survive a status patch racing with :func:`reconcile`.
+    It also re-derives the other conditions, so they heal without a spec change (e.g. a Secret
+    created after its SQLiteReplica).
     """
-    generation = meta.get("generation")
-    conditions: list[dict[str, Any]] = [dict(c) for c in status.get("conditions") or []]
-    conditions = _conditions_with(conditions, CONFIG_READY, _config_verdict(name, spec), generation)
-    credentials = await _credentials_verdict(memo.kube, namespace, spec)
-    conditions = _conditions_with(conditions, CREDENTIALS_READY, credentials, generation)
-
     pods = await memo.kube.running_pods(namespace, name)
     port = int((spec.get("agent") or {}).get("metricsPort", specs.DEFAULT_METRICS_PORT))
-    reports = await statuses.collect(pods, port)
-    patch.status.update(statuses.summarize(
-        reports, database=spec["database"], max_lag=specs.max_lag_seconds(spec), conditions=conditions,
-        generation=generation, now=statuses.now_rfc3339()))
+    summary = statuses.summarize(await statuses.collect(pods, port), database=spec["database"])
+    patch.status.update(summary)
+    _set_conditions(patch, {
+        CONFIG_READY: _config_verdict(name, spec),
+        CREDENTIALS_READY: await _credentials_verdict(memo.kube, namespace, spec),
+        READY: statuses.readiness(summary["pods"], specs.max_lag_seconds(spec)),
+    }, meta.get("generation"))
 
 
 @kopf.on.mutate("", "v1", "pods", id="inject", operations=["CREATE"],

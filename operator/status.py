@@ -11,8 +11,6 @@ from typing import Any
 
 import aiohttp
 
-READY = "Ready"
-
 
 @dataclass(frozen=True)
 class PodReport:
@@ -92,25 +90,16 @@ def readiness(entries: Sequence[Mapping[str, Any]], max_lag: float) -> tuple[str
     return "True", "Replicating", f"{len(entries)} pod(s) replicating within {max_lag:g}s"
 
 
-def summarize(
-    reports: Iterable[PodReport],
-    *,
-    database: str,
-    max_lag: float,
-    conditions: Iterable[Mapping[str, Any]],
-    generation: int | None,
-    now: str,
-) -> dict[str, Any]:
-    """The status fields the timer owns: pods, txid, lagSeconds and the Ready condition."""
+def summarize(reports: Iterable[PodReport], *, database: str) -> dict[str, Any]:
+    """The status fields gathered from the agents: ``pods``, ``txid`` (the highest replicated) and
+    ``lagSeconds`` (the worst)."""
     entries = [pod_entry(report, database) for report in sorted(reports, key=lambda r: r.name)]
     remote = [e["remoteTxid"] for e in entries if e["remoteTxid"] is not None]
     lags = [e["lagSeconds"] for e in entries if e["lagSeconds"] is not None]
-    ready = readiness(entries, max_lag)
     return {
         "pods": entries,
         "txid": max(remote) if remote else None,  # fixed-width hex: string order is numeric order
         "lagSeconds": max(lags) if lags else None,
-        "conditions": set_condition(conditions, READY, *ready, generation=generation, now=now),
     }
 
 

@@ -134,7 +134,9 @@ async def test_timer_collects_agent_status_into_pods_and_ready(
         obj = stored(k8s, "lifeboat.dev/v1alpha1/sqlitereplicas", "db")
         return obj if condition(obj, "Ready") and (obj or {}).get("status", {}).get("pods") else None
 
-    replica = await eventually(ready)
+    # Eventually: kmock never bumps resourceVersion, so the reconcile's and the timer's condition
+    # patches are not serialised as on a real API server; the timer's next round converges them.
+    replica = await eventually(ready, seconds=handlers.STATUS_INTERVAL + 10)
     assert replica["status"]["pods"] == [{
         "name": "app-0", "txid": "0000000000000012", "remoteTxid": "0000000000000011", "lagSeconds": 0.5,
         "lastSync": "2026-01-01T00:00:00Z", "error": None}]

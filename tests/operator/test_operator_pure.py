@@ -105,17 +105,14 @@ def report(name: str, lag: float | None, error: str | None = None, path: str = "
 def test_ready_means_every_pod_replicates_within_max_lag(
     reports: list[status.PodReport], verdict: tuple[str, str]
 ) -> None:
-    summary = status.summarize(reports, database="/data/app.db", max_lag=60.0, conditions=[], generation=3,
-                               now="2026-01-01T00:00:00Z")
+    summary = status.summarize(reports, database="/data/app.db")
 
-    ready = summary["conditions"][0]
-    assert (ready["type"], ready["status"], ready["reason"]) == ("Ready", *verdict)
-    assert ready["observedGeneration"] == 3
+    ready, reason, _ = status.readiness(summary["pods"], max_lag=60.0)
+    assert (ready, reason) == verdict
 
 
 def test_summary_reports_pods_in_hex_and_the_worst_lag() -> None:
-    summary = status.summarize([report("b", 2.5), report("a", 0.5)], database="/data/app.db", max_lag=60.0,
-                               conditions=[], generation=None, now="2026-01-01T00:00:00Z")
+    summary = status.summarize([report("b", 2.5), report("a", 0.5)], database="/data/app.db")
 
     assert [p["name"] for p in summary["pods"]] == ["a", "b"]
     assert summary["pods"][0]["txid"] == "000000000000012c"

@@ -145,3 +145,30 @@ def test_generated_certificate_serves_the_service_names_and_chains_to_its_ca() -
     assert ExtendedKeyUsageOID.SERVER_AUTH in usage
     assert cert.not_valid_after_utc - datetime.datetime.now(datetime.UTC) > datetime.timedelta(days=365)
     assert b"PRIVATE KEY" in bundle.key
+
+
+@pytest.mark.parametrize("replica", [
+    {"url": "s3://backups/app", "endpoint": "http://minio:9000", "region": "eu-1", "forcePathStyle": True,
+     "skipVerify": True, "credentials": {"secretName": "s3"}},
+    {"url": "abs://acct@container/app", "accountName": "acct", "endpoint": "http://azurite:10000"},
+    {"url": "sftp://backup@host:22/srv/app", "hostKey": "ssh-ed25519 AAAA", "keyPath": "/keys/id",
+     "credentials": {"secretName": "sftp"}},
+    {"url": "gs://bucket/app", "credentials": {"secretName": "gcs"}},
+    {"url": "nats://nats:4222/lifeboat"},
+    {"url": "file:///backups/app"},
+], ids=lambda r: r["url"].split(":")[0])
+def test_the_agent_accepts_every_rendered_config(replica: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    from lifeboat.agent import config as agent_side  # the agent's config model, not its engine
+
+    monkeypatch.setenv("SFTP_PASSWORD", "from-the-secret")
+    spec_ = make_replica(replica=replica, syncInterval="2s", snapshot={"interval": "1h", "retention": "24h"},
+                         agent={"metricsPort": 9191})["spec"]
+
+    parsed = agent_side.parse_config(agent_config.render(spec_), "configmap")
+
+    (db,) = parsed.dbs
+    assert db.path == "/data/app.db"
+    assert db.replica is not None and db.replica.url == replica["url"]
+    assert db.replica.sync_interval == 2.0
+    if replica["url"].startswith("sftp"):
+        assert db.replica.settings["password"] == "from-the-secret"

@@ -16,7 +16,7 @@ CHART = REPO / "charts" / "lifeboat"
 KUBERNETES_VERSION = "1.31.0"
 RELEASE_NAMESPACE = "lifeboat-system"
 # Kinds from other projects' CRDs, which kubernetes-validate has no schema for.
-FOREIGN_KINDS = {"cert-manager.io/v1": {"Certificate", "Issuer"}}
+FOREIGN_KINDS = {"cert-manager.io/v1": {"Certificate", "Issuer"}, "monitoring.coreos.com/v1": {"PrometheusRule"}}
 
 
 def tool(env: str, relative: str) -> pathlib.Path:
@@ -53,6 +53,7 @@ VARIANTS = {
         "watchNamespaces={apps,web}", "webhook.certManager.enabled=true", "agent.nativeSidecar=false"),
     "cert-manager-issuer": ("webhook.certManager.enabled=true", "webhook.certManager.issuerRef.kind=ClusterIssuer",
                             "webhook.certManager.issuerRef.name=corp-ca", "secretNamespaces={apps}"),
+    "monitoring": ("metrics.grafanaDashboard.enabled=true", "metrics.prometheusRule.enabled=true"),
 }
 
 

@@ -751,7 +751,9 @@ def markdown(res: dict[str, Any]) -> str:
     m = res["meta"]
     head = [
         f"# Benchmark: lifeboat vs litestream 0.5.17 ({'quick' if m['quick'] else 'full'} run)", "",
-        f"{m['started']} on {m['machine']}; {m['duration_s']:.0f} s in all. Produced by `python bench/run.py"
+        f"{m['started']} on {m['machine']}; {m['duration_s']:.0f} s in all; load average "
+        f"{m['loadavg_start'][0]:.1f} at the start, {m['loadavg_end'][0]:.1f} at the end (other work shares this "
+        "machine: latencies are noisier than CPU seconds, which are per process). Produced by `python bench/run.py"
         f"{' --quick' if m['quick'] else ''}`; method in bench/run.py's docstring.", "",
     ]
     notes = ["", "Scale (chosen to fit the 15-minute budget on this 2-core machine):"] + [f"- {n}" for n in m["notes"]]
@@ -790,6 +792,7 @@ def main() -> int:
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, "
         f"Python {platform.python_version()}",
         "quick": args.quick,
+        "loadavg_start": os.getloadavg(),
         "litestream": subprocess.run([LITESTREAM, "version"], capture_output=True, text=True).stdout.strip(),
         "settings": {k: getattr(args, k) for k in defaults} | {"rate": args.rate},
         "notes": [
@@ -833,6 +836,7 @@ def main() -> int:
         else:
             log(f"work directory kept: {work}")
     meta["duration_s"] = time.monotonic() - started
+    meta["loadavg_end"] = os.getloadavg()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "latest.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
     md = markdown(res)

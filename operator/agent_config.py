@@ -37,6 +37,9 @@ def build(spec: Mapping[str, Any]) -> dict[str, Any]:
 
     port = (spec.get("agent") or {}).get("metricsPort", specs.DEFAULT_METRICS_PORT)
     config: dict[str, Any] = {"addr": f":{port}"}
+    if spec.get("paused"):
+        # Running agents reload the ConfigMap and stop capturing and uploading; no restart.
+        config["paused"] = True
     snapshot_spec = spec.get("snapshot") or {}
     snapshot = {key: snapshot_spec[key] for key in ("interval", "retention") if snapshot_spec.get(key)}
     if snapshot:

@@ -6,6 +6,9 @@
 * admission: pods are mutated by :func:`lifeboat.operator.injection.inject`, SQLiteReplicas validated
   by :func:`lifeboat.operator.spec.problems`.
 
+SQLiteRestores are handled in :mod:`lifeboat.operator.restores` (imported here, so its handlers
+register with these).
+
 Every handler is idempotent: it recomputes the whole desired state from the object it is given.
 """
 
@@ -17,13 +20,22 @@ from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 import kopf
-from lifeboat.operator import agent_config, injection, kube, webhook
+from lifeboat.operator import (
+    agent_config,
+    guards,
+    injection,
+    kube,
+    metrics,
+    restores,  # noqa: F401  (registers the SQLiteRestore handlers)
+    webhook,
+)
 from lifeboat.operator import spec as specs
 from lifeboat.operator import status as statuses
 
 CONFIG_READY = "ConfigReady"
 CREDENTIALS_READY = "CredentialsReady"
 READY = "Ready"
+CONFIG_APPLIED = "ConfigApplied"
 # A condition's (status, reason, message).
 Verdict = tuple[str, str, str]
 STATUS_INTERVAL = 15.0
@@ -44,6 +56,8 @@ class Options:
     validating_webhook: str = "lifeboat"
     agent_image: str = injection.DEFAULT_IMAGE
     native_sidecar: bool = True
+    metrics_port: int | None = None  # the operator's own /metrics; None: not served
+    metrics_addr: str = "0.0.0.0"
 
 
 @kopf.on.login()
@@ -87,6 +101,17 @@ async def configure(
         addr=options.webhook_addr, port=options.webhook_port,
         certfile=options.tls_dir / webhook.CERT_FILE, pkeyfile=options.tls_dir / webhook.KEY_FILE)
     logger.info("Serving admission webhooks on %s:%d.", options.webhook_addr, options.webhook_port)
+    if options.metrics_port:
+        memo.metrics_server = metrics.serve(options.metrics_port, options.metrics_addr)
+        logger.info("Serving operator metrics on %s:%d.", options.metrics_addr, options.metrics_port)
+
+
+@kopf.on.cleanup()
+async def stop_metrics(memo: kopf.Memo, **_: Any) -> None:
+    server = getattr(memo, "metrics_server", None)
+    if server is not None:
+        server.shutdown()
+        server.server_close()
 
 
 def configmap_body(name: str, namespace: str, spec: Mapping[str, Any]) -> dict[str, Any]:
@@ -151,6 +176,7 @@ def _set_conditions(patch: kopf.Patch, verdicts: Mapping[str, Verdict], generati
 @kopf.on.resume(specs.GROUP, specs.VERSION, specs.PLURAL)
 @kopf.on.create(specs.GROUP, specs.VERSION, specs.PLURAL)
 @kopf.on.update(specs.GROUP, specs.VERSION, specs.PLURAL)
+@metrics.counted("reconcile")
 async def reconcile(
     body: kopf.Body, spec: kopf.Spec, name: str, namespace: str, meta: kopf.Meta,
     patch: kopf.Patch, memo: kopf.Memo, **_: Any,
@@ -173,24 +199,50 @@ async def reconcile(
 
 
 @kopf.timer(specs.GROUP, specs.VERSION, specs.PLURAL, interval=STATUS_INTERVAL)
+@metrics.counted("collect_status")
 async def collect_status(
-    spec: kopf.Spec, name: str, namespace: str, meta: kopf.Meta, patch: kopf.Patch, memo: kopf.Memo,
-    **_: Any,
+    body: kopf.Body, spec: kopf.Spec, name: str, namespace: str, meta: kopf.Meta, patch: kopf.Patch,
+    memo: kopf.Memo, logger: logging.Logger, **_: Any,
 ) -> None:
     """Ask every running labelled pod's agent for its state; Ready = all replicate within maxLag.
 
     It also re-derives the other conditions, so they heal without a spec change (e.g. a Secret
-    created after its SQLiteReplica).
+    created after its SQLiteReplica), checks the single-writer guards (``SingleWriter``) and the
+    labelled pods that escaped injection (``Injected``; deleted when ``spec.recreateUninjected``).
     """
-    pods = await memo.kube.running_pods(namespace, name)
+    labelled = await memo.kube.labelled_pods(namespace, specs.REPLICA_LABEL, name)
+    pods = [p for p in labelled
+            if (p.get("status") or {}).get("phase") == "Running" and (p.get("status") or {}).get("podIP")]
     port = int((spec.get("agent") or {}).get("metricsPort", specs.DEFAULT_METRICS_PORT))
     summary = statuses.summarize(await statuses.collect(pods, port), database=spec["database"])
     patch.status.update(summary)
-    _set_conditions(patch, {
+
+    single_writer = guards.single_writer(labelled, await memo.kube.owning_workloads(namespace, labelled))
+    metrics.SINGLE_WRITER_VIOLATIONS.labels(namespace, name).set(single_writer[0] == "False")
+    missing = guards.uninjected(labelled)
+    injected, delete, _keep = guards.drift(missing, recreate=bool(spec.get("recreateUninjected")))
+    metrics.UNINJECTED_PODS.labels(namespace, name).set(len(missing))
+    for pod_name in delete:
+        logger.info("Deleting pod %s: it carries the replica label but runs no agent.", pod_name)
+        await memo.kube.delete_pod(namespace, pod_name)
+    patch.status["uninjectedPods"] = sorted(p["metadata"]["name"] for p in missing)
+
+    verdicts = {
         CONFIG_READY: _config_verdict(name, spec),
         CREDENTIALS_READY: await _credentials_verdict(memo.kube, namespace, spec),
         READY: statuses.readiness(summary["pods"], specs.max_lag_seconds(spec)),
-    }, meta.get("generation"))
+        CONFIG_APPLIED: statuses.config_applied(summary["pods"]),
+        guards.SINGLE_WRITER: single_writer,
+        guards.INJECTED: injected,
+    }
+    # An Event when a guard turns False (or its message changes), not on every round.
+    previous = {c.get("type"): c for c in (body.get("status") or {}).get("conditions") or []}
+    for type_ in (guards.SINGLE_WRITER, guards.INJECTED, CONFIG_APPLIED):
+        status_, reason, message = verdicts[type_]
+        before = previous.get(type_) or {}
+        if status_ == "False" and (before.get("status"), before.get("message")) != (status_, message):
+            kopf.event(body, type="Warning", reason=reason, message=message)
+    _set_conditions(patch, verdicts, meta.get("generation"))
 
 
 @kopf.on.mutate("", "v1", "pods", id="inject", operations=["CREATE"],
@@ -201,6 +253,7 @@ async def inject_pod(body: kopf.Body, namespace: str, patch: kopf.Patch, memo: k
     replica_name = body.metadata.labels[specs.REPLICA_LABEL]
     replica = await memo.kube.replica(namespace, replica_name)
     if replica is None:
+        metrics.DENIALS.labels(namespace).inc()
         raise kopf.AdmissionError(
             f"pod label {specs.REPLICA_LABEL}={replica_name} names no SQLiteReplica in namespace "
             f"{namespace}: create the SQLiteReplica first, or fix the label")
@@ -208,12 +261,14 @@ async def inject_pod(body: kopf.Body, namespace: str, patch: kopf.Patch, memo: k
         injected = injection.inject(body, replica, native_sidecar=options.native_sidecar,
                                     default_image=options.agent_image)
     except injection.InjectionError as exc:
+        metrics.DENIALS.labels(namespace).inc()
         raise kopf.AdmissionError(f"SQLiteReplica {replica_name}: {exc}") from exc
 
     def replace(raw: MutableMapping[str, Any]) -> None:
         raw.clear()
         raw.update(injected)
 
+    metrics.INJECTIONS.labels(namespace, replica_name).inc()
     # kopf turns the difference between the request's pod and this one into the JSON patch.
     patch.fns.append(replace)
 

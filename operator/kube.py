@@ -12,6 +12,7 @@ from typing import Any
 
 import kubernetes
 from kubernetes.client import ApiException
+from lifeboat.operator import guards
 from lifeboat.operator import spec as specs
 
 # The client would otherwise label a dict body as a JSON patch (its first listed type).
@@ -41,6 +42,8 @@ class Kube:
         self.core = kubernetes.client.CoreV1Api(api_client)
         self.custom = kubernetes.client.CustomObjectsApi(api_client)
         self.admission = kubernetes.client.AdmissionregistrationV1Api(api_client)
+        self.apps = kubernetes.client.AppsV1Api(api_client)
+        self.batch = kubernetes.client.BatchV1Api(api_client)
 
     @staticmethod
     async def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any] | None:
@@ -99,6 +102,60 @@ class Kube:
         pods = (listing or {}).get("items") or []
         return [p for p in pods
                 if (p.get("status") or {}).get("phase") == "Running" and (p.get("status") or {}).get("podIP")]
+
+    async def labelled_pods(self, namespace: str, label: str, value: str) -> list[dict[str, Any]]:
+        """Every pod with ``label=value`` (filtered here too: not every API server honours selectors)."""
+        listing = await self._call(self.core.list_namespaced_pod, namespace, label_selector=f"{label}={value}")
+        return [p for p in (listing or {}).get("items") or []
+                if ((p.get("metadata") or {}).get("labels") or {}).get(label) == value]
+
+    async def delete_pod(self, namespace: str, name: str) -> None:
+        """Delete a pod (its controller recreates it); gone already is fine."""
+        await self._call(self.core.delete_namespaced_pod, name, namespace)
+
+    async def workload(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """A ReplicaSet, Deployment or StatefulSet by kind and name, or None."""
+        read = {"ReplicaSet": self.apps.read_namespaced_replica_set,
+                "Deployment": self.apps.read_namespaced_deployment,
+                "StatefulSet": self.apps.read_namespaced_stateful_set}[kind]
+        return await self._call(read, name, namespace)
+
+    async def owning_workloads(
+        self, namespace: str, pods: list[dict[str, Any]]
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """The Deployments/StatefulSets owning these pods (through ReplicaSets), as (kind, object)."""
+        replicasets: dict[str, dict[str, Any]] = {}
+        refs: set[tuple[str, str]] = set()
+        for pod in pods:
+            owner = guards.controller_of(pod)
+            if owner and owner[0] == "ReplicaSet" and owner[1] not in replicasets:
+                replicasets[owner[1]] = await self.workload("ReplicaSet", namespace, owner[1]) or {}
+            ref = guards.workload_ref(pod, replicasets)
+            if ref:
+                refs.add(ref)
+        found = []
+        for kind, name in sorted(refs):
+            obj = await self.workload(kind, namespace, name)
+            if obj is not None:
+                found.append((kind, obj))
+        return found
+
+    async def scale(self, kind: str, namespace: str, name: str, replicas: int) -> None:
+        """Set a Deployment's or StatefulSet's replicas through its ``scale`` subresource."""
+        patch = {"Deployment": self.apps.patch_namespaced_deployment_scale,
+                 "StatefulSet": self.apps.patch_namespaced_stateful_set_scale}[kind]
+        await self._call(patch, name, namespace, {"spec": {"replicas": replicas}}, _content_type=MERGE_PATCH)
+
+    async def job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return await self._call(self.batch.read_namespaced_job, name, namespace)
+
+    async def create_job(self, namespace: str, body: Mapping[str, Any]) -> None:
+        """Create a Job; one of that name existing already is fine (a retried step)."""
+        try:
+            await self._call(self.batch.create_namespaced_job, namespace, body)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
 
     async def replica(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The SQLiteReplica of that name, or None."""

@@ -33,6 +33,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[handlers.Options, arg
     parser.add_argument("--native-sidecar", action=argparse.BooleanOptionalAction,
                         default=defaults.native_sidecar,
                         help="inject the agent as a native sidecar (Kubernetes 1.29+) or a regular container")
+    parser.add_argument("--metrics-port", type=int, default=8081,
+                        help="serves the operator's own Prometheus /metrics; 0 disables")
     parser.add_argument("--liveness-port", type=int, default=8080, help="serves /healthz for the kubelet")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
@@ -41,7 +43,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[handlers.Options, arg
         tls_dir=args.tls_dir, tls_secret=args.tls_secret, operator_namespace=args.operator_namespace,
         service_name=args.service_name, mutating_webhook=args.mutating_webhook,
         validating_webhook=args.validating_webhook, agent_image=args.agent_image,
-        native_sidecar=args.native_sidecar)
+        native_sidecar=args.native_sidecar, metrics_port=args.metrics_port or None)
     return options, args
 
 

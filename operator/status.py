@@ -68,6 +68,11 @@ def pod_entry(report: PodReport, database: str) -> dict[str, Any]:
             entry.update(txid=_hex(db.get("txid")), remoteTxid=_hex(db.get("remote_txid")),
                          lagSeconds=db.get("lag_seconds"), lastSync=db.get("last_sync"),
                          error=db.get("error"))
+            # Only when the agent reports them (older agents do not).
+            if "paused" in db:
+                entry["paused"] = bool(db["paused"])
+            if db.get("restart_required"):
+                entry["restartRequired"] = [str(reason) for reason in db["restart_required"]]
             return entry
     entry["error"] = f"the agent does not replicate {database}"
     return entry
@@ -90,6 +95,17 @@ def readiness(entries: Sequence[Mapping[str, Any]], max_lag: float) -> tuple[str
     return "True", "Replicating", f"{len(entries)} pod(s) replicating within {max_lag:g}s"
 
 
+def config_applied(entries: Sequence[Mapping[str, Any]]) -> tuple[str, str, str]:
+    """(status, reason, message) of ConfigApplied: no agent says a reloaded change needs a restart."""
+    pending = [e for e in entries if e.get("restartRequired")]
+    if pending:
+        detail = "; ".join(f"{e['name']}: {', '.join(e['restartRequired'])}" for e in pending)
+        return ("False", "RestartRequired",
+                f"the agents reloaded the config but need a restart to apply: {detail} "
+                "(restart the pods, e.g. kubectl rollout restart)")
+    return "True", "Applied", "every reporting agent runs the current config"
+
+
 def summarize(reports: Iterable[PodReport], *, database: str) -> dict[str, Any]:
     """The status fields gathered from the agents: ``pods``, ``txid`` (the highest replicated) and
     ``lagSeconds`` (the worst)."""
@@ -100,6 +116,8 @@ def summarize(reports: Iterable[PodReport], *, database: str) -> dict[str, Any]:
         "pods": entries,
         "txid": max(remote) if remote else None,  # fixed-width hex: string order is numeric order
         "lagSeconds": max(lags) if lags else None,
+        # True when every agent that answered says it is paused.
+        "paused": bool(reporting := [e for e in entries if "paused" in e]) and all(e["paused"] for e in reporting),
     }
 
 

@@ -13,10 +13,11 @@ from lifeboat.operator import handlers, webhook
 
 @pytest.fixture
 def k8s(kmock: kmock.KubernetesEmulator) -> kmock.KubernetesEmulator:
-    """kmock with the built-in kinds and the SQLiteReplica CRD's resource."""
+    """kmock with the built-in kinds and the resources of the SQLiteReplica and SQLiteRestore CRDs."""
     kmock.resources.load_bundled()
-    crd = yaml.safe_load((REPO / "crds" / "sqlitereplicas.yaml").read_text())
-    kmock.resources[f"lifeboat.dev/v1alpha1/{crd['spec']['names']['plural']}"] = kmock_resource_info(crd)
+    for name in ("sqlitereplicas.yaml", "sqliterestores.yaml"):
+        crd = yaml.safe_load((REPO / "crds" / name).read_text())
+        kmock.resources[f"lifeboat.dev/v1alpha1/{crd['spec']['names']['plural']}"] = kmock_resource_info(crd)
     return kmock
 
 

@@ -1,0 +1,47 @@
+"""The operator's own Prometheus metrics, served on their own port (not the agents' ones)."""
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any, ParamSpec, TypeVar
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+INJECTIONS = Counter("lifeboat_operator_injections_total", "Pods the webhook injected",
+                     ["namespace", "replica"], registry=REGISTRY)
+DENIALS = Counter("lifeboat_operator_denials_total", "Pods the webhook refused", ["namespace"], registry=REGISTRY)
+RECONCILE_ERRORS = Counter("lifeboat_operator_reconcile_errors_total", "Handler runs that raised",
+                           ["handler"], registry=REGISTRY)
+RESTORES = Counter("lifeboat_operator_restores_total", "SQLiteRestores entering each phase",
+                   ["phase"], registry=REGISTRY)
+UNINJECTED_PODS = Gauge("lifeboat_operator_uninjected_pods",
+                        "Pods labelled for a SQLiteReplica that run no agent", ["namespace", "replica"],
+                        registry=REGISTRY)
+SINGLE_WRITER_VIOLATIONS = Gauge("lifeboat_operator_single_writer_violations",
+                                 "1 when a SQLiteReplica's workload allows more than one writer",
+                                 ["namespace", "replica"], registry=REGISTRY)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def counted(handler: str) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
+    """Count a kopf handler's exceptions (kopf retries them) as reconcile errors."""
+    def decorate(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+        @functools.wraps(fn)
+        async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                return await fn(*args, **kwargs)
+            except Exception:
+                RECONCILE_ERRORS.labels(handler).inc()
+                raise
+        return wrapper
+    return decorate
+
+
+def serve(port: int, addr: str = "0.0.0.0") -> Any:
+    """Start the /metrics HTTP server in a thread; returns the server (``shutdown()`` stops it)."""
+    server, _thread = prometheus_client.start_http_server(port, addr=addr, registry=REGISTRY)
+    return server

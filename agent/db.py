@@ -531,44 +531,71 @@ class Database:
         return None
 
     def checkpoint(self, mode: str = "PASSIVE") -> SyncResult:
-        """Checkpoint only what is already in L0 files, then let the WAL restart once.
+        """Checkpoint only what is already in L0 files, then restart the WAL ourselves.
 
-        A write barrier (an open write transaction of ours) stops the application from appending
-        while we sync to the end and copy the WAL into the database file; the read transaction is
-        released only for the checkpoint itself. TRUNCATE differs from PASSIVE in that our restart
-        of the WAL also shrinks the file (journal_size_limit = 0 for that write).
+        1. Under a write barrier (an open write transaction of ours) sync to the WAL's end and run
+           a PASSIVE checkpoint: the application cannot append meanwhile, and the frame count the
+           checkpoint reports must equal ours, or something was missed and a snapshot follows.
+        2. In a fresh write transaction, sync again and bump `_litestream_seq`: if the WAL was fully
+           copied, this write restarts it, and since we held the write lock from that last sync to
+           the restart, the old WAL provably ended where our L0 files end. Only this restart (salt1
+           one higher) is then accepted as continuous; any other restart forces a snapshot.
+        TRUNCATE differs from PASSIVE in that our restart also shrinks the WAL file.
         """
         with self._lock:
             assert self._wconn is not None and self._rconn is not None
             result = self._sync()
             self._wconn.execute("BEGIN IMMEDIATE")
             try:
-                self._wconn.execute("INSERT INTO _litestream_lock (id) VALUES (1)")
-                more = self._sync()
-                result.txids += more.txids
-                result.wal_bytes += more.wal_bytes
+                self._merge(result, self._sync())
+                synced_frames = self.wal_frame_count()
                 self._end_read()
-                try:
-                    self._rconn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                finally:
-                    self._wconn.execute("ROLLBACK")
+                _busy, log_frames, _done = self._rconn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             except BaseException:
-                if self._wconn.in_transaction:
-                    self._wconn.execute("ROLLBACK")
+                self._wconn.execute("ROLLBACK")
                 if not self._rconn.in_transaction:
                     self._begin_read()
                 raise
-            limit = 0 if mode == "TRUNCATE" else 4 * 1024 * 1024
-            self._wconn.execute(f"PRAGMA journal_size_limit = {limit}")
+            self._wconn.execute("ROLLBACK")
             try:
-                self._bump_seq()
+                if log_frames == synced_frames:
+                    self._restart_wal(mode, result)
+                elif log_frames >= 0:  # -1: the checkpoint did not run, nothing changed
+                    log.warning("%s: checkpoint saw %d WAL frames, L0 files hold %d; writing a snapshot",
+                                self.path, log_frames, synced_frames)
+                    self._force_snapshot = True
             finally:
-                self._wconn.execute(f"PRAGMA journal_size_limit = {4 * 1024 * 1024}")
-                self._begin_read()
-            self._restart_allowed = True
-            more = self._sync()
-            result.txids += more.txids
-            result.wal_bytes += more.wal_bytes
+                if not self._rconn.in_transaction:
+                    self._begin_read()
+            self._merge(result, self._sync())
             self._last_checkpoint = time.monotonic()
             self._synced_since_checkpoint = False
             return result
+
+    def _restart_wal(self, mode: str, result: SyncResult) -> None:
+        """Sync and bump `_litestream_seq` in one write transaction, so a restart it causes is ours."""
+        assert self._wconn is not None
+        limit = 0 if mode == "TRUNCATE" else 4 * 1024 * 1024
+        self._wconn.execute(f"PRAGMA journal_size_limit = {limit}")
+        try:
+            self._wconn.execute("BEGIN IMMEDIATE")
+            before = self._wal
+            self._merge(result, self._sync())
+            if before is None or self._wal is None or self._wal.salt1 != before.salt1:
+                # Restarted by someone else between the barrier and this transaction: the sync
+                # above already wrote a snapshot (an unexpected restart), nothing left to prove.
+                self._wconn.execute("ROLLBACK")
+                return
+            self._bump_seq()
+            self._wconn.execute("COMMIT")
+            self._restart_allowed = True
+        finally:
+            if self._wconn.in_transaction:
+                self._wconn.execute("ROLLBACK")
+            self._wconn.execute(f"PRAGMA journal_size_limit = {4 * 1024 * 1024}")
+
+    @staticmethod
+    def _merge(into: SyncResult, more: SyncResult) -> None:
+        into.txids += more.txids
+        into.wal_bytes += more.wal_bytes
+        into.snapshot = into.snapshot or more.snapshot

@@ -16,6 +16,12 @@ if [[ -f .ci/k8s-tools.sh ]]; then
   step "kubernetes tools"
   bash .ci/k8s-tools.sh
 fi
+if [[ ${LIFEBOAT_SKIP_IMAGE:-0} != 1 ]]; then
+  step "image: hadolint, podman build, smoke as uid 65532 on a read-only root (LIFEBOAT_SKIP_IMAGE=1 skips)"
+  image_t0=$SECONDS
+  bash .ci/image-smoke.sh
+  step "image: done in $((SECONDS - image_t0))s"
+fi
 step "lint"
 .venv/bin/ruff check .
 step "tests"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -166,6 +167,9 @@ def _setup_logging(level: str, kind: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(getattr(logging, level, logging.INFO))
+    # SDK debug logs print request headers, credentials included: never below WARNING.
+    for name in ("botocore", "boto3", "s3transfer", "urllib3", "azure", "google", "paramiko", "nats"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 class _JSONFormatter(logging.Formatter):
@@ -284,15 +288,13 @@ async def _replicate(
     store = Store(specs, hook=metrics.observe)
     for r in store.runners:
         metrics.register(r.db.path, r.replica.client.type)
-    try:
-        await store.open()
-        if once:
+    if once:
+        try:
+            await store.open()
             await store.sync_once(force_snapshot=force_snapshot, enforce_retention=enforce_retention)
+        finally:
             await store.close()
-            return 0
-    except BaseException:
-        await store.close()
-        raise
+        return 0
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -300,6 +302,22 @@ async def _replicate(
     server = None
     if conf.addr:
         server = await serve(conf.addr, store, metrics)
+    try:
+        # A pod's first start: the restore found no replica and the app, which starts only once this
+        # agent is up (native sidecar startup probe), has not created its database yet. Like
+        # Litestream, wait for it instead of exiting.
+        if await _wait_for_databases(store, stop):
+            await store.open()
+    except BaseException:
+        if server is not None:
+            server.close()
+        await store.close()
+        raise
+    if stop.is_set():
+        if server is not None:
+            server.close()
+        await store.close()
+        return 0
     for r in store.runners:
         r.paused = conf.paused
         log.info("replicating %s to %s%s", r.db.path, r.replica.url, " (paused)" if conf.paused else "")
@@ -316,11 +334,42 @@ async def _replicate(
     return 1 if store.lost_lease else 0
 
 
+async def _wait_for_databases(store: Store, stop: asyncio.Event) -> bool:
+    """Until every database file exists (True), or `stop` is set (False).
+
+    A file that has just appeared gets a moment to receive its header: SQLite creates it empty.
+    """
+    logged: set[str] = set()
+    appeared: dict[str, float] = {}
+    while not stop.is_set():
+        now = time.monotonic()
+        missing = []
+        for r in store.runners:
+            try:
+                size = os.path.getsize(r.db.path)
+            except FileNotFoundError:
+                missing.append(r.db.path)
+                continue
+            if size == 0 and r.db.path in logged and now - appeared.setdefault(r.db.path, now) < 1.0:
+                missing.append(r.db.path)
+        if not missing:
+            return True
+        for path in missing:
+            if path not in logged:
+                log.info("%s: database does not exist yet; waiting for the application to create it", path)
+                logged.add(path)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.1)
+    return False
+
+
 def cmd_restore(args: argparse.Namespace) -> int:
     client, db = _client_for(args, args.target)
     output = args.o or (db.path if db is not None else None)
     if output is None:
         raise CLIError("restore from a replica URL needs an output path (-o)")
+    if args.parallelism < 1:
+        raise CLIError(f"invalid -parallelism {args.parallelism}: must be at least 1")
     if args.txid and args.timestamp:
         raise CLIError("cannot specify both -txid and -timestamp")
     txid = _parse_txid(args.txid) if args.txid else None

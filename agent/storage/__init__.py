@@ -202,10 +202,16 @@ def parse_replica_url(url: str) -> ReplicaURL:
         port = parts.port
     except ValueError as exc:
         raise ConfigError(f"invalid replica URL {url!r}: {exc}") from None
+    path = unquote(parts.path)
+    if ".." in path.split("/"):
+        raise ConfigError(f"invalid replica URL {url!r}: '..' is not allowed in the path")
+    host = parts.hostname or ""
+    if ".." in host or "/" in host:
+        raise ConfigError(f"invalid replica URL {url!r}: invalid bucket or host name {host!r}")
     return ReplicaURL(
         scheme=scheme,
-        host=parts.hostname or "",
-        path=unquote(parts.path),
+        host=host,
+        path=path,
         username=unquote(parts.username) if parts.username else None,
         password=unquote(parts.password) if parts.password else None,
         port=port,

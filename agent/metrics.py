@@ -147,6 +147,8 @@ class Metrics:
             self.sync_errors.labels(db).inc()
             if "No space left" in str(fields.get("error", "")):
                 self.disk_full.labels(db).set(1)
+        elif event == "disk_full":
+            self.disk_full.labels(db).set(1 if fields.get("value") else 0)
         elif event == "checkpoint":
             self.checkpoint_count.labels(db, fields["mode"]).inc()
             self.checkpoint_seconds.labels(db, fields["mode"]).inc(fields.get("seconds", 0.0))

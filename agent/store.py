@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import logging
 import os
 import time
@@ -68,6 +69,7 @@ class DatabaseRunner:
         # quiet period immediately. A directory replica ships every change at once.
         self._min_gap = 0.0 if spec.client.type == "file" else spec.sync_interval
         self._last_capture = 0.0
+        self._disk_full = False
 
     async def open(self) -> None:
         """Take the replica's lease, open the database, and reconcile their positions."""
@@ -196,9 +198,24 @@ class DatabaseRunner:
             try:
                 await self.capture()
                 self.last_error = None
+                if self._disk_full:
+                    self._disk_full = False
+                    log.info("%s: space is available again in %s; capture resumed", self.db.path, self.db.meta_dir)
+                    self.hook("disk_full", {"db": self.db.path, "value": 0})
             except Exception as exc:  # keep following the database; the error is reported in status
                 self.last_error = f"{type(exc).__name__}: {exc}"
-                log.error("%s: sync failed: %s", self.db.path, exc, extra={"db": self.db.path})
+                if _disk_full_error(exc):
+                    # One error line per episode; the retries every monitor-interval stay quiet.
+                    if not self._disk_full:
+                        self._disk_full = True
+                        log.error(
+                            "%s: disk full: No space left in meta directory %s; capture is paused and "
+                            "retried until space returns: %s", self.db.path, self.db.meta_dir, exc,
+                            extra={"db": self.db.path},
+                        )
+                        self.hook("disk_full", {"db": self.db.path, "value": 1})
+                else:
+                    log.error("%s: sync failed: %s", self.db.path, exc, extra={"db": self.db.path})
                 self.hook("sync_error", {"db": self.db.path, "error": self.last_error})
                 await asyncio.sleep(self.spec.monitor_interval)
                 self._changed.set()
@@ -284,6 +301,18 @@ class DatabaseRunner:
             self._changed.set()
         self.paused = paused
         return []
+
+
+def _disk_full_error(exc: BaseException) -> bool:
+    """ENOSPC or EDQUOT anywhere in the exception's cause/context chain."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        cur = cur.__cause__ or cur.__context__
+    return False
 
 
 def _rfc3339(ts: float | None) -> str | None:

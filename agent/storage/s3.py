@@ -81,6 +81,15 @@ def parse_size(text: str | int, what: str) -> int:
     return int(float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "").lower()])
 
 
+def _env_seconds(name: str, default: float) -> float:
+    """A positive timeout from the environment (tests shorten them), else `default`."""
+    try:
+        value = float(os.environ.get(name, ""))
+    except ValueError:
+        return default
+    return value if value > 0 else default
+
+
 def _flag(value: Any) -> bool:
     return value is True or str(value).lower() in ("true", "1", "yes")
 
@@ -250,9 +259,11 @@ class S3ReplicaClient:
             # aws-chunked payload checksums break S3-compatible stores (Litestream #912, #918).
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
+            # A hung request (accepted, never answered) fails after read_timeout and is retried;
+            # the agent's own retry loop takes over after max_attempts, so nothing waits forever.
             retries={"mode": "standard", "max_attempts": 5},
-            connect_timeout=10,
-            read_timeout=60,
+            connect_timeout=_env_seconds("LIFEBOAT_S3_CONNECT_TIMEOUT", 10.0),
+            read_timeout=_env_seconds("LIFEBOAT_S3_READ_TIMEOUT", 30.0),
             max_pool_connections=max(self.concurrency, HEAD_CONCURRENCY) + 2,
         )
         session = boto3.session.Session(

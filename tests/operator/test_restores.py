@@ -199,3 +199,13 @@ def test_statefulset_volume_claim_template_resolves_to_pod_zero() -> None:
         "volumeClaimTemplates": [{"metadata": {"name": "data"}}]}}
     where = restores.volume_for("StatefulSet", sts, make_replica()["spec"])
     assert where["volume"] == {"name": "lifeboat-data", "persistentVolumeClaim": {"claimName": "data-db-0"}}
+
+
+def test_chart_crd_is_identical_and_target_is_required() -> None:
+    import yaml
+    from kube_helpers import REPO
+    source = (REPO / "crds" / "sqliterestores.yaml").read_bytes()
+    assert (REPO / "charts" / "lifeboat" / "crds" / "sqliterestores.yaml").read_bytes() == source
+    (version,) = yaml.safe_load(source)["spec"]["versions"]
+    assert version["schema"]["openAPIV3Schema"]["properties"]["spec"]["required"] == ["replica", "target"]
+    assert version["subresources"] == {"status": {}}

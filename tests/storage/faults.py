@@ -184,3 +184,124 @@ class _Handler(BaseHTTPRequestHandler):
         return None
 
     do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
+
+
+# ---- a write workload through the proxy (the chaos test and `bench/soak.py --storage-faults`) -----
+
+READ_TIMEOUT = 1.0  # the agent's S3 read timeout in the workload; hung requests hang HANG > this
+HANG = 3.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def agent_status(port: int) -> dict[str, Any] | None:
+    """The first database of an agent's `/status`, or None while its HTTP port is not answering."""
+    import json
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=2) as r:
+            return json.loads(r.read())["databases"][0]  # type: ignore[no-any-return]
+    except (OSError, ValueError):
+        return None
+
+
+def s3_config(path: Path, db: Path, port: int, endpoint: str, prefix: str) -> Path:
+    path.write_text(
+        f"""addr: 127.0.0.1:{port}
+dbs:
+  - path: {db}
+    monitor-interval: 100ms
+    replica:
+      url: s3://{BUCKET}/{prefix}
+      endpoint: {endpoint}
+      region: us-east-1
+      force-path-style: true
+      sync-interval: 200ms
+"""
+    )
+    return path
+
+
+def run_fault_workload(root: Path, mode_seconds: float = 3.6, every: int = 2) -> dict[str, Any]:
+    """`lifeboat replicate` through a FaultProxy cycling every mode for `mode_seconds` each under a
+    continuous writer; then faults clear, the replica must catch up (`/status` remote_txid == txid),
+    the agent stops on SIGTERM, and a restore read directly from moto is compared with the source.
+
+    Raises AssertionError when the agent dies or does not catch up; otherwise returns what happened
+    (`same` tells whether the restore equals the source). The caller sets AWS_* credentials and
+    LIFEBOAT_S3_READ_TIMEOUT (READ_TIMEOUT) in the environment the agent inherits.
+    """
+    import uuid
+
+    from helpers import Agent, create_db, integrity, lifeboat, rows, start_writer
+
+    ensure_moto()
+    root.mkdir(parents=True, exist_ok=True)
+    db = root / "app.db"
+    create_db(db)
+    prefix = f"faults-{uuid.uuid4().hex[:12]}"
+    port = _free_port()
+    seen: dict[str, int] = {}
+    with FaultProxy(hang=HANG, delay=0.4) as proxy:
+        cfg = s3_config(root / "proxied.yml", db, port, proxy.endpoint, prefix)
+        with Agent.lifeboat("-config", str(cfg), log=root / "agent.log") as agent:
+            deadline = time.monotonic() + 30
+            while not ((st := agent_status(port)) and st["remote_txid"] >= 1):
+                assert agent.alive() and time.monotonic() < deadline, f"no first upload:\n{agent.output()}"
+                time.sleep(0.1)
+            writer = start_writer(db, 1, 1_000_000, rows=10, pause=0.03)
+            try:
+                for mode in MODES:
+                    proxy.set_mode(mode, every=every)
+                    before = agent_status(port) or {"remote_txid": 0}
+                    until = time.monotonic() + mode_seconds
+                    while time.monotonic() < until:
+                        assert agent.alive(), f"replicate died in fault mode {mode}:\n{agent.output()[-4000:]}"
+                        assert writer.poll() is None, "the application writer stopped"
+                        time.sleep(0.2)
+                    after = agent_status(port) or before
+                    seen[mode] = after["remote_txid"] - before["remote_txid"]
+            finally:
+                proxy.set_mode(None)
+                writer.terminate()
+            writer.wait(timeout=30)
+            # Faults cleared: the replica must catch up with everything captured.
+            deadline = time.monotonic() + 30
+            last = None
+            while True:
+                st = agent_status(port)
+                pos = (st["txid"], st["remote_txid"]) if st else None
+                if pos and pos[0] == pos[1] and pos == last:  # equal, and stable for one poll
+                    break
+                assert agent.alive() and time.monotonic() < deadline, f"no catch-up: {st}\n{agent.output()[-4000:]}"
+                last = pos
+                time.sleep(0.5)
+            code = agent.stop(timeout=60)
+            log = agent.output()
+    direct = s3_config(root / "direct.yml", db, _free_port(), MOTO_ENDPOINT, prefix)
+    out = root / "restored.db"
+    restore = lifeboat("restore", "-o", str(out), "-config", str(direct), str(db), timeout=120)
+    want = rows(db)
+    got = rows(out) if restore.returncode == 0 else []
+    check = integrity(out) if restore.returncode == 0 else f"restore failed: {restore.stderr[-1000:]}"
+    return {
+        "injected": dict(proxy.injected),
+        "faults": proxy.faults,
+        "abandoned": proxy.abandoned,
+        "requests": proxy.requests,
+        "uploads_per_mode": seen,
+        "final": st,
+        "exit_code": code,
+        "log": log,
+        "rows_committed": len(want),
+        "rows_restored": len(got),
+        "integrity": check,
+        "same": check == "ok" and got == want,
+        "lost": max(0, len(want) - len(got)),
+        "restored": str(out),
+    }

@@ -29,9 +29,7 @@ from .sqlite import (
     WAL_FRAME_HEADER_SIZE,
     WAL_HEADER_SIZE,
     SQLiteFormatError,
-    WalFrame,
     WalHeader,
-    committed_prefix,
     lock_pgno,
     parse_database_header,
     parse_wal_header,
@@ -41,6 +39,8 @@ from .storage import format_ltx_name, parse_ltx_name
 from .storage.file import fsync_dir
 
 log = logging.getLogger("lifeboat.db")
+
+SCAN_WINDOW = 4 * 1024 * 1024  # WAL bytes read and checksummed at a time
 
 META_SUFFIX = "-litestream"
 
@@ -74,6 +74,15 @@ class SyncResult:
     txids: list[int] = field(default_factory=list)
     wal_bytes: int = 0
     snapshot: bool = False
+
+
+@dataclass
+class _WalScan:
+    latest: dict[int, int]  # pgno -> WAL file offset of its newest committed page data
+    commit: int  # database size in pages at the last commit frame (0: no commit found)
+    end: int  # offset just past the last commit frame
+    checksum: tuple[int, int]  # running checksum at `end`
+    more: bool  # stopped at max_bytes: more committed frames may follow
 
 
 @dataclass
@@ -327,42 +336,25 @@ class Database:
                 self._write_snapshot(wal_hdr, result)
                 return False
         self._restart_allowed = False
-        fs = wal_hdr.frame_size
-        limit = max(fs, self.opts.max_sync_wal_bytes // fs * fs)
-        while True:
-            data = os.pread(self._wal_fd, limit, pos.offset)
-            frames = committed_prefix(scan_frames(data, pos.offset, wal_hdr, pos.checksum))
-            if frames or len(data) < limit:
-                break
-            limit *= 2  # one transaction larger than max-sync-wal-bytes: it must still go in one file
-        if not frames:
+        scan = self._scan_wal(wal_hdr, pos.offset, pos.checksum, max_bytes=self.opts.max_sync_wal_bytes)
+        if scan.commit == 0:
             return False
-        self._write_incremental(wal_hdr, pos, frames, data, result)
-        return len(data) == limit
+        self._write_incremental(wal_hdr, pos, scan, result)
+        return scan.more
 
-    def _write_incremental(
-        self, wal_hdr: WalHeader, pos: _WalPosition, frames: list[WalFrame], data: bytes, result: SyncResult
-    ) -> None:
-        fs = wal_hdr.frame_size
+    def _write_incremental(self, wal_hdr: WalHeader, pos: _WalPosition, scan: _WalScan, result: SyncResult) -> None:
         ps = self.page_size
-        latest: dict[int, int] = {}
-        for fr in frames:
-            latest[fr.pgno] = fr.offset - pos.offset + WAL_FRAME_HEADER_SIZE
-        commit = frames[-1].commit
-        end = frames[-1].offset + fs
+        latest, commit, end = scan.latest, scan.commit, scan.end
         lock = lock_pgno(ps)
-        view = memoryview(data)
 
-        def pages() -> Iterator[tuple[int, bytes | memoryview]]:
+        def pages() -> Iterator[tuple[int, bytes]]:
+            # Pages past the previous size that no frame carries come from the database file.
             grown = range(self.commit + 1, commit + 1) if commit > self.commit else range(0)
             for pgno in sorted(set(latest) | set(grown)):
                 if pgno > commit or pgno == lock:
                     continue
-                if pgno in latest:
-                    start = latest[pgno]
-                    yield pgno, view[start : start + ps]
-                else:
-                    yield pgno, self._read_db_page(pgno)
+                off = latest.get(pgno)
+                yield pgno, (os.pread(self._wal_fd, ps, off) if off is not None else self._read_db_page(pgno))
 
         txid = self.pos + 1
         header = ltx.Header(
@@ -377,7 +369,7 @@ class Database:
             wal_salt2=wal_hdr.salt2,
         )
         self._write_l0(header, pages())
-        self._wal = _WalPosition(wal_hdr.salt1, wal_hdr.salt2, end, frames[-1].checksum)
+        self._wal = _WalPosition(wal_hdr.salt1, wal_hdr.salt2, end, scan.checksum)
         self.commit = commit
         self.last_wal_offset = end
         result.txids.append(txid)
@@ -390,35 +382,44 @@ class Database:
             raise DatabaseError(f"{self.path}: page {pgno} is beyond the end of the database file")
         return data
 
-    def _wal_page_map(
-        self, wal_hdr: WalHeader, limit: int | None = None
-    ) -> tuple[dict[int, int], int, int, tuple[int, int]]:
-        """Committed WAL pages from the start up to `limit` (default: the end).
+    def _scan_wal(
+        self,
+        wal_hdr: WalHeader,
+        start: int,
+        seed: tuple[int, int],
+        *,
+        stop_at: int | None = None,
+        max_bytes: int | None = None,
+    ) -> _WalScan:
+        """Committed frames from `start` (whose preceding checksum is `seed`), in bounded windows.
 
-        Returns (pgno -> file offset of its newest page data, commit, end offset, checksum at end).
+        Only offsets are kept, never page data, so memory stays small whatever the WAL's size;
+        a transaction larger than a window is simply followed into the next one. Stops at the WAL's
+        valid end, at `stop_at`, or at the first commit boundary past `max_bytes`.
         """
-        latest: dict[int, int] = {}
-        end, checksum, commit = WAL_HEADER_SIZE, wal_hdr.checksum, 0
+        scan = _WalScan(latest={}, commit=0, end=start, checksum=seed, more=False)
+        pending: dict[int, int] = {}
         fs = wal_hdr.frame_size
-        offset, seed = WAL_HEADER_SIZE, wal_hdr.checksum
-        chunk = max(fs, self.opts.max_sync_wal_bytes // fs * fs)
-        while limit is None or offset < limit:
-            want = chunk if limit is None else min(chunk, limit - offset)
+        window = max(fs, SCAN_WINDOW // fs * fs)
+        offset = start
+        while stop_at is None or offset < stop_at:
+            want = window if stop_at is None else min(window, stop_at - offset)
             data = os.pread(self._wal_fd, want, offset)
             frames = scan_frames(data, offset, wal_hdr, seed)
-            pending: list[WalFrame] = []
             for fr in frames:
-                pending.append(fr)
+                pending[fr.pgno] = fr.offset + WAL_FRAME_HEADER_SIZE
                 if fr.commit:
-                    for p in pending:
-                        latest[p.pgno] = p.offset + WAL_FRAME_HEADER_SIZE
+                    scan.latest.update(pending)
                     pending.clear()
-                    commit, end, checksum = fr.commit, fr.offset + fs, fr.checksum
+                    scan.commit, scan.end, scan.checksum = fr.commit, fr.offset + fs, fr.checksum
             if len(frames) < len(data) // fs or len(data) < want:
                 break
             offset += len(frames) * fs
             seed = frames[-1].checksum
-        return latest, commit, end, checksum
+            if max_bytes is not None and scan.end - start >= max_bytes:
+                scan.more = True
+                break
+        return scan
 
     def _full_pages(self, latest: dict[int, int], commit: int) -> Iterator[tuple[int, bytes]]:
         """Every page 1..commit but the lock page: from the WAL where it has one, else the file."""
@@ -438,7 +439,8 @@ class Database:
         latest: dict[int, int] = {}
         end, checksum, commit = WAL_HEADER_SIZE, (0, 0), 0
         if wal_hdr is not None:
-            latest, commit, end, checksum = self._wal_page_map(wal_hdr)
+            scan = self._scan_wal(wal_hdr, WAL_HEADER_SIZE, wal_hdr.checksum)
+            latest, commit, end, checksum = scan.latest, scan.commit, scan.end, scan.checksum
         if commit == 0:
             commit = os.fstat(self._db_fd).st_size // self.page_size
         if commit == 0:
@@ -484,7 +486,7 @@ class Database:
                 and wal_hdr is not None
                 and (wal_hdr.salt1, wal_hdr.salt2) == (self._wal.salt1, self._wal.salt2)
             ):
-                latest, _, _, _ = self._wal_page_map(wal_hdr, self._wal.offset)
+                latest = self._scan_wal(wal_hdr, WAL_HEADER_SIZE, wal_hdr.checksum, stop_at=self._wal.offset).latest
             header = ltx.Header(
                 page_size=self.page_size,
                 commit=self.commit,

@@ -62,12 +62,15 @@ class Replica:
         """Upload every local L0 file above the remote position, in TXID order."""
         async with self._lock:
             uploaded: list[FileInfo] = []
-            for txid in self.db.local_l0_txids():
-                if txid <= self.pos:
-                    continue
-                if txid != self.pos + 1 and self.pos != 0:
+            if self.pos == 0:
+                # A fresh replica: start at the oldest local file (one directory scan, once).
+                first = next(iter(self.db.local_l0_txids()), self.db.pos + 1)
+            else:
+                first = self.pos + 1
+            for txid in range(first, self.db.pos + 1):
+                if not self.db.l0_path(txid).exists():
                     raise DatabaseError(
-                        f"{self.db.path}: local L0 files jump from {self.pos} to {txid}; "
+                        f"{self.db.path}: local L0 file for txid {txid} is missing; "
                         "run `lifeboat reset` on this database"
                     )
                 path = self.db.l0_path(txid)

@@ -9,25 +9,10 @@ import pytest
 import yaml
 from kube_helpers import NAMESPACE, create, eventually, make_replica
 from lifeboat.operator import handlers
+from workloads import condition, patch, stored
 
 SECRET_VALUE = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY"
 REPLICAS = "/apis/lifeboat.dev/v1alpha1/namespaces/apps/sqlitereplicas"
-
-
-def stored(k8s: kmock.KubernetesEmulator, resource: str, name: str) -> dict[str, Any] | None:
-    """The current state of an object in kmock, or None."""
-    try:
-        obj = k8s.objects[resource, NAMESPACE, name]
-    except KeyError:
-        return None
-    return None if obj.deleted else dict(obj.raw)
-
-
-def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any] | None:
-    for cond in ((obj or {}).get("status") or {}).get("conditions") or []:
-        if cond["type"] == type_:
-            return cond
-    return None
 
 
 async def create_secret(k8s: kmock.KubernetesEmulator, **data: str) -> None:
@@ -178,3 +163,20 @@ async def test_inconsistent_spec_gets_no_configmap_and_a_false_condition(
     assert (cond["status"], cond["reason"]) == ("False", "InvalidSpec")
     assert "replica.forcePathStyle applies to s3://" in cond["message"]
     assert stored(k8s, "v1/configmaps", "db-lifeboat") is None
+
+
+async def test_spec_update_rewrites_the_configmap(k8s: kmock.KubernetesEmulator, operator: handlers.Options) -> None:
+    await create_secret(k8s, AWS_ACCESS_KEY_ID="AKIAEXAMPLE", AWS_SECRET_ACCESS_KEY=SECRET_VALUE)
+    await create(k8s, REPLICAS, make_replica())
+    await eventually(lambda: stored(k8s, "v1/configmaps", "db-lifeboat"))
+
+    await patch(k8s, f"{REPLICAS}/db", {"spec": {"syncInterval": "5s", "paused": True}})
+
+    def rendered() -> dict[str, Any] | None:
+        configmap = stored(k8s, "v1/configmaps", "db-lifeboat")
+        config = yaml.safe_load(configmap["data"]["lifeboat.yml"]) if configmap else None
+        return config if config and config["dbs"][0]["replica"]["sync-interval"] == "5s" else None
+
+    config = await eventually(rendered)
+    assert config["paused"] is True
+    assert SECRET_VALUE not in yaml.safe_dump(config)

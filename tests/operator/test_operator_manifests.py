@@ -13,7 +13,8 @@ from kube_helpers import REPO
 from lifeboat.operator import injection, main, spec
 
 CHART = REPO / "charts" / "lifeboat"
-KUBERNETES_VERSION = "1.31.0"
+# The oldest release with native sidecars and a recent one.
+KUBERNETES_VERSIONS = ("1.29.0", "1.33.0")
 RELEASE_NAMESPACE = "lifeboat-system"
 # Kinds from other projects' CRDs, which kubernetes-validate has no schema for.
 FOREIGN_KINDS = {"cert-manager.io/v1": {"Certificate", "Issuer"}, "monitoring.coreos.com/v1": {"PrometheusRule"}}
@@ -62,6 +63,12 @@ def rendered(request: pytest.FixtureRequest) -> list[dict[str, Any]]:
     return render(*VARIANTS[request.param])
 
 
+def validate(doc: dict[str, Any]) -> None:
+    """Strict offline validation against every Kubernetes version the chart supports."""
+    for version in KUBERNETES_VERSIONS:
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
 def test_helm_lint_strict() -> None:
     output = helm("lint", "--strict", str(CHART))
     assert "0 chart(s) failed" in output
@@ -75,7 +82,7 @@ def test_every_rendered_object_is_valid_kubernetes(rendered: list[dict[str, Any]
     for doc in rendered:
         if doc["kind"] in FOREIGN_KINDS.get(doc["apiVersion"], set()):
             continue
-        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+        validate(doc)
 
 
 def test_mutating_webhook_is_fail_closed_scoped_and_fast(rendered: list[dict[str, Any]]) -> None:
@@ -202,7 +209,7 @@ def test_examples_are_valid_and_inject_cleanly() -> None:
     for docs in examples.values():
         for doc in docs:
             if doc["apiVersion"] != f"{spec.GROUP}/{spec.VERSION}":
-                kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+                validate(doc)
     replica = only(examples["replica.yaml"], spec.KIND)
     assert spec.problems(replica["spec"]) == []
     secret = only(examples["replica.yaml"], "Secret")
@@ -211,7 +218,7 @@ def test_examples_are_valid_and_inject_cleanly() -> None:
     template = only(examples["app-deployment.yaml"], "Deployment")["spec"]["template"]
     assert template["metadata"]["labels"][spec.REPLICA_LABEL] == replica["metadata"]["name"]
     pod = injection.inject({"apiVersion": "v1", "kind": "Pod", **template}, replica)
-    kubernetes_validate.validate(pod, KUBERNETES_VERSION, strict=True)
+    validate(pod)
     agent = next(c for c in pod["spec"]["initContainers"] if c["name"] == injection.AGENT_CONTAINER)
     assert agent["securityContext"]["runAsUser"] == 10001
 

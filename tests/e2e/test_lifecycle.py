@@ -1,8 +1,8 @@
 """Issue #5: the replica's lifecycle under a live workload, with intervals shortened in the config.
 
 Levels 2 s / 5 s / 10 s, a snapshot every 15 s kept 30 s, L0 kept 5 s (checked every 1 s). A writer
-commits every ~0.2 s for WORKLOAD seconds (75 s: long enough for two snapshot-retention rounds that
-delete, every level and L9 to fill, and L0 retention to run ~70 times) and logs each commit's time.
+commits every ~0.2 s for WORKLOAD seconds (120 s, as the issue asks: several snapshot-retention rounds that
+delete, every level and L9 filled, and L0 retention run ~110 times) and logs each commit's time.
 Then: files in L1, L2, L3 and L9; deleted files were deleted by the rules; object counts and bytes
 within bounds derived from the config; both tools restore the source; point-in-time restores land
 within one L1 interval of the requested time; a time older than anything retained fails in one line.
@@ -37,7 +37,7 @@ from helpers import (
     wait_replica_started,
 )
 
-WORKLOAD = 75.0  # seconds
+WORKLOAD = 120.0  # seconds: the issue's 2-minute workload
 LEVELS = [2.0, 5.0, 10.0]
 SNAPSHOT_INTERVAL = 15.0
 RETENTION = 30.0

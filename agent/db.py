@@ -504,8 +504,10 @@ class Database:
             ltx.encode(header, pages, f)
             f.flush()
             os.fsync(f.fileno())
+        # No directory fsync: a rename lost in a power cut only makes this file vanish, and the
+        # next start then finds local state behind the replica or the WAL, and writes a snapshot.
+        # The replica's own write is fully durable.
         os.replace(tmp, path)
-        fsync_dir(self.l0_dir)
         self.pos = header.max_txid
 
     # ---- checkpointing ---------------------------------------------------------------------

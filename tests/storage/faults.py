@@ -19,6 +19,7 @@ import select
 import socket
 import struct
 import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -192,6 +193,23 @@ READ_TIMEOUT = 1.0  # the agent's S3 read timeout in the workload; hung requests
 HANG = 3.0
 
 
+# The application: 10-row transactions every 30 ms until the stop file appears.
+_WRITER = r"""
+import os, sqlite3, sys, time
+db, stop = sys.argv[1], sys.argv[2]
+conn = sqlite3.connect(db, timeout=30, isolation_level=None)
+conn.execute("PRAGMA busy_timeout = 30000")
+batch = 0
+while not os.path.exists(stop):
+    batch += 1
+    conn.execute("BEGIN IMMEDIATE")
+    conn.executemany("INSERT INTO t (batch, v) VALUES (?, ?)", [(batch, os.urandom(150).hex()) for _ in range(10)])
+    conn.execute("COMMIT")
+    time.sleep(0.03)
+conn.close()
+"""
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -238,7 +256,7 @@ def run_fault_workload(root: Path, mode_seconds: float = 3.6, every: int = 2) ->
     """
     import uuid
 
-    from helpers import Agent, create_db, integrity, lifeboat, rows, start_writer
+    from helpers import Agent, create_db, integrity, lifeboat, rows
 
     ensure_moto()
     root.mkdir(parents=True, exist_ok=True)
@@ -254,7 +272,8 @@ def run_fault_workload(root: Path, mode_seconds: float = 3.6, every: int = 2) ->
             while not ((st := agent_status(port)) and st["remote_txid"] >= 1):
                 assert agent.alive() and time.monotonic() < deadline, f"no first upload:\n{agent.output()}"
                 time.sleep(0.1)
-            writer = start_writer(db, 1, 1_000_000, rows=10, pause=0.03)
+            stop_file = root / "stop-writer"
+            writer = subprocess.Popen([sys.executable, "-c", _WRITER, str(db), str(stop_file)])
             try:
                 for mode in MODES:
                     proxy.set_mode(mode, every=every)
@@ -268,8 +287,8 @@ def run_fault_workload(root: Path, mode_seconds: float = 3.6, every: int = 2) ->
                     seen[mode] = after["remote_txid"] - before["remote_txid"]
             finally:
                 proxy.set_mode(None)
-                writer.terminate()
-            writer.wait(timeout=30)
+                stop_file.touch()  # between transactions: a writer killed inside COMMIT is another test
+            assert writer.wait(timeout=30) == 0
             # Faults cleared: the replica must catch up with everything captured.
             deadline = time.monotonic() + 30
             last = None

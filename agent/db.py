@@ -41,6 +41,9 @@ from .storage.file import fsync_dir
 log = logging.getLogger("lifeboat.db")
 
 SCAN_WINDOW = 4 * 1024 * 1024  # WAL bytes read and checksummed at a time
+WAL_INDEX_HEADER_SIZE = 48  # struct WalIndexHdr, stored twice at the start of the -shm file
+INDEX_READ_ATTEMPTS = 20
+IN_FLUX = -1
 
 META_SUFFIX = "-litestream"
 
@@ -111,6 +114,7 @@ class Database:
         self._force_snapshot = False
         self._db_fd = -1
         self._wal_fd = -1
+        self._shm_fd = -1
         self._rconn: sqlite3.Connection | None = None
         self._wconn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
@@ -159,6 +163,12 @@ class Database:
         self._ensure_wal_has_frames()
         self._begin_read()
         self._wal_fd = os.open(self.wal_path, os.O_RDONLY)
+        # Held open like the others: closing any descriptor of the -shm file would drop SQLite's
+        # read locks in it. Absent only with locking_mode=EXCLUSIVE (heap-memory index).
+        try:
+            self._shm_fd = os.open(self.path + "-shm", os.O_RDONLY)
+        except FileNotFoundError:
+            self._shm_fd = -1
         self.meta_dir.mkdir(parents=True, exist_ok=True)
         self.l0_dir.mkdir(parents=True, exist_ok=True)
         self._remove_tmp_files()
@@ -174,10 +184,10 @@ class Database:
                     except sqlite3.Error:
                         pass
             self._rconn = self._wconn = None
-            for fd in (self._wal_fd, self._db_fd):
+            for fd in (self._wal_fd, self._db_fd, self._shm_fd):
                 if fd >= 0:
                     os.close(fd)
-            self._wal_fd = self._db_fd = -1
+            self._wal_fd = self._db_fd = self._shm_fd = -1
 
     def _bump_seq(self) -> None:
         assert self._wconn is not None
@@ -295,6 +305,30 @@ class Database:
 
     # ---- syncing ---------------------------------------------------------------------------
 
+    def _index_end(self, wal_hdr: WalHeader) -> int | None:
+        """The WAL offset past the last frame SQLite considers committed, from the -shm wal-index.
+
+        A writer killed between writing its commit frame and publishing it in the wal-index leaves
+        a frame that checksums fine but that SQLite never committed (the next writer overwrites
+        it): only the index says where committed frames end. None when there is no index to read;
+        IN_FLUX while a writer is updating it (its two header copies differ) or has restarted the
+        WAL without publishing yet.
+        """
+        if self._shm_fd < 0:
+            return None
+        for _ in range(INDEX_READ_ATTEMPTS):
+            head = os.pread(self._shm_fd, 2 * WAL_INDEX_HEADER_SIZE, 0)
+            if len(head) < 2 * WAL_INDEX_HEADER_SIZE:
+                return None
+            first, second = head[:WAL_INDEX_HEADER_SIZE], head[WAL_INDEX_HEADER_SIZE:]
+            if first == second and first[12] == 1:
+                if first[32:40] != wal_hdr.salt_bytes:
+                    return IN_FLUX
+                (max_frame,) = struct.unpack_from("=I", first, 16)
+                return WAL_HEADER_SIZE + max_frame * wal_hdr.frame_size
+            time.sleep(0.0005)
+        return IN_FLUX
+
     def _read_wal_header(self) -> WalHeader | None:
         return parse_wal_header(os.pread(self._wal_fd, WAL_HEADER_SIZE, 0))
 
@@ -322,9 +356,12 @@ class Database:
             return False
         if wal_hdr.page_size != self.page_size:
             raise DatabaseError(f"{self.wal_path}: page size changed from {self.page_size} to {wal_hdr.page_size}")
+        bound = self._index_end(wal_hdr)
+        if bound == IN_FLUX:
+            return False  # a writer is mid-commit: the poll comes back in a moment
         pos = self._wal
         if self.pos == 0 or self._force_snapshot or pos is None:
-            self._write_snapshot(wal_hdr, result)
+            self._write_snapshot(wal_hdr, result, bound)
             return False
         if (wal_hdr.salt1, wal_hdr.salt2) != (pos.salt1, pos.salt2):
             restarts = (wal_hdr.salt1 - pos.salt1) & 0xFFFFFFFF
@@ -333,10 +370,12 @@ class Database:
                 self._wal = pos
             else:
                 log.info("%s: WAL restarted outside a checkpoint of ours; writing a snapshot", self.path)
-                self._write_snapshot(wal_hdr, result)
+                self._write_snapshot(wal_hdr, result, bound)
                 return False
         self._restart_allowed = False
-        scan = self._scan_wal(wal_hdr, pos.offset, pos.checksum, max_bytes=self.opts.max_sync_wal_bytes)
+        scan = self._scan_wal(
+            wal_hdr, pos.offset, pos.checksum, stop_at=bound, max_bytes=self.opts.max_sync_wal_bytes
+        )
         if scan.commit == 0:
             return False
         self._write_incremental(wal_hdr, pos, scan, result)
@@ -434,12 +473,12 @@ class Database:
             else:
                 yield pgno, self._read_db_page(pgno)
 
-    def _write_snapshot(self, wal_hdr: WalHeader | None, result: SyncResult) -> None:
+    def _write_snapshot(self, wal_hdr: WalHeader | None, result: SyncResult, bound: int | None = None) -> None:
         """A full-database L0 file at the next TXID: the database file overlaid with the whole WAL."""
         latest: dict[int, int] = {}
         end, checksum, commit = WAL_HEADER_SIZE, (0, 0), 0
         if wal_hdr is not None:
-            scan = self._scan_wal(wal_hdr, WAL_HEADER_SIZE, wal_hdr.checksum)
+            scan = self._scan_wal(wal_hdr, WAL_HEADER_SIZE, wal_hdr.checksum, stop_at=bound)
             latest, commit, end, checksum = scan.latest, scan.commit, scan.end, scan.checksum
         if commit == 0:
             commit = os.fstat(self._db_fd).st_size // self.page_size

@@ -82,6 +82,11 @@ class WalHeader:
     def frame_size(self) -> int:
         return WAL_FRAME_HEADER_SIZE + self.page_size
 
+    @property
+    def salt_bytes(self) -> bytes:
+        """The salts as stored in the WAL header (and copied verbatim into the wal-index)."""
+        return struct.pack(">II", self.salt1, self.salt2)
+
 
 def parse_wal_header(data: bytes) -> WalHeader | None:
     """Parse a WAL header; None when it is missing, short or fails its checksum (an empty WAL)."""

@@ -14,6 +14,7 @@ state needed to go on (phase, workload and original replicas, volume, Job) lives
 
 import copy
 import dataclasses
+import datetime
 import json
 import logging
 import posixpath
@@ -33,6 +34,9 @@ CONTAINER = "lifeboat-restore"
 DATA_VOLUME = "lifeboat-data"
 TERMINATION_LOG = "/dev/termination-log"
 INTERVAL = 2.0
+# Pods that outlive this (a finalizer, a node gone NotReady) fail the restore and the app is scaled
+# back, rather than leaving it at 0 replicas indefinitely.
+DEFAULT_STOP_TIMEOUT_SECONDS = 300
 
 PENDING, SCALING_DOWN, RESTORING, SCALING_UP = "Pending", "ScalingDown", "Restoring", "ScalingUp"
 SUCCEEDED, FAILED = "Succeeded", "Failed"
@@ -68,7 +72,14 @@ def problems(spec: Mapping[str, Any]) -> list[str]:
         found.append(f"spec.target {spec.get('target')!r}: expected inPlace or {{pvc: CLAIM_NAME}}")
     if spec.get("timestamp") and spec.get("txid"):
         found.append("spec.timestamp and spec.txid are exclusive: pick one point in time")
+    timeout = spec.get("stopTimeoutSeconds", DEFAULT_STOP_TIMEOUT_SECONDS)
+    if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 1:
+        found.append(f"spec.stopTimeoutSeconds {timeout!r}: expected a whole number of seconds >= 1")
     return found
+
+
+def _parse_time(value: str) -> datetime.datetime:
+    return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 def job_name(restore_name: str) -> str:
@@ -219,6 +230,7 @@ class Observed:
     pods: Sequence[str] = ()  # live pods carrying the replica label
     job: Mapping[str, Any] | None = None
     job_message: str | None = None
+    now: datetime.datetime = dataclasses.field(default_factory=lambda: datetime.datetime.now(datetime.UTC))
 
 
 @dataclasses.dataclass
@@ -280,7 +292,8 @@ def advance(spec: Mapping[str, Any], status: Mapping[str, Any], seen: Observed) 
         replicas = (workload.get("spec") or {}).get("replicas", 1)
         message = f"{wkind} {wname} runs {replicas} replica(s); scaling it to 0"
         return Step(status={"phase": SCALING_DOWN, "target": "inPlace", "volume": where, "message": message,
-                            "workload": {"kind": wkind, "name": wname, "replicas": replicas}},
+                            "workload": {"kind": wkind, "name": wname, "replicas": replicas},
+                            "scaleDownTime": seen.now.strftime("%Y-%m-%dT%H:%M:%SZ")},
                     conditions={WORKLOAD_IDENTIFIED: ("True", "Found", f"{wkind} {wname}, {replicas} replica(s)")},
                     event=("Normal", SCALING_DOWN, message))
 
@@ -293,8 +306,18 @@ def advance(spec: Mapping[str, Any], status: Mapping[str, Any], seen: Observed) 
         if (seen.workload.get("spec") or {}).get("replicas") != 0:
             actions.append(("scale", recorded["kind"], recorded["name"], 0))
         if seen.pods:
-            return Step(status={"message": f"waiting for pod(s) to stop: {', '.join(sorted(seen.pods))}"},
-                        actions=actions)
+            stuck = ", ".join(sorted(seen.pods))
+            timeout = spec.get("stopTimeoutSeconds", DEFAULT_STOP_TIMEOUT_SECONDS)
+            started = status.get("scaleDownTime")
+            # Counted only once the workload is at 0: the scale call itself may come a round later.
+            if not actions and started and (seen.now - _parse_time(started)).total_seconds() > timeout:
+                message = (f"pod(s) {stuck} still running {timeout} s after scaling to 0 (a finalizer or an "
+                           "unreachable node?); nothing was restored")
+                return Step(status={"phase": SCALING_UP, "error": message,
+                                    "message": message + "; scaling the app back"},
+                            conditions={RESTORED: ("False", "PodsDidNotStop", message)},
+                            event=("Warning", "PodsDidNotStop", message))
+            return Step(status={"message": f"waiting for pod(s) to stop: {stuck}"}, actions=actions)
         message = f"{recorded['kind']} {recorded['name']} is at 0 and its pods are gone; starting the restore Job"
         return Step(status={"phase": RESTORING, "message": message}, actions=actions,
                     event=("Normal", RESTORING, message))

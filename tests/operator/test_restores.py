@@ -175,6 +175,24 @@ async def test_failed_in_place_restore_still_scales_the_app_back(
     assert stored(k8s, "apps/v1/deployments", "app")["spec"]["replicas"] == 1
 
 
+async def test_pods_that_never_stop_fail_the_restore_and_the_app_comes_back(
+    k8s: kmock.KubernetesEmulator, operator: handlers.Options
+) -> None:
+    (pod,) = await deployment_with_pod(k8s, replicas=1)
+    await create(k8s, REPLICAS, make_replica())
+    await create(k8s, RESTORES, make_restore(target="inPlace", stopTimeoutSeconds=1))
+    await eventually(lambda: stored(k8s, "apps/v1/deployments", "app")["spec"]["replicas"] == 0)
+    # No kubelet here: the pod is never deleted, as with a finalizer or an unreachable node.
+
+    failed = await eventually(phase_is(k8s, "Failed"))
+    assert pod in failed["status"]["message"] and "1 s after scaling to 0" in failed["status"]["message"]
+    assert (condition(failed, "Restored")["status"], condition(failed, "Restored")["reason"]) == (
+        "False", "PodsDidNotStop")
+    assert stored(k8s, "apps/v1/deployments", "app")["spec"]["replicas"] == 1
+    assert stored(k8s, "batch/v1/jobs", "r1-restore") is None
+    assert "PodsDidNotStop" in [e["reason"] for e in events(k8s, "r1")]
+
+
 # --- pure ------------------------------------------------------------------------------------------
 
 def test_targets_and_spec_problems() -> None:
@@ -183,6 +201,9 @@ def test_targets_and_spec_problems() -> None:
     assert restores.problems({"replica": "db", "target": "elsewhere"})
     assert restores.problems({"replica": "db", "target": "inPlace", "timestamp": "t", "txid": "0" * 16})
     assert restores.problems({"replica": "db", "target": {"pvc": "x"}}) == []
+    for bad in (0, "60", True):
+        (problem,) = restores.problems({"replica": "db", "target": "inPlace", "stopTimeoutSeconds": bad})
+        assert "spec.stopTimeoutSeconds" in problem
 
 
 def test_result_is_read_from_the_last_json_line() -> None:

@@ -15,7 +15,9 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY agent/ agent/
 COPY operator/ operator/
-RUN /opt/lifeboat/bin/pip install --no-cache-dir '.[all]'
+# pip and setuptools are only needed to install: the runtime image goes without them.
+RUN /opt/lifeboat/bin/pip install --no-cache-dir '.[all]' \
+ && /opt/lifeboat/bin/pip uninstall --yes pip setuptools
 
 
 FROM docker.io/library/debian:bookworm-slim

@@ -72,7 +72,9 @@ step "smoke: user, entry points, imports"
 run "$TAG" version
 run "$TAG" --help >/dev/null
 run --entrypoint lifeboat-operator "$TAG" --help >/dev/null
-run --entrypoint python3 "$TAG" -c 'import numpy, lz4, fastcrc, boto3, kopf, kubernetes; print("imports ok")'
+run --entrypoint python3 "$TAG" -c 'import numpy, lz4, fastcrc, yaml, prometheus_client, boto3, google.cloud.storage, azure.storage.blob, paramiko, nats, kopf, kubernetes, aiohttp, cryptography; print("imports ok")'
+# Installers stay in the build stage.
+if run --entrypoint python3 "$TAG" -c 'import pip' 2>/dev/null; then echo "pip in the final image" >&2; exit 1; fi
 # The final stage carries no build tools.
 for tool in gcc cc make; do
   if run --entrypoint sh "$TAG" -c "command -v $tool"; then echo "build tool $tool in the final image" >&2; exit 1; fi

@@ -7,29 +7,15 @@ the environment as for every Google client (`GOOGLE_APPLICATION_CREDENTIALS`, wo
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import os
-import posixpath
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from datetime import datetime
 from typing import Any, BinaryIO
 
-from . import (
-    ConfigError,
-    FileInfo,
-    NotFound,
-    PreconditionFailed,
-    StorageError,
-    Transient,
-    format_ltx_name,
-    format_timestamp,
-    header_timestamp,
-    parse_replica_url,
-    parse_timestamp,
-    select_ltx_files,
-)
-from .retry import iterate_in_thread
+from . import ConfigError, NotFound, PreconditionFailed, StorageError, Transient, parse_replica_url
+from .blob import BlobReplicaClient
 
-METADATA_TIMESTAMP = "litestream-timestamp"
 # Uploads and ranged downloads move (and buffer) one chunk at a time; a multiple of 256 KiB for GCS.
 TRANSFER_CHUNK = 8 << 20
 
@@ -69,94 +55,54 @@ def translate(exc: BaseException, what: str) -> StorageError:
     return StorageError(f"{what}: {type(exc).__name__}: {exc}")
 
 
-class GCSReplicaClient:
+class GCSReplicaClient(BlobReplicaClient):
     """Replica in a GCS bucket."""
 
     type = "gs"
+    _translate = staticmethod(translate)
 
     def __init__(self, bucket: str, path: str, url: str) -> None:
+        super().__init__(path, url, root=f"bucket {bucket!r}", service="GCS")
         self.bucket = bucket
-        self.path = path
-        self.url = url.split("?", 1)[0]
-        self._bucket: Any = None
-
-    def __repr__(self) -> str:
-        return self.url
-
-    def level_prefix(self, level: int) -> str:
-        return posixpath.join(self.path, "ltx", str(level)) + "/"
-
-    def ltx_key(self, level: int, min_txid: int, max_txid: int) -> str:
-        return self.level_prefix(level) + format_ltx_name(min_txid, max_txid)
-
-    @property
-    def lock_key(self) -> str:
-        return posixpath.join(self.path, "lock.json")
 
     @property
     def bucket_handle(self) -> Any:
-        """The SDK's bucket object, built on first use (the SDK is imported only here)."""
-        if self._bucket is None:
-            from google.cloud import storage
+        """The SDK's bucket object, built on first use (the SDK is imported only then)."""
+        return self.handle
 
-            if os.environ.get("STORAGE_EMULATOR_HOST"):
-                from google.auth.credentials import AnonymousCredentials
+    def _connect(self) -> Any:
+        from google.cloud import storage
 
-                client = storage.Client(project="emulator", credentials=AnonymousCredentials())
-            else:
-                client = storage.Client()
-            self._bucket = client.bucket(self.bucket)
-        return self._bucket
+        if os.environ.get("STORAGE_EMULATOR_HOST"):
+            from google.auth.credentials import AnonymousCredentials
 
-    async def _run(self, what: str, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return await asyncio.to_thread(fn, *args, **kwargs)
-        except Exception as exc:
-            raise translate(exc, f"{self.url}: {what}") from exc
+            client = storage.Client(project="emulator", credentials=AnonymousCredentials())
+        else:
+            client = storage.Client()
+        return client.bucket(self.bucket)
 
-    async def init(self) -> None:
-        """Check the bucket exists and is readable with the ambient credentials."""
-        try:
-            await self._run("bucket", lambda: self.bucket_handle.reload(timeout=10, retry=None))
-        except NotFound:
-            raise StorageError(f"gs replica {self.url}: bucket {self.bucket!r} does not exist") from None
-        except Transient as exc:
-            raise StorageError(f"gs replica {self.url}: cannot reach GCS: {exc}") from None
-        except StorageError as exc:
-            raise StorageError(f"gs replica {exc}") from None
+    def _disconnect(self, handle: Any) -> None:
+        handle.client.close()
 
-    async def ltx_files(self, level: int, seek: int = 0, use_metadata: bool = False) -> list[FileInfo]:
-        prefix = self.level_prefix(level)
+    # --- BlobReplicaClient hooks ----------------------------------------------------------------
 
-        def listing() -> list[FileInfo]:
-            # The listing carries each object's metadata, so the header timestamp costs nothing.
-            entries = [
-                (
-                    blob.name[len(prefix) :],
-                    blob.size,
-                    parse_timestamp(stamp)
-                    if (stamp := (blob.metadata or {}).get(METADATA_TIMESTAMP))
-                    else blob.time_created,
-                )
-                for blob in self.bucket_handle.client.list_blobs(self.bucket, prefix=prefix)
-            ]
-            return select_ltx_files(level, entries, seek)
+    async def _probe(self) -> None:
+        await self._run("bucket", lambda: self.bucket_handle.reload(timeout=10, retry=None))
 
-        return await self._run(f"list {prefix}", listing)  # type: ignore[no-any-return]
+    def _list(self, prefix: str, seek: int) -> Iterator[tuple[str, int, datetime]]:
+        # The listing carries each object's metadata, so the header timestamp costs nothing.
+        for blob in self.bucket_handle.client.list_blobs(self.bucket, prefix=prefix):
+            yield blob.name, blob.size, self._created(blob.metadata, blob.time_created)
 
-    def open_ltx_file(
-        self, level: int, min_txid: int, max_txid: int, offset: int = 0, size: int | None = None
-    ) -> AsyncIterator[bytes]:
-        key = self.ltx_key(level, min_txid, max_txid)
+    def _list_names(self, prefix: str) -> list[str]:
+        return [b.name for b in self.bucket_handle.client.list_blobs(self.bucket, prefix=prefix)]
 
-        def chunks() -> Iterator[bytes]:
-            blob = self.bucket_handle.get_blob(key)
-            if blob is None:
-                raise NotFound(f"{self.url}: {key}: no such LTX file")
-            end = blob.size if size is None else min(blob.size, offset + size)
-            return self._ranges(blob, offset, end)
-
-        return iterate_in_thread(chunks, lambda exc: translate(exc, f"{self.url}: {key}"))
+    def _download(self, key: str, offset: int, size: int | None) -> Iterator[bytes]:
+        blob = self.bucket_handle.get_blob(key)
+        if blob is None:
+            raise NotFound(f"{self.url}: {key}: no such LTX file")
+        end = blob.size if size is None else min(blob.size, offset + size)
+        return self._ranges(blob, offset, end)
 
     @staticmethod
     def _ranges(blob: Any, start: int, end: int) -> Iterator[bytes]:
@@ -166,58 +112,35 @@ class GCSReplicaClient:
                 start=pos, end=min(end, pos + TRANSFER_CHUNK) - 1, if_generation_match=blob.generation
             )
 
-    async def write_ltx_file(self, level: int, min_txid: int, max_txid: int, src: BinaryIO) -> FileInfo:
-        key = self.ltx_key(level, min_txid, max_txid)
+    def _upload(self, key: str, src: BinaryIO, size: int, metadata: dict[str, str]) -> None:
+        blob = self.bucket_handle.blob(key, chunk_size=TRANSFER_CHUNK)
+        blob.metadata = metadata
+        # A GCS object becomes visible only once its upload is finalised: atomic for readers.
+        blob.upload_from_file(src, size=size, content_type="application/octet-stream")
 
-        def upload() -> FileInfo:
-            created = header_timestamp(src)
-            start = src.tell()
-            size = src.seek(0, os.SEEK_END) - start
-            src.seek(start)
-            blob = self.bucket_handle.blob(key, chunk_size=TRANSFER_CHUNK)
-            blob.metadata = {METADATA_TIMESTAMP: format_timestamp(created)}
-            # A GCS object becomes visible only once its upload is finalised: atomic for readers.
-            blob.upload_from_file(src, size=size, content_type="application/octet-stream")
-            return FileInfo(level, min_txid, max_txid, size, created)
-
-        return await self._run(f"upload {key}", upload)  # type: ignore[no-any-return]
-
-    async def delete_ltx_files(self, files: list[FileInfo]) -> None:
-        await self._run("delete", self._delete, [self.ltx_key(f.level, f.min_txid, f.max_txid) for f in files])
-
-    def _delete(self, keys: list[str]) -> None:
+    def _delete_key(self, key: str) -> None:
         from google.api_core.exceptions import NotFound as GoogleNotFound
 
-        for key in keys:
-            try:
-                self.bucket_handle.delete_blob(key)
-            except GoogleNotFound:
-                pass
-
-    async def delete_all(self) -> None:
-        prefix = posixpath.join(self.path, "ltx") + "/"
-
-        def names() -> list[str]:
-            return [b.name for b in self.bucket_handle.client.list_blobs(self.bucket, prefix=prefix)]
-
-        await self._run("delete", self._delete, await self._run(f"list {prefix}", names))
-
-    async def close(self) -> None:
-        """Drop the HTTP session."""
-        if self._bucket is not None:
-            self._bucket.client.close()
-            self._bucket = None
+        with contextlib.suppress(GoogleNotFound):
+            self.bucket_handle.delete_blob(key)
 
     # --- lease object: generation preconditions ----------------------------------------------
 
     async def read_lock(self) -> tuple[bytes, str] | None:
+        """The lease object's body and generation, or None when there is none.
+
+        Kept apart from the shared `read_lock`, which would also turn a NotFound from the download
+        into None: here an object deleted between the lookup and its generation-pinned download
+        surfaces as NotFound, as it always has.
+        """
+
         def read() -> tuple[bytes, str] | None:
             blob = self.bucket_handle.get_blob(self.lock_key)
             if blob is None:
                 return None
             return blob.download_as_bytes(if_generation_match=blob.generation), str(blob.generation)
 
-        return await self._run(self.lock_key, read)  # type: ignore[no-any-return]
+        return await self._run(self.lock_key, read)
 
     async def write_lock(self, body: bytes, if_match: str | None) -> str:
         def write() -> str:
@@ -226,7 +149,7 @@ class GCSReplicaClient:
             blob.upload_from_string(body, content_type="application/json", if_generation_match=int(if_match or 0))
             return str(blob.generation)
 
-        return await self._run(self.lock_key, write)  # type: ignore[no-any-return]
+        return await self._run(self.lock_key, write)
 
     async def delete_lock(self, if_match: str) -> None:
         def delete() -> None:

@@ -11,29 +11,16 @@ import base64
 import os
 import posixpath
 import re
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, BinaryIO
 
-from . import (
-    ConfigError,
-    FileInfo,
-    NotFound,
-    PreconditionFailed,
-    StorageError,
-    Transient,
-    format_ltx_name,
-    format_timestamp,
-    header_timestamp,
-    parse_replica_url,
-    parse_timestamp,
-    select_ltx_files,
-)
+from . import ConfigError, FileInfo, NotFound, PreconditionFailed, StorageError, Transient, parse_replica_url
+from .blob import BlobReplicaClient
 from .file import CHUNK
-from .retry import iterate_in_thread
 
-METADATA_TIMESTAMP = "litestream-timestamp"
 DEFAULT_REGION = "us-east-1"
 DEFAULT_PART_SIZE = 5 << 20
 DEFAULT_CONCURRENCY = 5
@@ -94,6 +81,24 @@ def _flag(value: Any) -> bool:
     return value is True or str(value).lower() in ("true", "1", "yes")
 
 
+@dataclass(frozen=True, slots=True)
+class S3Options:
+    """How to reach the bucket and how to write to it: Litestream's S3 replica keys."""
+
+    region: str = ""
+    endpoint: str = ""
+    force_path_style: bool = False
+    skip_verify: bool = False
+    part_size: int = DEFAULT_PART_SIZE
+    concurrency: int = DEFAULT_CONCURRENCY
+    storage_class: str = ""
+    sse_customer_algorithm: str = ""
+    sse_customer_key: str = field(default="", repr=False)
+    sse_kms_key_id: str = ""
+    access_key_id: str = field(default="", repr=False)
+    secret_access_key: str = field(default="", repr=False)
+
+
 def from_settings(settings: Mapping[str, Any]) -> S3ReplicaClient:
     """`s3://bucket[/path]?endpoint=&region=&forcePathStyle=...` and/or Litestream's S3 keys.
 
@@ -128,28 +133,30 @@ def from_settings(settings: Mapping[str, Any]) -> S3ReplicaClient:
         bucket=bucket,
         path=path,
         url=url or f"s3://{bucket}/{path}",
-        region=str(opts.get("region") or region),
-        endpoint=endpoint,
-        # Custom endpoints (MinIO, R2, moto, ...) want path-style unless told otherwise.
-        force_path_style=_flag(opts["force-path-style"]) if "force-path-style" in opts else bool(endpoint),
-        skip_verify=_flag(opts.get("skip-verify", False)),
-        part_size=parse_size(opts.get("part-size", DEFAULT_PART_SIZE), "part-size"),
-        concurrency=int(opts.get("concurrency", DEFAULT_CONCURRENCY)),
-        storage_class=str(opts.get("storage-class") or ""),
-        sse_customer_algorithm=str(opts.get("sse-customer-algorithm") or ("AES256" if sse_key else "")),
-        sse_customer_key=str(sse_key or ""),
-        sse_kms_key_id=str(opts.get("sse-kms-key-id") or ""),
-        access_key_id=str(
-            opts.get("access-key-id")
-            or os.environ.get("AWS_ACCESS_KEY_ID")
-            or os.environ.get("LITESTREAM_ACCESS_KEY_ID")
-            or ""
-        ),
-        secret_access_key=str(
-            opts.get("secret-access-key")
-            or os.environ.get("AWS_SECRET_ACCESS_KEY")
-            or os.environ.get("LITESTREAM_SECRET_ACCESS_KEY")
-            or ""
+        options=S3Options(
+            region=str(opts.get("region") or region),
+            endpoint=endpoint,
+            # Custom endpoints (MinIO, R2, moto, ...) want path-style unless told otherwise.
+            force_path_style=_flag(opts["force-path-style"]) if "force-path-style" in opts else bool(endpoint),
+            skip_verify=_flag(opts.get("skip-verify", False)),
+            part_size=parse_size(opts.get("part-size", DEFAULT_PART_SIZE), "part-size"),
+            concurrency=int(opts.get("concurrency", DEFAULT_CONCURRENCY)),
+            storage_class=str(opts.get("storage-class") or ""),
+            sse_customer_algorithm=str(opts.get("sse-customer-algorithm") or ("AES256" if sse_key else "")),
+            sse_customer_key=str(sse_key or ""),
+            sse_kms_key_id=str(opts.get("sse-kms-key-id") or ""),
+            access_key_id=str(
+                opts.get("access-key-id")
+                or os.environ.get("AWS_ACCESS_KEY_ID")
+                or os.environ.get("LITESTREAM_ACCESS_KEY_ID")
+                or ""
+            ),
+            secret_access_key=str(
+                opts.get("secret-access-key")
+                or os.environ.get("AWS_SECRET_ACCESS_KEY")
+                or os.environ.get("LITESTREAM_SECRET_ACCESS_KEY")
+                or ""
+            ),
         ),
     )
 
@@ -179,83 +186,51 @@ def translate(exc: BaseException, what: str) -> StorageError:
     return StorageError(f"{what}: {type(exc).__name__}: {exc}")
 
 
-class S3ReplicaClient:
+class S3ReplicaClient(BlobReplicaClient):
     """Replica in an S3 bucket (AWS, or any S3-compatible store through `endpoint`)."""
 
     type = "s3"
+    _translate = staticmethod(translate)
 
-    def __init__(
-        self,
-        *,
-        bucket: str,
-        path: str,
-        url: str,
-        region: str = "",
-        endpoint: str = "",
-        force_path_style: bool = False,
-        skip_verify: bool = False,
-        part_size: int = DEFAULT_PART_SIZE,
-        concurrency: int = DEFAULT_CONCURRENCY,
-        storage_class: str = "",
-        sse_customer_algorithm: str = "",
-        sse_customer_key: str = "",
-        sse_kms_key_id: str = "",
-        access_key_id: str = "",
-        secret_access_key: str = "",
-    ) -> None:
-        if part_size < 5 << 20:
+    def __init__(self, *, bucket: str, path: str, url: str, options: S3Options | None = None) -> None:
+        options = options or S3Options()
+        if options.part_size < 5 << 20:
             raise ConfigError(f"s3 replica {url}: part-size must be at least 5MiB (S3's minimum)")
-        if concurrency < 1:
+        if options.concurrency < 1:
             raise ConfigError(f"s3 replica {url}: concurrency must be at least 1")
+        super().__init__(path, url, root=f"bucket {bucket!r}", service=options.endpoint or "S3")
         self.bucket = bucket
-        self.path = path
-        self.url = url.split("?", 1)[0]  # the query may carry keys: never echo it
-        self.region = region
-        self.endpoint = endpoint
-        self.force_path_style = force_path_style
-        self.skip_verify = skip_verify
-        self.part_size = part_size
-        self.concurrency = concurrency
-        self.storage_class = storage_class
-        self.sse_customer_algorithm = sse_customer_algorithm
-        self.sse_customer_key = sse_customer_key
-        self.sse_kms_key_id = sse_kms_key_id
-        self._access_key_id = access_key_id
-        self._secret_access_key = secret_access_key
-        self._s3: Any = None
+        self.options = options
 
-    def __repr__(self) -> str:
-        return self.url
-
-    # --- keys -------------------------------------------------------------------------------
+    # --- keys: Litestream's S3 layout `<path>/<level %04x>/...` -------------------------------
 
     def level_prefix(self, level: int) -> str:
         # Litestream does not normalise: `path` "" gives "/0000/...", a URL without a path "./0000/...".
         return f"{self.path}/{level:04x}/"
 
-    def ltx_key(self, level: int, min_txid: int, max_txid: int) -> str:
-        return self.level_prefix(level) + format_ltx_name(min_txid, max_txid)
-
     @property
     def lock_key(self) -> str:
         return f"{self.path}/lock.json" if self.path else "lock.json"
+
+    @property
+    def data_prefix(self) -> str:
+        return f"{self.path}/"
 
     # --- client -----------------------------------------------------------------------------
 
     @property
     def s3(self) -> Any:
-        """The boto3 client, built on first use (boto3 is imported only here)."""
-        if self._s3 is None:
-            self._s3 = self._build()
-        return self._s3
+        """The boto3 client, built on first use (boto3 is imported only then)."""
+        return self.handle
 
-    def _build(self) -> Any:
+    def _connect(self) -> Any:
         import boto3
         from botocore.config import Config
 
+        opts = self.options
         config = Config(
-            region_name=self.region or DEFAULT_REGION,
-            s3={"addressing_style": "path" if self.force_path_style else "auto"},
+            region_name=opts.region or DEFAULT_REGION,
+            s3={"addressing_style": "path" if opts.force_path_style else "auto"},
             # aws-chunked payload checksums break S3-compatible stores (Litestream #912, #918).
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
@@ -264,144 +239,94 @@ class S3ReplicaClient:
             retries={"mode": "standard", "max_attempts": 5},
             connect_timeout=_env_seconds("LIFEBOAT_S3_CONNECT_TIMEOUT", 10.0),
             read_timeout=_env_seconds("LIFEBOAT_S3_READ_TIMEOUT", 30.0),
-            max_pool_connections=max(self.concurrency, HEAD_CONCURRENCY) + 2,
+            max_pool_connections=max(opts.concurrency, HEAD_CONCURRENCY) + 2,
         )
         session = boto3.session.Session(
-            aws_access_key_id=self._access_key_id or None,
-            aws_secret_access_key=self._secret_access_key or None,
+            aws_access_key_id=opts.access_key_id or None,
+            aws_secret_access_key=opts.secret_access_key or None,
         )
-        return session.client("s3", endpoint_url=self.endpoint or None, config=config, verify=not self.skip_verify)
+        return session.client("s3", endpoint_url=opts.endpoint or None, config=config, verify=not opts.skip_verify)
 
     def _sse(self) -> dict[str, Any]:
         """Request parameters for server-side encryption (SSE-C applies to reads and HEADs too)."""
-        if not self.sse_customer_key:
+        if not self.options.sse_customer_key:
             return {}
-        key = self.sse_customer_key.encode()
+        key = self.options.sse_customer_key.encode()
         if len(key) != 32:
             # A key given base64-encoded; botocore wants the raw 32 bytes (it adds the MD5 itself).
             key = base64.b64decode(key)
-        return {"SSECustomerAlgorithm": self.sse_customer_algorithm, "SSECustomerKey": key}
+        return {"SSECustomerAlgorithm": self.options.sse_customer_algorithm, "SSECustomerKey": key}
 
     async def _call(self, what: str, method: str, /, **kwargs: Any) -> Any:
-        """One S3 request in a worker thread, with errors translated."""
+        """One S3 request, `self.s3.<method>(**kwargs)`, through `_run`."""
+        return await self._run(what, lambda: getattr(self.s3, method)(**kwargs))
+
+    # --- BlobReplicaClient hooks ----------------------------------------------------------------
+
+    async def _probe(self) -> None:
         try:
-            return await asyncio.to_thread(getattr(self.s3, method), **kwargs)
+            await asyncio.to_thread(lambda: self.s3.head_bucket(Bucket=self.bucket))
         except Exception as exc:
-            raise translate(exc, what) from exc
+            # Named by the URL alone (not `_run`'s "<url>: <what>"): `_init_failure` adds the rest.
+            raise translate(exc, self.url) from exc
 
-    # --- ReplicaClient ----------------------------------------------------------------------
+    def _init_failure(self, exc: StorageError) -> str:
+        text = str(exc)
+        if " 403" in text or "Forbidden" in text or "AccessDenied" in text or "InvalidAccessKeyId" in text:
+            text = "access denied: check the credentials (access-key-id/secret-access-key or AWS_*)"
+        return f"{self.url}: {text}"
 
-    async def init(self) -> None:
-        """Check the bucket exists and the credentials may use it."""
-        try:
-            await self._call(self.url, "head_bucket", Bucket=self.bucket)
-        except NotFound:
-            raise StorageError(f"s3 replica {self.url}: bucket {self.bucket!r} does not exist") from None
-        except Transient as exc:
-            raise StorageError(f"s3 replica {self.url}: cannot reach {self.endpoint or 'S3'}: {exc}") from None
-        except StorageError as exc:
-            text = str(exc)
-            if " 403" in text or "Forbidden" in text or "AccessDenied" in text or "InvalidAccessKeyId" in text:
-                text = "access denied: check the credentials (access-key-id/secret-access-key or AWS_*)"
-            raise StorageError(f"s3 replica {self.url}: {text}") from None
-
-    async def ltx_files(self, level: int, seek: int = 0, use_metadata: bool = False) -> list[FileInfo]:
-        prefix = self.level_prefix(level)
-        try:
-            files = await asyncio.to_thread(self._list, prefix, level, seek)
-            if use_metadata and files:
-                files = await asyncio.to_thread(self._with_metadata, files)
-        except Exception as exc:
-            raise translate(exc, f"{self.url}: list {prefix}") from exc
-        return files
-
-    def _list(self, prefix: str, level: int, seek: int) -> list[FileInfo]:
+    def _list(self, prefix: str, seek: int) -> Iterable[tuple[str, int, datetime]]:
         # Keys sort by name, so starting after "<prefix><seek>" skips every file below `seek`.
         pages = self.s3.get_paginator("list_objects_v2").paginate(
             Bucket=self.bucket, Prefix=prefix, StartAfter=f"{prefix}{seek:016x}"
         )
-        entries = [
-            (obj["Key"][len(prefix) :], obj["Size"], obj["LastModified"])
-            for page in pages
-            for obj in page.get("Contents", [])
-        ]
-        return select_ltx_files(level, entries, seek)
+        return [(obj["Key"], obj["Size"], obj["LastModified"]) for page in pages for obj in page.get("Contents", [])]
 
-    def _with_metadata(self, files: list[FileInfo]) -> list[FileInfo]:
-        def created(info: FileInfo) -> datetime:
-            key = self.ltx_key(info.level, info.min_txid, info.max_txid)
-            head = self.s3.head_object(Bucket=self.bucket, Key=key, **self._sse())
-            stamp = head.get("Metadata", {}).get(METADATA_TIMESTAMP)
-            return parse_timestamp(stamp) if stamp else info.created_at
+    def _list_names(self, prefix: str) -> list[str]:
+        pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+        return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
 
-        with ThreadPoolExecutor(HEAD_CONCURRENCY) as pool:
-            stamps = list(pool.map(created, files))
-        return [FileInfo(f.level, f.min_txid, f.max_txid, f.size, ts) for f, ts in zip(files, stamps, strict=True)]
-
-    def open_ltx_file(
-        self, level: int, min_txid: int, max_txid: int, offset: int = 0, size: int | None = None
-    ) -> AsyncIterator[bytes]:
-        key = self.ltx_key(level, min_txid, max_txid)
-        what = f"{self.url}: {key}"
-
-        def chunks() -> Iterator[bytes]:
-            if size == 0:
-                return iter(())
-            rng = f"bytes={offset}-" if size is None else f"bytes={offset}-{offset + size - 1}"
-            try:
-                out = self.s3.get_object(Bucket=self.bucket, Key=key, Range=rng, **self._sse())
-            except Exception as exc:
-                err = getattr(exc, "response", {}).get("Error", {})
-                if err.get("Code") == "InvalidRange":
-                    # Reading from the end of an object: S3 answers 416 (unless the key is missing).
-                    self.s3.head_object(Bucket=self.bucket, Key=key, **self._sse())
-                    return iter(())
-                raise
-            body: Iterator[bytes] = out["Body"].iter_chunks(CHUNK)
-            return body
-
-        return iterate_in_thread(chunks, lambda exc: translate(exc, what))
-
-    async def write_ltx_file(self, level: int, min_txid: int, max_txid: int, src: BinaryIO) -> FileInfo:
-        key = self.ltx_key(level, min_txid, max_txid)
+    def _download(self, key: str, offset: int, size: int | None) -> Iterator[bytes]:
+        if size == 0:
+            return iter(())
+        rng = f"bytes={offset}-" if size is None else f"bytes={offset}-{offset + size - 1}"
         try:
-            return await asyncio.to_thread(self._upload, key, level, min_txid, max_txid, src)
+            out = self.s3.get_object(Bucket=self.bucket, Key=key, Range=rng, **self._sse())
         except Exception as exc:
-            raise translate(exc, f"{self.url}: upload {key}") from exc
+            err = getattr(exc, "response", {}).get("Error", {})
+            if err.get("Code") == "InvalidRange":
+                # Reading from the end of an object: S3 answers 416 (unless the key is missing).
+                self.s3.head_object(Bucket=self.bucket, Key=key, **self._sse())
+                return iter(())
+            raise
+        body: Iterator[bytes] = out["Body"].iter_chunks(CHUNK)
+        return body
 
-    def _upload(self, key: str, level: int, min_txid: int, max_txid: int, src: BinaryIO) -> FileInfo:
+    def _upload(self, key: str, src: BinaryIO, size: int, metadata: dict[str, str]) -> None:
         from boto3.s3.transfer import TransferConfig
 
-        created = header_timestamp(src)
-        start = src.tell()
-        size = src.seek(0, os.SEEK_END) - start
-        src.seek(start)
-        extra: dict[str, Any] = {"Metadata": {METADATA_TIMESTAMP: format_timestamp(created)}, **self._sse()}
-        if self.storage_class:
-            extra["StorageClass"] = self.storage_class
-        if self.sse_kms_key_id:
-            extra.update(ServerSideEncryption="aws:kms", SSEKMSKeyId=self.sse_kms_key_id)
+        opts = self.options
+        extra: dict[str, Any] = {"Metadata": metadata, **self._sse()}
+        if opts.storage_class:
+            extra["StorageClass"] = opts.storage_class
+        if opts.sse_kms_key_id:
+            extra.update(ServerSideEncryption="aws:kms", SSEKMSKeyId=opts.sse_kms_key_id)
         # One PutObject below part-size, multipart above: S3 shows neither until it is complete.
         transfer = TransferConfig(
-            multipart_threshold=self.part_size,
-            multipart_chunksize=self.part_size,
-            max_concurrency=self.concurrency,
-            use_threads=self.concurrency > 1,
+            multipart_threshold=opts.part_size,
+            multipart_chunksize=opts.part_size,
+            max_concurrency=opts.concurrency,
+            use_threads=opts.concurrency > 1,
         )
         self.s3.upload_fileobj(src, self.bucket, key, ExtraArgs=extra, Config=transfer)
-        return FileInfo(level, min_txid, max_txid, size, created)
-
-    async def delete_ltx_files(self, files: list[FileInfo]) -> None:
-        await self._delete_keys([self.ltx_key(f.level, f.min_txid, f.max_txid) for f in files])
 
     async def _delete_keys(self, keys: list[str]) -> None:
+        # DeleteObjects takes up to DELETE_BATCH keys a request, where the base sends one each.
         for i in range(0, len(keys), DELETE_BATCH):
             batch = [{"Key": k} for k in keys[i : i + DELETE_BATCH]]
             out = await self._call(
-                f"{self.url}: delete",
-                "delete_objects",
-                Bucket=self.bucket,
-                Delete={"Objects": batch, "Quiet": True},
+                "delete", "delete_objects", Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
             )
             # Deleting a missing key is a success in S3; anything reported here really failed.
             if errors := out.get("Errors"):
@@ -410,39 +335,35 @@ class S3ReplicaClient:
                     f"{self.url}: delete {first.get('Key')}: {first.get('Code')} {first.get('Message', '')}"
                 )
 
-    async def delete_all(self) -> None:
-        prefix = f"{self.path}/"
+    # --- ReplicaClient ----------------------------------------------------------------------
 
-        def keys() -> list[str]:
-            pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
-            # The lease object is not replica data: a holder that resets the replica keeps its lease.
-            return [obj["Key"] for page in pages for obj in page.get("Contents", []) if obj["Key"] != self.lock_key]
+    async def ltx_files(self, level: int, seek: int = 0, use_metadata: bool = False) -> list[FileInfo]:
+        files = await super().ltx_files(level, seek)
+        if use_metadata and files:
+            # Same error label as the listing: to the caller both are one "list" operation.
+            files = await self._run(f"list {self.level_prefix(level)}", self._with_metadata, files)
+        return files
 
-        try:
-            found = await asyncio.to_thread(keys)
-        except Exception as exc:
-            raise translate(exc, f"{self.url}: list {prefix}") from exc
-        await self._delete_keys(found)
+    def _with_metadata(self, files: list[FileInfo]) -> list[FileInfo]:
+        def created(info: FileInfo) -> datetime:
+            key = self.ltx_key(info.level, info.min_txid, info.max_txid)
+            head = self.s3.head_object(Bucket=self.bucket, Key=key, **self._sse())
+            return self._created(head.get("Metadata", {}), info.created_at)
+
+        with ThreadPoolExecutor(HEAD_CONCURRENCY) as pool:
+            stamps = list(pool.map(created, files))
+        return [FileInfo(f.level, f.min_txid, f.max_txid, f.size, ts) for f, ts in zip(files, stamps, strict=True)]
 
     # --- lease object: S3 conditional writes (If-None-Match / If-Match) -----------------------
 
-    async def read_lock(self) -> tuple[bytes, str] | None:
-        def read() -> tuple[bytes, str]:
-            out = self.s3.get_object(Bucket=self.bucket, Key=self.lock_key)
-            return out["Body"].read(), out["ETag"]
-
-        try:
-            return await asyncio.to_thread(read)
-        except Exception as exc:
-            err = translate(exc, f"{self.url}: {self.lock_key}")
-            if isinstance(err, NotFound):
-                return None
-            raise err from exc
+    def _read_lock(self) -> tuple[bytes, str]:
+        out = self.s3.get_object(Bucket=self.bucket, Key=self.lock_key)
+        return out["Body"].read(), out["ETag"]
 
     async def write_lock(self, body: bytes, if_match: str | None) -> str:
         cond = {"IfNoneMatch": "*"} if if_match is None else {"IfMatch": if_match}
         out = await self._call(
-            f"{self.url}: {self.lock_key}",
+            self.lock_key,
             "put_object",
             Bucket=self.bucket,
             Key=self.lock_key,
@@ -454,18 +375,6 @@ class S3ReplicaClient:
 
     async def delete_lock(self, if_match: str) -> None:
         try:
-            await self._call(
-                f"{self.url}: {self.lock_key}",
-                "delete_object",
-                Bucket=self.bucket,
-                Key=self.lock_key,
-                IfMatch=if_match,
-            )
+            await self._call(self.lock_key, "delete_object", Bucket=self.bucket, Key=self.lock_key, IfMatch=if_match)
         except NotFound:
             return
-
-    async def close(self) -> None:
-        """Close the HTTP connection pool."""
-        if self._s3 is not None:
-            self._s3.close()
-            self._s3 = None

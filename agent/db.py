@@ -77,6 +77,10 @@ class SyncResult:
     txids: list[int] = field(default_factory=list)
     wal_bytes: int = 0
     snapshot: bool = False
+    # The WAL held frames of this generation past what the wal-index published (or the index was
+    # being rewritten): a writer is mid-commit, and its last write may already have been the event
+    # that woke us, so nothing else will. The caller looks again shortly.
+    unpublished: bool = False
 
 
 @dataclass
@@ -329,6 +333,14 @@ class Database:
             time.sleep(0.0005)
         return IN_FLUX
 
+    def _frame_written_at(self, wal_hdr: WalHeader, offset: int) -> bool:
+        """Whether a frame of the current WAL generation (its salts) starts at `offset`.
+
+        Frames left from before a WAL restart carry the older salts, so they do not count.
+        """
+        head = os.pread(self._wal_fd, WAL_FRAME_HEADER_SIZE, offset)
+        return len(head) == WAL_FRAME_HEADER_SIZE and head[8:16] == wal_hdr.salt_bytes
+
     def _read_wal_header(self) -> WalHeader | None:
         return parse_wal_header(os.pread(self._wal_fd, WAL_HEADER_SIZE, 0))
 
@@ -358,7 +370,8 @@ class Database:
             raise DatabaseError(f"{self.wal_path}: page size changed from {self.page_size} to {wal_hdr.page_size}")
         bound = self._index_end(wal_hdr)
         if bound == IN_FLUX:
-            return False  # a writer is mid-commit: the poll comes back in a moment
+            result.unpublished = True
+            return False
         pos = self._wal
         if self.pos == 0 or self._force_snapshot or pos is None:
             self._write_snapshot(wal_hdr, result, bound)
@@ -376,6 +389,8 @@ class Database:
         scan = self._scan_wal(
             wal_hdr, pos.offset, pos.checksum, stop_at=bound, max_bytes=self.opts.max_sync_wal_bytes
         )
+        if not scan.more and bound is not None and self._frame_written_at(wal_hdr, bound):
+            result.unpublished = True
         if scan.commit == 0:
             return False
         self._write_incremental(wal_hdr, pos, scan, result)

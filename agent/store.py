@@ -29,6 +29,9 @@ from .storage import ReplicaClient, StorageError, format_timestamp
 log = logging.getLogger("lifeboat.store")
 
 Hook = Callable[[str, dict[str, Any]], None]
+# A writer publishes its commit in the wal-index microseconds after its last WAL write (the inotify
+# event); these delays cover a preempted writer too, before the stat poll takes over.
+UNPUBLISHED_RECHECKS = (0.002, 0.008, 0.032, 0.128)
 
 
 @dataclass
@@ -69,6 +72,7 @@ class DatabaseRunner:
         # quiet period immediately. A directory replica ships every change at once.
         self._min_gap = 0.0 if spec.client.type == "file" else spec.sync_interval
         self._last_capture = 0.0
+        self._rechecks = 0
         self._disk_full = False
 
     async def open(self) -> None:
@@ -196,7 +200,8 @@ class DatabaseRunner:
                 await asyncio.sleep(gap)
             self._last_capture = time.monotonic()
             try:
-                await self.capture()
+                result = await self.capture()
+                self._recheck_unpublished(result.unpublished)
                 self.last_error = None
                 if self._disk_full:
                     self._disk_full = False
@@ -219,6 +224,14 @@ class DatabaseRunner:
                 self.hook("sync_error", {"db": self.db.path, "error": self.last_error})
                 await asyncio.sleep(self.spec.monitor_interval)
                 self._changed.set()
+
+    def _recheck_unpublished(self, unpublished: bool) -> None:
+        """Look again soon (2, 8, 32, 128 ms) while a writer has frames the wal-index does not show yet."""
+        if not unpublished or self._rechecks >= len(UNPUBLISHED_RECHECKS):
+            self._rechecks = 0
+            return
+        asyncio.get_running_loop().call_later(UNPUBLISHED_RECHECKS[self._rechecks], self._changed.set)
+        self._rechecks += 1
 
     async def _upload_loop(self, stop: asyncio.Event) -> None:
         self._new_ltx.set()

@@ -1,7 +1,10 @@
-"""A commit frame SQLite never published: a writer killed between writing its frames and updating
-the wal-index leaves frames whose checksums chain correctly and whose last one carries a commit
-size, yet SQLite treats the transaction as never having happened and the next writer overwrites
-it. The agent must follow the wal-index, not the checksums alone, or it ships a phantom.
+"""Frames the wal-index does not publish.
+
+A writer killed between writing its frames and updating the wal-index leaves frames whose
+checksums chain correctly and whose last one carries a commit size, yet SQLite treats the
+transaction as never having happened and the next writer overwrites it. The agent must follow the
+wal-index, not the checksums alone, or it ships a phantom. It must also notice such frames (a
+writer mid-commit looks the same for a moment) so that it looks again before the next event.
 """
 
 from __future__ import annotations
@@ -47,12 +50,16 @@ def test_agent_never_ships_a_commit_sqlite_did_not_publish(tmp_path: Path) -> No
     try:
         db.sync()
         synced = db.pos
+        assert db.sync().unpublished is False
         phantom = append_phantom_commit(db_path)
-        assert db.sync().txids == [], "a frame missing from the wal-index was shipped"
+        held = db.sync()
+        assert held.txids == [], "a frame missing from the wal-index was shipped"
+        assert held.unpublished, "frames past the wal-index must make the agent look again"
         assert db.pos == synced
         # SQLite agrees the phantom never happened: the next writer overwrites it.
         app.execute("INSERT INTO t (v) VALUES ('after')")
-        assert db.sync().txids == [synced + 1]
+        after = db.sync()
+        assert after.txids == [synced + 1] and after.unpublished is False
         for txid in db.local_l0_txids():
             assert phantom not in db.l0_path(txid).read_bytes()
     finally:
@@ -72,3 +79,27 @@ def test_agent_never_ships_a_commit_sqlite_did_not_publish(tmp_path: Path) -> No
     assert app.execute("SELECT v FROM t ORDER BY id").fetchall() == [("committed",), ("after",)]
     restored.close()
     app.close()
+
+
+def test_a_transaction_spilling_into_the_wal_is_unpublished_until_it_commits(tmp_path: Path) -> None:
+    db_path = tmp_path / "app.db"
+    app = sqlite3.connect(db_path, isolation_level=None)
+    app.execute("PRAGMA journal_mode = wal")
+    app.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)")
+    db = Database(str(db_path))
+    db.open()
+    try:
+        db.sync()
+        synced = db.pos
+        app.execute("PRAGMA cache_size = 10")  # a tiny page cache makes SQLite spill before COMMIT
+        app.execute("BEGIN")
+        app.execute("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200) "
+                    "INSERT INTO t (v) SELECT randomblob(3000) FROM n")
+        spilled = db.sync()
+        assert spilled.txids == [] and spilled.unpublished
+        app.execute("COMMIT")
+        done = db.sync()
+        assert done.txids == [synced + 1] and not done.unpublished
+    finally:
+        db.close()
+        app.close()

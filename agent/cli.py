@@ -189,7 +189,23 @@ class _JSONFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+def _limit_malloc_arenas(arenas: int = 2) -> None:
+    """Cap glibc's malloc arenas for a long-running sidecar.
+
+    glibc gives every thread that allocates its own arena (up to 8 per core) and keeps what is freed
+    in each; the SDK and worker threads then hold several MB each that the agent never needs again.
+    """
+    import ctypes
+
+    m_arena_max = -8  # from glibc's malloc.h
+    try:
+        ctypes.CDLL(None).mallopt(m_arena_max, arenas)
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
+
+
 def cmd_replicate(args: argparse.Namespace) -> int:
+    _limit_malloc_arenas()
     if args.args:
         if args.config:
             raise CLIError("cannot use -config together with a DB path and replica URL")

@@ -1,4 +1,4 @@
-"""Go-compatible value syntax of the config: durations, byte sizes, `$VAR` expansion."""
+"""Go-compatible value syntax of the config: durations, byte sizes, `$VAR` expansion, paths."""
 
 from __future__ import annotations
 
@@ -19,6 +19,10 @@ _DURATION_UNITS_NS = {
 }
 _DURATION_PART = re.compile(r"([0-9]*)(?:\.([0-9]*))?(ns|us|\u00b5s|\u03bcs|ms|s|m|h)")
 _MAX_DURATION_NS = 2**63 - 1  # Go's time.Duration range
+
+MINUTE = 60.0  # durations are float seconds throughout the config
+HOUR = 3600.0
+DAY = 86400.0
 
 
 def parse_duration(text: str | int | float, *, allow_zero: bool = True, allow_negative: bool = False) -> float:
@@ -178,3 +182,14 @@ def expand_env(text: str) -> str:
         j += 1
     out.append(text[i:])
     return "".join(out)
+
+
+def expand_path(path: str) -> str:
+    """Litestream's `expand`: strip `sqlite://`/`sqlite3://`, expand `~` and `~/`, make absolute."""
+    for prefix in ("sqlite3://", "sqlite://"):
+        if path.startswith(prefix):
+            path = path[len(prefix) :]
+            break
+    if path == "~" or path.startswith("~/"):
+        path = os.path.expanduser(path)
+    return os.path.abspath(path)

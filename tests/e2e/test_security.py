@@ -193,7 +193,7 @@ def _s3_verify(monkeypatch: pytest.MonkeyPatch, settings: dict[str, Any]) -> Any
 
     monkeypatch.setattr(boto3.session.Session, "client", fake_client)
     client = new_client({"access-key-id": KEY_ID, "secret-access-key": SECRET, **settings})
-    client.handle  # type: ignore[attr-defined]  # builds the boto3 client
+    assert client.handle is not None  # type: ignore[attr-defined]  # builds the boto3 client
     return captured["verify"]
 
 

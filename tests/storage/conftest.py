@@ -3,61 +3,44 @@
 Servers listen on fixed loopback ports (started by `.ci/services.sh` in CI). For a local run the
 session fixture runs that same script when a port is closed; if a server still cannot be started
 the suite fails: a backend that was never exercised must not look green.
+
+The ports, credentials and replica blocks live in `replica_helpers.py`; the names test modules still
+import from here (`from conftest import PORTS, ...`) are the ones this module uses itself.
 """
 
 from __future__ import annotations
 
 import getpass
 import os
-import socket
 import subprocess
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
+from faults import FlakyProxy
 from lifeboat.agent.storage import new_client
+from replica_helpers import (
+    AZURE_ACCOUNT,
+    AZURE_ENDPOINT,
+    AZURE_KEY,
+    AZURE_KEY_VAR,
+    BACKENDS,
+    BUCKET,
+    GCS_ENDPOINT,
+    PORTS,
+    S3_ENDPOINT,
+    NewReplica,
+    SFTPServer,
+    env_for,
+    listening,
+    replica_block,
+    replica_factory,
+    s3_client,
+)
 
 REPO = Path(__file__).resolve().parents[2]
-PORTS = {"s3": 18001, "gs": 18003, "abs": 18004, "sftp": 18022, "nats": 18222}
-BACKENDS = ["file", "s3", "gs", "abs", "sftp", "nats"]
-
-S3_ENDPOINT = f"http://127.0.0.1:{PORTS['s3']}"
-GCS_ENDPOINT = f"http://127.0.0.1:{PORTS['gs']}"
-AZURE_ACCOUNT = "devstoreaccount1"
-# Azurite's well-known development key (public, documented by Microsoft).
-AZURE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-AZURE_ENDPOINT = f"http://127.0.0.1:{PORTS['abs']}/{AZURE_ACCOUNT}"
-BUCKET = "lifeboat-test"
-
-
-def listening(port: int) -> bool:
-    """True when something accepts connections on 127.0.0.1:port."""
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-@dataclass(frozen=True)
-class SFTPServer:
-    """Where the test sshd's keys live and what the client logs in with."""
-
-    dir: Path
-    user: str
-
-    @property
-    def client_key(self) -> Path:
-        return self.dir / "client_key"
-
-    @property
-    def host_key_line(self) -> str:
-        return (self.dir / "host_key.pub").read_text().strip()
-
-    @property
-    def root(self) -> Path:
-        return self.dir / "root"
 
 
 @pytest.fixture(scope="session")
@@ -79,21 +62,13 @@ def servers() -> Iterator[SFTPServer]:
 
 def _create_buckets() -> None:
     """The shared bucket/container each object store backend's tests put their prefixes in."""
-    import boto3
     from azure.core.exceptions import ResourceExistsError
     from azure.storage.blob import BlobServiceClient
     from google.api_core.exceptions import Conflict
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage as gcs
 
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=S3_ENDPOINT,
-        region_name="us-east-1",
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-    )
-    s3.create_bucket(Bucket=BUCKET)
+    s3_client().create_bucket(Bucket=BUCKET)
     try:
         gcs.Client(project="test", credentials=AnonymousCredentials()).create_bucket(BUCKET)
     except Conflict:
@@ -106,71 +81,43 @@ def _create_buckets() -> None:
         pass
 
 
-async def nats_bucket(name: str, *, create: bool) -> None:
-    """Create (or delete) a JetStream object store on the test server."""
-    import nats
-    from nats.js.errors import NotFoundError
-
-    nc = await nats.connect(f"nats://127.0.0.1:{PORTS['nats']}")
-    try:
-        js = nc.jetstream()
-        if create:
-            await js.create_object_store(name)
-        else:
-            try:
-                await js.delete_object_store(name)
-            except NotFoundError:
-                pass
-    finally:
-        await nc.close()
-
-
 def replica_settings(backend: str, name: str, servers: SFTPServer, tmp_path: Path) -> dict[str, Any]:
-    """A Litestream-style replica config block for a fresh replica `name` on `backend`."""
-    if backend == "file":
-        return {"url": f"file://{tmp_path / name}"}
+    """Client settings for a fresh replica `name` on `backend`: its `replica_block`, except that
+    S3's endpoint and region go in the URL's query and its credentials inline (a client built in
+    process reads no environment)."""
     if backend == "s3":
         return {
             "url": f"s3://{BUCKET}/{name}?endpoint={S3_ENDPOINT}&region=us-east-1",
             "access-key-id": "test",
             "secret-access-key": "test",
         }
-    if backend == "gs":
-        return {"url": f"gs://{BUCKET}/{name}"}
-    if backend == "abs":
-        return {
-            "url": f"abs://{AZURE_ACCOUNT}@{BUCKET}/{name}",
-            "endpoint": AZURE_ENDPOINT,
-            "account-key": AZURE_KEY,
-        }
-    if backend == "sftp":
-        return {
-            "url": f"sftp://{servers.user}@127.0.0.1:{PORTS['sftp']}{servers.root}/{name}",
-            "key-path": str(servers.client_key),
-            "host-key": servers.host_key_line,
-        }
-    if backend == "nats":
-        return {"url": f"nats://127.0.0.1:{PORTS['nats']}/{name}"}
-    raise AssertionError(backend)
+    return replica_block(backend, name, servers, tmp_path)
 
 
 @pytest.fixture
-async def make_settings(
-    servers: SFTPServer, tmp_path: Path
-) -> AsyncIterator[Callable[[str], Awaitable[dict[str, Any]]]]:
+async def make_settings(servers: SFTPServer, tmp_path: Path) -> AsyncIterator[NewReplica]:
     """Factory: settings for a fresh, empty replica on a backend (NATS buckets made and removed)."""
-    buckets: list[str] = []
+    async with replica_factory("t", partial(replica_settings, servers=servers, tmp_path=tmp_path)) as make:
+        yield make
 
-    async def make(backend: str) -> dict[str, Any]:
-        name = f"t-{uuid.uuid4().hex[:12]}"
-        if backend == "nats":
-            await nats_bucket(name, create=True)
-            buckets.append(name)
-        return replica_settings(backend, name, servers, tmp_path)
 
-    yield make
-    for name in buckets:
-        await nats_bucket(name, create=False)
+@pytest.fixture
+async def new_replica(
+    servers: SFTPServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[NewReplica]:
+    """Factory: the config block of a fresh replica on a backend for the CLI, credentials in the
+    environment the CLI processes inherit and the Azure key as `${VAR}` (NATS stores made and removed)."""
+    env_for(monkeypatch)
+    block = partial(replica_block, servers=servers, tmp_path=tmp_path, azure_key=f"${{{AZURE_KEY_VAR}}}")
+    async with replica_factory("cli", block) as make:
+        yield make
+
+
+@pytest.fixture
+def faulty_s3(servers: SFTPServer) -> Iterator[FlakyProxy]:
+    """A proxy in front of moto failing every third request (503 SlowDown or a reset, alternately)."""
+    with FlakyProxy(PORTS["s3"]) as proxy:
+        yield proxy
 
 
 @pytest.fixture(params=BACKENDS)
@@ -180,7 +127,7 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-async def client(backend: str, make_settings: Callable[[str], Awaitable[dict[str, Any]]]) -> AsyncIterator[Any]:
+async def client(backend: str, make_settings: NewReplica) -> AsyncIterator[Any]:
     """An initialised client on a fresh replica of `backend`."""
     c = new_client(await make_settings(backend))
     await c.init()

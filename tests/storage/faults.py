@@ -1,4 +1,5 @@
-"""A fault-injecting HTTP proxy in front of moto, shared by `tests/chaos` and `bench/soak.py`.
+"""A fault-injecting HTTP proxy in front of moto, shared by `tests/storage`, `tests/chaos` and
+`bench/soak.py`.
 
 Modes (set with `FaultProxy.set_mode`, one at a time; `None` forwards everything):
 
@@ -10,6 +11,7 @@ Modes (set with `FaultProxy.set_mode`, one at a time; `None` forwards everything
 - "slow": each response is delayed by `delay` seconds, then forwarded intact
 
 In a fault mode, `every`-th request is hit (1: all of them); the others are forwarded to moto.
+`FlakyProxy` has no modes: every third request fails, alternately throttled and reset.
 """
 
 from __future__ import annotations
@@ -27,30 +29,19 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-MOTO_PORT = 18001
-MOTO_ENDPOINT = f"http://127.0.0.1:{MOTO_PORT}"
-BUCKET = "lifeboat-test"
+from replica_helpers import BUCKET, PORTS, S3_ENDPOINT, listening, s3_client
+
+MOTO_PORT = PORTS["s3"]
+MOTO_ENDPOINT = S3_ENDPOINT
 MODES = ("5xx", "throttle", "timeout", "reset", "slow")
 _REPO = Path(__file__).resolve().parents[2]
 
 
 def ensure_moto() -> None:
     """moto listening on its CI port (started by `.ci/services.sh` if needed) with the test bucket."""
-    import boto3
-
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        up = s.connect_ex(("127.0.0.1", MOTO_PORT)) == 0
-    if not up:
+    if not listening(MOTO_PORT):
         subprocess.run(["bash", str(_REPO / ".ci" / "services.sh")], check=True, capture_output=True, timeout=600)
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=MOTO_ENDPOINT,
-        region_name="us-east-1",
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-    )
-    s3.create_bucket(Bucket=BUCKET)
+    s3_client(MOTO_ENDPOINT).create_bucket(Bucket=BUCKET)
 
 
 def _error_xml(code: str) -> bytes:
@@ -118,6 +109,20 @@ class FaultProxy(ThreadingHTTPServer):
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class FlakyProxy(FaultProxy):
+    """A FaultProxy that ignores modes: every third request fails, alternately with 503 SlowDown
+    ("throttle") and a connection reset; the others are forwarded to moto."""
+
+    def next_fault(self) -> str | None:
+        with self._lock:
+            self.requests += 1
+            if self.requests % 3:
+                return None
+            fault = "throttle" if self.faults % 2 == 0 else "reset"
+            self.injected[fault] += 1
+            return fault
 
 
 class _Handler(BaseHTTPRequestHandler):

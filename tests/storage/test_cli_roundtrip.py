@@ -8,28 +8,23 @@ force-path-style with credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY; 
 requires that); GCS through STORAGE_EMULATOR_HOST. Point-in-time restores use the URL form with the
 query options where the backend has them.
 
-Other suites import `replica_block`, `write_yaml`, `remote_client`, `env_for` and `wait_remote_txid`.
+The replica blocks, config files and waiting are in `replica_helpers.py`; the `new_replica` fixture
+(credentials in the environment, the Azure key as `${VAR}`) in conftest.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import pytest
-from conftest import AZURE_ACCOUNT, AZURE_ENDPOINT, AZURE_KEY, BUCKET, PORTS, S3_ENDPOINT, SFTPServer, nats_bucket
 from helpers import (
     Agent,
     assert_same_db,
     batches,
-    create_db,
     integrity,
     lifeboat,
     no_traceback,
@@ -40,40 +35,16 @@ from helpers import (
     wait_writer,
     write_batch,
 )
-from lifeboat.agent.storage import new_client, read_ltx_file
-
-BACKENDS = ["file", "s3", "gs", "abs", "sftp", "nats"]
-AZURE_KEY_VAR = "LIFEBOAT_TEST_AZURE_KEY"
-
-
-def replica_block(backend: str, name: str, servers: SFTPServer, tmp_path: Path) -> dict[str, Any]:
-    """The `replica:` block of a config, credentials left to the environment (see `env_for`)."""
-    if backend == "file":
-        return {"url": f"file://{tmp_path / name}"}
-    if backend == "s3":
-        return {
-            "url": f"s3://{BUCKET}/{name}",
-            "endpoint": S3_ENDPOINT,
-            "region": "us-east-1",
-            "force-path-style": True,
-        }
-    if backend == "gs":
-        return {"url": f"gs://{BUCKET}/{name}"}
-    if backend == "abs":
-        return {
-            "url": f"abs://{AZURE_ACCOUNT}@{BUCKET}/{name}",
-            "endpoint": AZURE_ENDPOINT,
-            "account-key": f"${{{AZURE_KEY_VAR}}}",
-        }
-    if backend == "sftp":
-        return {
-            "url": f"sftp://{servers.user}@127.0.0.1:{PORTS['sftp']}{servers.root}/{name}",
-            "key-path": str(servers.client_key),
-            "host-key": servers.host_key_line,
-        }
-    if backend == "nats":
-        return {"url": f"nats://127.0.0.1:{PORTS['nats']}/{name}"}
-    raise AssertionError(backend)
+from lifeboat.agent.storage import read_ltx_file
+from replica_helpers import (
+    AZURE_ENDPOINT,
+    BACKENDS,
+    S3_ENDPOINT,
+    NewReplica,
+    new_db_config,
+    remote,
+    wait_remote_txid,
+)
 
 
 def replica_url(backend: str, block: dict[str, Any]) -> str:
@@ -88,82 +59,11 @@ def replica_url(backend: str, block: dict[str, Any]) -> str:
     return url
 
 
-def env_for(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Credentials the CLI processes read from their environment."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
-    monkeypatch.setenv(AZURE_KEY_VAR, AZURE_KEY)
-    monkeypatch.setenv("LITESTREAM_AZURE_ACCOUNT_KEY", AZURE_KEY)
-
-
-def write_yaml(path: Path, db: Path, block: dict[str, Any], **db_opts: Any) -> Path:
-    """A litestream.yml with one database (values JSON-quoted: valid YAML for both tools)."""
-    lines = ["dbs:", f"  - path: {json.dumps(str(db))}"]
-    lines += [f"    {k}: {json.dumps(v)}" for k, v in db_opts.items()]
-    lines.append("    replica:")
-    lines += [f"      {k}: {json.dumps(v)}" for k, v in block.items()]
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def remote_client(block: dict[str, Any]) -> Any:
-    """An in-process client on the replica (expanding the Azure key the config takes from the env)."""
-    settings = dict(block)
-    if str(settings.get("account-key", "")).startswith("${"):
-        settings["account-key"] = AZURE_KEY
-    return new_client(settings)
-
-
-async def remote_max_txid(client: Any) -> int:
-    files = await client.ltx_files(0)
-    return max((f.max_txid for f in files), default=0)
-
-
-async def wait_remote_txid(client: Any, above: int, agent: Agent, timeout: float = 30) -> int:
-    """Until the replica's newest L0 TXID exceeds `above` and stops moving; returns it."""
-    deadline = time.monotonic() + timeout
-    last = -1
-    while True:
-        assert agent.alive(), f"replicate exited early ({agent.proc.returncode}):\n{agent.output()}"
-        cur = await remote_max_txid(client)
-        if cur > above and cur == last:
-            return cur
-        if time.monotonic() > deadline:
-            raise AssertionError(f"replica {client!r} did not go above TXID {above} (at {cur}):\n{agent.output()}")
-        last = cur
-        await asyncio.sleep(0.3)
-
-
-@pytest.fixture
-async def new_replica(
-    servers: SFTPServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[Callable[[str], Awaitable[dict[str, Any]]]]:
-    """Factory: the config block of a fresh replica on a backend (NATS stores made and removed)."""
-    env_for(monkeypatch)
-    made: list[str] = []
-
-    async def make(backend: str) -> dict[str, Any]:
-        name = f"cli-{uuid.uuid4().hex[:12]}"
-        if backend == "nats":
-            await nats_bucket(name, create=True)
-            made.append(name)
-        return replica_block(backend, name, servers, tmp_path)
-
-    yield make
-    for name in made:
-        await nats_bucket(name, create=False)
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
-async def test_replicate_sigterm_restore_and_pitr(
-    backend: str, tmp_path: Path, new_replica: Callable[[str], Awaitable[dict[str, Any]]]
-) -> None:
+async def test_replicate_sigterm_restore_and_pitr(backend: str, tmp_path: Path, new_replica: NewReplica) -> None:
     block = await new_replica(backend)
-    db = tmp_path / "app.db"
-    create_db(db)
-    cfg = write_yaml(tmp_path / "litestream.yml", db, block)
-    client = remote_client(block)
-    try:
+    db, cfg = new_db_config(tmp_path, block)
+    async with remote(block) as client:
         with Agent.lifeboat("-config", str(cfg), log=tmp_path / "agent.log") as agent:
             start = await wait_remote_txid(client, 0, agent)  # the initial snapshot is up
             write_batch(db, 1)
@@ -191,8 +91,6 @@ async def test_replicate_sigterm_restore_and_pitr(
             header_ms = int.from_bytes(head[32:40], "big")
             stored_ms = round(f.created_at.timestamp() * 1000)
             assert stored_ms == header_ms // unit * unit, (f.name, f.created_at, header_ms)
-    finally:
-        await client.close()
 
     out = tmp_path / "restored.db"
     proc = ok(lifeboat("restore", "-o", str(out), "-config", str(cfg), str(db)))

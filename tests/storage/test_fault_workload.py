@@ -1,6 +1,7 @@
 """Issue #4: a write workload replicates completely through `lifeboat replicate` while the S3
-endpoint fails every third request (alternately a 503 SlowDown and a connection reset; the proxy
-from test_faults.py in front of moto). The final restore reads moto directly, not the proxy.
+endpoint fails every third request (alternately a 503 SlowDown and a connection reset; the
+`faulty_s3` fixture, `faults.FlakyProxy` in front of moto). The final restore reads moto directly,
+not the proxy.
 
 The workload runs for the issue's 2 minutes; LIFEBOAT_FAULT_WORKLOAD_SECONDS shortens it for local runs.
 """
@@ -9,45 +10,27 @@ from __future__ import annotations
 
 import asyncio
 import os
-import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
 
-import pytest
-from conftest import PORTS, S3_ENDPOINT, SFTPServer
-from helpers import Agent, assert_same_db, create_db, lifeboat, no_traceback, ok, start_writer, wait_writer
-from test_cli_roundtrip import new_replica, remote_client, wait_remote_txid, write_yaml  # noqa: F401 (fixture)
-from test_faults import FaultyProxy
+from faults import FlakyProxy
+from helpers import Agent, assert_same_db, lifeboat, no_traceback, ok, start_writer, wait_writer
+from replica_helpers import S3_ENDPOINT, NewReplica, new_db_config, remote, wait_remote_txid, write_yaml
 
 WORKLOAD_SECONDS = float(os.environ.get("LIFEBOAT_FAULT_WORKLOAD_SECONDS", "120"))
 BATCH_PAUSE = 0.05  # seconds between the writer's transactions (20 rows each)
 
 
-@pytest.fixture
-def faulty_s3(servers: SFTPServer) -> Iterator[FaultyProxy]:
-    server = FaultyProxy(PORTS["s3"])
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-
-
 async def test_workload_replicates_through_failing_s3(
     tmp_path: Path,
-    faulty_s3: FaultyProxy,
-    new_replica: Callable[[str], Awaitable[dict[str, Any]]],  # noqa: F811
+    faulty_s3: FlakyProxy,
+    new_replica: NewReplica,
 ) -> None:
     direct = await new_replica("s3")
-    proxied = {**direct, "endpoint": f"http://127.0.0.1:{faulty_s3.server_address[1]}"}
-    db = tmp_path / "app.db"
-    create_db(db)
-    cfg = write_yaml(tmp_path / "faulty.yml", db, proxied)
+    proxied = {**direct, "endpoint": faulty_s3.endpoint}
+    db, cfg = new_db_config(tmp_path, proxied, "faulty.yml")
     batches = int(WORKLOAD_SECONDS / (BATCH_PAUSE + 0.01))
-    client = remote_client(direct)
-    try:
+    async with remote(direct) as client:
         with Agent.lifeboat("-config", str(cfg), log=tmp_path / "agent.log") as agent:
             await wait_remote_txid(client, 0, agent, timeout=60)
             started = time.monotonic()
@@ -62,12 +45,10 @@ async def test_workload_replicates_through_failing_s3(
             elapsed = time.monotonic() - started
             code = agent.stop(timeout=90)
             log = agent.output()
-    finally:
-        await client.close()
     assert code == 0, f"replicate exited {code}:\n{log[-4000:]}"
     no_traceback(log)
     assert elapsed > WORKLOAD_SECONDS * 0.6, f"workload ran {elapsed:.1f}s only"
-    assert faulty_s3.failures >= 20, f"only {faulty_s3.failures} of {faulty_s3.requests} requests failed"
+    assert faulty_s3.faults >= 20, f"only {faulty_s3.faults} of {faulty_s3.requests} requests failed"
 
     cfg_direct = write_yaml(tmp_path / "direct.yml", db, direct)
     assert S3_ENDPOINT in cfg_direct.read_text()

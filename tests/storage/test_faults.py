@@ -1,23 +1,20 @@
-"""Transient failures: the retry policy, and S3 uploads through a proxy that keeps failing requests."""
+"""Transient failures: the retry policy, and S3 uploads through a proxy that keeps failing requests
+(the `faulty_s3` fixture: `faults.FlakyProxy` in front of moto)."""
 
 from __future__ import annotations
 
 import asyncio
-import http.client
 import io
-import socket
 import struct
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from conftest import BUCKET, PORTS, SFTPServer
+from faults import FlakyProxy
 from lifeboat.agent.storage import NotFound, Transient, new_client
 from lifeboat.agent.storage.retry import retry
+from replica_helpers import BUCKET
 
 
 async def test_retry_retries_transient_errors_only(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -56,77 +53,6 @@ async def test_retry_retries_transient_errors_only(monkeypatch: pytest.MonkeyPat
     assert calls == 1
 
 
-class FaultyProxy(ThreadingHTTPServer):
-    """Forwards HTTP to moto, but every third request gets a 503 or a dropped connection."""
-
-    daemon_threads = True
-
-    def __init__(self, upstream_port: int) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.upstream_port = upstream_port
-        self.requests = 0
-        self.failures = 0
-        self.lock = threading.Lock()
-
-    def next_fault(self) -> str | None:
-        with self.lock:
-            self.requests += 1
-            if self.requests % 3:
-                return None
-            self.failures += 1
-            return "503" if self.failures % 2 else "reset"
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: FaultyProxy
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-    def _forward(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        fault = self.server.next_fault()
-        if fault == "reset":
-            # SO_LINGER 0: the client sees a connection reset, not a clean close.
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self.close_connection = True
-            self.connection.close()
-            return
-        if fault == "503":
-            payload = b"<Error><Code>SlowDown</Code><Message>injected</Message></Error>"
-            self.send_response(503)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-            return
-        upstream = http.client.HTTPConnection("127.0.0.1", self.server.upstream_port, timeout=60)
-        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("expect", "connection")}
-        upstream.request(self.command, self.path, body=body, headers=headers)
-        resp = upstream.getresponse()
-        data = resp.read()
-        self.send_response(resp.status)
-        for k, v in resp.getheaders():
-            if k.lower() not in ("transfer-encoding", "connection", "content-length", "server", "date"):
-                self.send_header(k, v)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-        upstream.close()
-
-    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
-
-
-@pytest.fixture
-def proxy(servers: SFTPServer) -> Iterator[FaultyProxy]:
-    server = FaultyProxy(PORTS["s3"])
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-
-
 def ltx(seed: int, size: int) -> bytes:
     head = bytearray(100)
     head[:4] = b"LTX1"
@@ -134,11 +60,10 @@ def ltx(seed: int, size: int) -> bytes:
     return bytes(head) + bytes([seed]) * (size - 100)
 
 
-async def test_s3_uploads_complete_through_faults(proxy: FaultyProxy) -> None:
-    endpoint = f"http://127.0.0.1:{proxy.server_address[1]}"
+async def test_s3_uploads_complete_through_faults(faulty_s3: FlakyProxy) -> None:
     client = new_client(
         {
-            "url": f"s3://{BUCKET}/faults-{id(proxy)}?endpoint={endpoint}&region=us-east-1",
+            "url": f"s3://{BUCKET}/faults-{id(faulty_s3)}?endpoint={faulty_s3.endpoint}&region=us-east-1",
             "access-key-id": "test",
             "secret-access-key": "test",
             "part-size": "5MiB",
@@ -172,7 +97,7 @@ async def test_s3_uploads_complete_through_faults(proxy: FaultyProxy) -> None:
             assert await download(n) == blob
     finally:
         await client.close()
-    assert proxy.failures >= 10, (proxy.requests, proxy.failures)
+    assert faulty_s3.faults >= 10, (faulty_s3.requests, faulty_s3.injected)
 
 
 def test_importing_storage_loads_no_sdk() -> None:

@@ -6,25 +6,18 @@ replica's lease a second one is refused (exit 1, one line naming the holder); on
 from __future__ import annotations
 
 import socket
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-from helpers import Agent, assert_same_db, create_db, lifeboat, no_traceback, ok, write_batch
-from test_cli_roundtrip import new_replica, remote_client, wait_remote_txid, write_yaml  # noqa: F401 (fixture)
+from helpers import Agent, assert_same_db, lifeboat, no_traceback, ok, write_batch
+from replica_helpers import NewReplica, new_db_config, remote, wait_remote_txid
 
 
 @pytest.mark.parametrize("backend", ["file", "s3"])
-async def test_second_agent_refused_until_first_stops(
-    backend: str, tmp_path: Path, new_replica: Callable[[str], Awaitable[dict[str, Any]]]  # noqa: F811
-) -> None:
+async def test_second_agent_refused_until_first_stops(backend: str, tmp_path: Path, new_replica: NewReplica) -> None:
     block = await new_replica(backend)
-    db = tmp_path / "app.db"
-    create_db(db)
-    cfg = write_yaml(tmp_path / "litestream.yml", db, block)
-    client = remote_client(block)
-    try:
+    db, cfg = new_db_config(tmp_path, block)
+    async with remote(block) as client:
         with Agent.lifeboat("-config", str(cfg), log=tmp_path / "first.log") as first:
             txid = await wait_remote_txid(client, 0, first)
             second = lifeboat("replicate", "-config", str(cfg), timeout=60)
@@ -48,8 +41,6 @@ async def test_second_agent_refused_until_first_stops(
             code = third.stop()
             assert code == 0, third.output()
             no_traceback(third.output())
-    finally:
-        await client.close()
 
     out = tmp_path / "restored.db"
     ok(lifeboat("restore", "-o", str(out), "-config", str(cfg), str(db)))

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import os
 import shutil
-import signal
 import sys
 import time
 from collections.abc import Coroutine, Sequence
@@ -23,20 +21,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from . import config as cfgmod
-from .compaction import LifecycleSettings
-from .db import DatabaseError, DatabaseOptions, default_meta_dir
+from .db import DatabaseError, default_meta_dir
 from .ltx import LTXError
-from .metrics import Metrics
 from .restore import NoBackupError, RestoreError, list_levels, plan, restore
-from .server import serve
 from .sqlite import SQLiteFormatError
 from .storage import ConfigError, ReplicaClient, StorageError, new_client, parse_timestamp
-from .store import DatabaseSpec, Store
 
 log = logging.getLogger("lifeboat")
 
 
-CONFIG_POLL_SECONDS = 2.0
 T = TypeVar("T")
 
 
@@ -123,17 +116,6 @@ def _load(args: argparse.Namespace, required: bool = True) -> cfgmod.Config | No
     return cfgmod.load_config(path, expand=not args.no_expand_env)
 
 
-def _db_options(db: cfgmod.DBConfig) -> DatabaseOptions:
-    return DatabaseOptions(
-        meta_path=db.meta_path,
-        busy_timeout=db.busy_timeout,
-        min_checkpoint_page_count=db.min_checkpoint_page_count,
-        truncate_page_n=db.truncate_page_n,
-        checkpoint_interval=db.checkpoint_interval,
-        max_sync_wal_bytes=db.max_sync_wal_bytes,
-    )
-
-
 def _find_db(conf: cfgmod.Config, path: str) -> cfgmod.DBConfig:
     want = os.path.abspath(os.path.expanduser(path))
     for db in conf.dbs:
@@ -189,23 +171,7 @@ class _JSONFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
-def _limit_malloc_arenas(arenas: int = 2) -> None:
-    """Cap glibc's malloc arenas for a long-running sidecar.
-
-    glibc gives every thread that allocates its own arena (up to 8 per core) and keeps what is freed
-    in each; the SDK and worker threads then hold several MB each that the agent never needs again.
-    """
-    import ctypes
-
-    m_arena_max = -8  # from glibc's malloc.h
-    try:
-        ctypes.CDLL(None).mallopt(m_arena_max, arenas)
-    except (OSError, AttributeError):  # not glibc: nothing to tune
-        pass
-
-
 def cmd_replicate(args: argparse.Namespace) -> int:
-    _limit_malloc_arenas()
     if args.args:
         if args.config:
             raise CLIError("cannot use -config together with a DB path and replica URL")
@@ -220,163 +186,14 @@ def cmd_replicate(args: argparse.Namespace) -> int:
     if (args.force_snapshot or args.enforce_retention) and not args.once:
         raise CLIError("-force-snapshot and -enforce-retention require -once")
     _setup_logging(args.log_level or conf.logging_level, conf.logging_type)
-    specs = _specs(conf)
-    if args.restore_if_db_not_exists or any(db.restore_if_db_not_exists for db in conf.dbs):
-        for db, spec in zip(conf.dbs, specs, strict=True):
-            if (args.restore_if_db_not_exists or db.restore_if_db_not_exists) and not os.path.exists(db.path):
-                try:
-                    asyncio.run(restore(spec.client, db.path))
-                    log.info("restored %s from %r", db.path, spec.client)
-                except NoBackupError:
-                    log.info("no backup for %s: starting fresh", db.path)
-    return asyncio.run(
-        _replicate(
-            conf, specs, once=args.once, force_snapshot=args.force_snapshot, enforce_retention=args.enforce_retention,
-            expand=not args.no_expand_env,
-        )
+    # Imported here: the long-running machinery (numpy, prometheus-client, the HTTP server) would
+    # only slow down and enlarge the one-shot commands, restore in an init container above all.
+    from . import replicate_cmd
+
+    return replicate_cmd.run(
+        conf, once=args.once, force_snapshot=args.force_snapshot, enforce_retention=args.enforce_retention,
+        restore_if_db_not_exists=args.restore_if_db_not_exists, expand=not args.no_expand_env,
     )
-
-
-def _specs(conf: cfgmod.Config) -> list[DatabaseSpec]:
-    specs = []
-    for db in conf.dbs:
-        if db.replica is None:
-            raise CLIError(f"{conf.source}: database {db.path} has no replica")
-        specs.append(
-            DatabaseSpec(
-                db.path, new_client(db.replica.settings), _db_options(db), db.monitor_interval,
-                db.replica.sync_interval, _lifecycle(conf), dict(db.replica.settings),
-            )
-        )
-    return specs
-
-
-async def _watch_config(path: str, expand: bool, store: Store, stop: asyncio.Event) -> None:
-    """Reload the config file when it changes (a ConfigMap update swaps its symlinks)."""
-    def read() -> bytes:
-        try:
-            return Path(path).read_bytes()
-        except OSError:
-            return b""
-
-    last = read()
-    while not stop.is_set():
-        await asyncio.sleep(CONFIG_POLL_SECONDS)
-        current = read()
-        if current == last or not current:
-            continue
-        last = current
-        try:
-            conf = cfgmod.load_config(path, expand=expand)
-            reasons = store.reconfigure(_specs(conf), conf.paused)
-        except (ConfigError, CLIError, StorageError) as exc:
-            log.error("config reload failed, keeping the running configuration: %s", exc)
-            continue
-        if reasons:
-            log.warning("config reloaded; a restart is needed to apply: %s", "; ".join(reasons))
-        else:
-            log.info("config reloaded from %s%s", path, " (replication paused)" if conf.paused else "")
-
-
-def _lifecycle(conf: cfgmod.Config) -> LifecycleSettings:
-    return LifecycleSettings(
-        levels=list(conf.levels),
-        snapshot_interval=conf.snapshot_interval,
-        snapshot_retention=conf.snapshot_retention,
-        l0_retention=conf.l0_retention,
-        l0_retention_check_interval=conf.l0_retention_check_interval,
-        retention_enabled=conf.retention_enabled,
-    )
-
-
-async def _replicate(
-    conf: cfgmod.Config,
-    specs: list[DatabaseSpec],
-    *,
-    once: bool,
-    force_snapshot: bool = False,
-    enforce_retention: bool = False,
-    expand: bool = True,
-) -> int:
-    metrics = Metrics()
-    for spec in specs:
-        spec.client = metrics.instrument(spec.client, spec.path, conf.l0_retention)
-    store = Store(specs, hook=metrics.observe)
-    for r in store.runners:
-        metrics.register(r.db.path, r.replica.client.type)
-    if once:
-        try:
-            await store.open()
-            await store.sync_once(force_snapshot=force_snapshot, enforce_retention=enforce_retention)
-        finally:
-            await store.close()
-        return 0
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    server = None
-    if conf.addr:
-        server = await serve(conf.addr, store, metrics)
-    try:
-        # A pod's first start: the restore found no replica and the app, which starts only once this
-        # agent is up (native sidecar startup probe), has not created its database yet. Like
-        # Litestream, wait for it instead of exiting.
-        if await _wait_for_databases(store, stop):
-            await store.open()
-    except BaseException:
-        if server is not None:
-            server.close()
-        await store.close()
-        raise
-    if stop.is_set():
-        if server is not None:
-            server.close()
-        await store.close()
-        return 0
-    for r in store.runners:
-        r.paused = conf.paused
-        log.info("replicating %s to %s%s", r.db.path, r.replica.url, " (paused)" if conf.paused else "")
-    watcher = None
-    if conf.source != "<args>":
-        watcher = asyncio.create_task(_watch_config(conf.source, expand, store, stop))
-    try:
-        await store.run(stop, conf.shutdown_sync_timeout)
-    finally:
-        if watcher is not None:
-            watcher.cancel()
-        if server is not None:
-            server.close()
-    return 1 if store.lost_lease else 0
-
-
-async def _wait_for_databases(store: Store, stop: asyncio.Event) -> bool:
-    """Until every database file exists (True), or `stop` is set (False).
-
-    A file that has just appeared gets a moment to receive its header: SQLite creates it empty.
-    """
-    logged: set[str] = set()
-    appeared: dict[str, float] = {}
-    while not stop.is_set():
-        now = time.monotonic()
-        missing = []
-        for r in store.runners:
-            try:
-                size = os.path.getsize(r.db.path)
-            except FileNotFoundError:
-                missing.append(r.db.path)
-                continue
-            if size == 0 and r.db.path in logged and now - appeared.setdefault(r.db.path, now) < 1.0:
-                missing.append(r.db.path)
-        if not missing:
-            return True
-        for path in missing:
-            if path not in logged:
-                log.info("%s: database does not exist yet; waiting for the application to create it", path)
-                logged.add(path)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), 0.1)
-    return False
 
 
 def cmd_restore(args: argparse.Namespace) -> int:

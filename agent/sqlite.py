@@ -9,8 +9,10 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 DB_HEADER_MAGIC = b"SQLite format 3\x00"
 WAL_MAGIC_LE = 0x377F0682
@@ -131,6 +133,7 @@ def _frame_coefficients(units: int) -> tuple[np.ndarray, tuple[int, int, int, in
     (mod 2**32). After `units` steps: s = M**units · seed + Σ_k M**(units-1-k) · N · w_k.
     Returns a (2·units, 2) uint32 matrix C with [s0, s1] contribution = words @ C, and M**units.
     """
+    import numpy as np  # only the agent's WAL scan needs it: restore and the CLI start without it
     step = (1, 1, 1, 2)
     coeff = np.empty((units, 4), dtype=np.uint64)
     power = (1, 0, 0, 1)  # M**0
@@ -155,6 +158,8 @@ def frame_checksums(
     Each frame's checksum covers its header bytes 0..8 and its page. The per-frame sums are linear,
     so they are computed for all frames at once; only the 2x2 chaining runs per frame.
     """
+    import numpy as np
+
     frame_size = WAL_FRAME_HEADER_SIZE + page_size
     count = len(frames) // frame_size
     if count == 0:

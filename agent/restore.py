@@ -24,6 +24,9 @@ from .storage.file import fsync_dir
 
 MAX_LEVEL = SNAPSHOT_LEVEL
 REPLAN_ATTEMPTS = 3
+# A snapshot's pages come in order: writing runs of them with one pwritev each saves a system call
+# per page. 256 pages stay within IOV_MAX (1024) and bound what is held at once.
+WRITE_RUN_PAGES = 256
 
 
 class RestoreError(RuntimeError):
@@ -137,9 +140,18 @@ def _apply(files: list[tuple[FileInfo, Path]], out: Path, progress: Callable[[in
                     )
                 if len(present) < commit + 1:
                     present.extend(bytes(commit + 1 - len(present)))
+                run: list[bytes] = []  # consecutive pages, written with one pwritev
+                first = 0
                 for pgno, data in dec.pages():
-                    os.pwrite(fd, data, (pgno - 1) * page_size)
+                    if run and (pgno != first + len(run) or len(run) == WRITE_RUN_PAGES):
+                        os.pwritev(fd, run, (first - 1) * page_size)
+                        run.clear()
+                    if not run:
+                        first = pgno
+                    run.append(data)
                     present[pgno] = 1
+                if run:  # before the next file, whose pages may overwrite these
+                    os.pwritev(fd, run, (first - 1) * page_size)
                 prev_max = h.max_txid
             if progress is not None:
                 progress(info.size)

@@ -151,11 +151,12 @@ class ABSReplicaClient(BlobReplicaClient):
             key, src, length=size, overwrite=True, metadata=metadata, max_concurrency=UPLOAD_CONCURRENCY
         )
 
-    def _delete_key(self, key: str) -> None:
+    def _delete_objects(self, keys: list[str]) -> None:
         from azure.core.exceptions import ResourceNotFoundError
 
-        with contextlib.suppress(ResourceNotFoundError):
-            self.container.delete_blob(key)
+        for key in keys:
+            with contextlib.suppress(ResourceNotFoundError):
+                self.container.delete_blob(key)
 
     # --- lease object: ETag conditions ---------------------------------------------------------
 

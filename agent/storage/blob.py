@@ -9,6 +9,7 @@ backends, this module imports no SDK.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import os
 import posixpath
@@ -32,7 +33,7 @@ from .retry import iterate_in_thread
 T = TypeVar("T")
 
 
-class BlobReplicaClient:
+class BlobReplicaClient(abc.ABC):
     """Base of the blocking-SDK replica clients: `<path>/ltx/<level>/<min>-<max>.ltx` unless overridden."""
 
     type: str
@@ -76,18 +77,18 @@ class BlobReplicaClient:
             self._handle = self._connect()
         return self._handle
 
+    @abc.abstractmethod
     def _connect(self) -> Any:
         """Build the SDK handle."""
-        raise NotImplementedError
 
     def _disconnect(self, handle: Any) -> None:
         """Release the handle's connections."""
         handle.close()
 
     @staticmethod
+    @abc.abstractmethod
     def _translate(exc: BaseException, what: str) -> StorageError:
         """The backend module's `translate`: SDK exception -> storage error naming `what`."""
-        raise NotImplementedError
 
     async def _run(self, what: str, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """`fn(*args, **kwargs)` in a worker thread; its errors become storage errors naming `<url>: <what>`."""
@@ -103,9 +104,9 @@ class BlobReplicaClient:
 
     # --- init ------------------------------------------------------------------------------
 
+    @abc.abstractmethod
     async def _probe(self) -> None:
         """Touch the bucket or container, raising the storage error types."""
-        raise NotImplementedError
 
     def _init_failure(self, exc: StorageError) -> str:
         """The rest of `init`'s message after `<type> replica ` for any other error."""
@@ -113,29 +114,29 @@ class BlobReplicaClient:
 
     # --- hooks: blocking SDK requests (called in a worker thread) --------------------------
 
+    @abc.abstractmethod
     def _list(self, prefix: str, seek: int) -> Iterable[tuple[str, int, datetime]]:
         """(key, size, created) of the objects below `prefix`; may skip keys below `<prefix><seek>`."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _list_names(self, prefix: str) -> list[str]:
         """Every key below `prefix`."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _download(self, key: str, offset: int, size: int | None) -> Iterator[bytes]:
         """The chunks of one object (a range when offset/size are given), all of one version."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _upload(self, key: str, src: BinaryIO, size: int, metadata: dict[str, str]) -> None:
         """Store `size` bytes of `src` under `key` with `metadata`, invisible until complete."""
-        raise NotImplementedError
 
-    def _delete_key(self, key: str) -> None:
-        """Delete one object; a missing one is not an error."""
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _delete_objects(self, keys: list[str]) -> None:
+        """Delete these objects (in as few requests as the store allows); missing ones are not an error."""
 
+    @abc.abstractmethod
     def _read_lock(self) -> tuple[bytes, str] | None:
         """The lease object's body and version tag (None or NotFound when there is none)."""
-        raise NotImplementedError
 
     # --- ReplicaClient ----------------------------------------------------------------------
 
@@ -190,13 +191,7 @@ class BlobReplicaClient:
         await self._delete_keys([key for key in keys if key != self.lock_key])
 
     async def _delete_keys(self, keys: list[str]) -> None:
-        """Delete objects, one request each; missing ones are not an error."""
-
-        def delete() -> None:
-            for key in keys:
-                self._delete_key(key)
-
-        await self._run("delete", delete)
+        await self._run("delete", self._delete_objects, keys)
 
     async def close(self) -> None:
         """Release the SDK's connections; the client may not be used afterwards."""

@@ -118,29 +118,22 @@ class GCSReplicaClient(BlobReplicaClient):
         # A GCS object becomes visible only once its upload is finalised: atomic for readers.
         blob.upload_from_file(src, size=size, content_type="application/octet-stream")
 
-    def _delete_key(self, key: str) -> None:
+    def _delete_objects(self, keys: list[str]) -> None:
         from google.api_core.exceptions import NotFound as GoogleNotFound
 
-        with contextlib.suppress(GoogleNotFound):
-            self.bucket_handle.delete_blob(key)
+        for key in keys:
+            with contextlib.suppress(GoogleNotFound):
+                self.bucket_handle.delete_blob(key)
 
     # --- lease object: generation preconditions ----------------------------------------------
 
-    async def read_lock(self) -> tuple[bytes, str] | None:
-        """The lease object's body and generation, or None when there is none.
-
-        Kept apart from the shared `read_lock`, which would also turn a NotFound from the download
-        into None: here an object deleted between the lookup and its generation-pinned download
-        surfaces as NotFound, as it always has.
-        """
-
-        def read() -> tuple[bytes, str] | None:
-            blob = self.bucket_handle.get_blob(self.lock_key)
-            if blob is None:
-                return None
-            return blob.download_as_bytes(if_generation_match=blob.generation), str(blob.generation)
-
-        return await self._run(self.lock_key, read)
+    def _read_lock(self) -> tuple[bytes, str] | None:
+        blob = self.bucket_handle.get_blob(self.lock_key)
+        if blob is None:
+            return None
+        # Pinned to the generation just looked up: a lease replaced in between reads as NotFound
+        # (no lease), never as one generation's body under another's number.
+        return blob.download_as_bytes(if_generation_match=blob.generation), str(blob.generation)
 
     async def write_lock(self, body: bytes, if_match: str | None) -> str:
         def write() -> str:

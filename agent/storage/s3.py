@@ -321,13 +321,11 @@ class S3ReplicaClient(BlobReplicaClient):
         )
         self.s3.upload_fileobj(src, self.bucket, key, ExtraArgs=extra, Config=transfer)
 
-    async def _delete_keys(self, keys: list[str]) -> None:
-        # DeleteObjects takes up to DELETE_BATCH keys a request, where the base sends one each.
+    def _delete_objects(self, keys: list[str]) -> None:
+        # DeleteObjects takes up to DELETE_BATCH keys a request.
         for i in range(0, len(keys), DELETE_BATCH):
             batch = [{"Key": k} for k in keys[i : i + DELETE_BATCH]]
-            out = await self._call(
-                "delete", "delete_objects", Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
-            )
+            out = self.s3.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
             # Deleting a missing key is a success in S3; anything reported here really failed.
             if errors := out.get("Errors"):
                 first = errors[0]

@@ -39,16 +39,22 @@ def append_phantom_commit(db_path: Path) -> bytes:
     return page
 
 
-def test_agent_never_ships_a_commit_sqlite_did_not_publish(tmp_path: Path) -> None:
-    db_path = tmp_path / "app.db"
+def app_and_agent(db_path: Path) -> tuple[sqlite3.Connection, Database]:
+    """The application's connection (WAL mode, table `t`) and the agent's Database, synced once."""
     app = sqlite3.connect(db_path, isolation_level=None)
     app.execute("PRAGMA journal_mode = wal")
-    app.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+    app.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v)")
     app.execute("INSERT INTO t (v) VALUES ('committed')")
     db = Database(str(db_path))
     db.open()
+    db.sync()
+    return app, db
+
+
+def test_agent_never_ships_a_commit_sqlite_did_not_publish(tmp_path: Path) -> None:
+    db_path = tmp_path / "app.db"
+    app, db = app_and_agent(db_path)
     try:
-        db.sync()
         synced = db.pos
         assert db.sync().unpublished is False
         phantom = append_phantom_commit(db_path)
@@ -82,14 +88,8 @@ def test_agent_never_ships_a_commit_sqlite_did_not_publish(tmp_path: Path) -> No
 
 
 def test_a_transaction_spilling_into_the_wal_is_unpublished_until_it_commits(tmp_path: Path) -> None:
-    db_path = tmp_path / "app.db"
-    app = sqlite3.connect(db_path, isolation_level=None)
-    app.execute("PRAGMA journal_mode = wal")
-    app.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)")
-    db = Database(str(db_path))
-    db.open()
+    app, db = app_and_agent(tmp_path / "app.db")
     try:
-        db.sync()
         synced = db.pos
         app.execute("PRAGMA cache_size = 10")  # a tiny page cache makes SQLite spill before COMMIT
         app.execute("BEGIN")

@@ -63,6 +63,10 @@ class DatabaseRunner:
             Lifecycle(self.db, spec.client, spec.lifecycle, self.hook) if spec.lifecycle is not None else None
         )
         self.last_sync: float | None = None
+        # Positions mean something only once the database is open and the replica's position is
+        # known: before that, `/status` reports none rather than 0 (a client pairing commits with
+        # TXIDs would otherwise acknowledge rows against a position the replica passed long ago).
+        self.opened = False
         self.lost_lease = False
         self.paused = False
         self.last_error: str | None = None
@@ -94,6 +98,7 @@ class DatabaseRunner:
                 self.db.pos,
             )
             await asyncio.to_thread(self.db.set_replica_position, self.replica.pos)
+        self.opened = True
 
     async def capture(self) -> SyncResult:
         """One sync of the WAL into L0 files, then a checkpoint if the policy says so."""
@@ -294,25 +299,35 @@ class DatabaseRunner:
             last = cur
 
     def status(self) -> dict[str, Any]:
-        """What `/status` reports for this database."""
+        """What `/status` reports for this database (no positions until it is open)."""
+        last_upload = self.replica.stats.last_upload
+        out: dict[str, Any] = {
+            "path": self.db.path,
+            "state": "starting",
+            "txid": None,
+            "remote_txid": None,
+            "replica": self.replica.url,
+            "last_sync": _rfc3339(self.last_sync),
+            "last_upload": _rfc3339(last_upload),
+            "last_upload_age_seconds": None if last_upload is None else round(time.time() - last_upload, 3),
+            "lag_seconds": None,
+            "error": self.last_error or self.replica.stats.last_error,
+            "paused": self.paused,
+        }
+        if not self.opened:
+            return out
         lag = None
         if self.replica.pos < self.db.pos and self.seen_at:
             lag = time.time() - min(self.seen_at.values())
         elif self.replica.pos >= self.db.pos:
             lag = 0.0
-        last_upload = self.replica.stats.last_upload
-        return {
-            "path": self.db.path,
-            "txid": self.db.pos,
-            "remote_txid": self.replica.pos,
-            "replica": self.replica.url,
-            "last_sync": _rfc3339(self.last_sync),
-            "last_upload": _rfc3339(last_upload),
-            "last_upload_age_seconds": None if last_upload is None else round(time.time() - last_upload, 3),
-            "lag_seconds": None if lag is None else round(lag, 3),
-            "error": self.last_error or self.replica.stats.last_error,
-            "paused": self.paused,
-        }
+        out.update(
+            state="stopped" if self.lost_lease else "paused" if self.paused else "replicating",
+            txid=self.db.pos,
+            remote_txid=self.replica.pos,
+            lag_seconds=None if lag is None else round(lag, 3),
+        )
+        return out
 
     def reconfigure(self, spec: DatabaseSpec, paused: bool) -> list[str]:
         """Apply a reloaded configuration; returns what cannot change without a restart."""

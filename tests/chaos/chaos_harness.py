@@ -7,7 +7,8 @@ small side file. The agent runs with frequent checkpoints, short compaction leve
 and L0 retention, and an HTTP `addr:` so `/status` can be read.
 
 What "replicated" means, honestly: `/status` reports `txid` (newest local L0 file) and `remote_txid`
-(newest L0 durable in the replica). Let C be the application's committed count read at time ta, and
+(newest L0 durable in the replica), both null while the agent is still opening its database. Let C
+be the application's committed count read at time ta, and
 T the local txid read right after. L0 file T+1 may have been in the middle of being written at ta
 (its WAL read may predate ta), but the sync that writes T+2 reads the WAL only after T+1 exists,
 i.e. after ta: T+2 contains every row of the first C. So once `/status` shows `remote_txid >= T+2`
@@ -218,6 +219,8 @@ dbs:
         except (OSError, ValueError):
             return None
         db = body["databases"][0]
+        if db["txid"] is None or db["remote_txid"] is None:
+            return None  # still opening: no position is known yet, so none can prove anything
         return {"txid": int(db["txid"]), "remote_txid": int(db["remote_txid"])}
 
     def observe(self) -> None:

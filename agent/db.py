@@ -181,17 +181,35 @@ class Database:
     def close(self) -> None:
         """Release the read transaction, connections and descriptors."""
         with self._lock:
-            for conn in (self._rconn, self._wconn):
-                if conn is not None:
-                    try:
-                        conn.close()
-                    except sqlite3.Error:
-                        pass
-            self._rconn = self._wconn = None
-            for fd in (self._wal_fd, self._db_fd, self._shm_fd):
-                if fd >= 0:
-                    os.close(fd)
-            self._wal_fd = self._db_fd = self._shm_fd = -1
+            self._close()
+
+    def reopen(self) -> None:
+        """Follow the file now at the path (the old one was replaced): close, then open it afresh.
+
+        Local state then decides as at any start: the new file continues the history only if that
+        can be proven, otherwise the next sync writes a snapshot of it.
+        """
+        with self._lock:
+            self._close()
+            self.open()
+
+    def file_identity(self) -> tuple[int, int]:
+        """(device, inode) of the file this agent follows."""
+        st = os.fstat(self._db_fd)
+        return st.st_dev, st.st_ino
+
+    def _close(self) -> None:
+        for conn in (self._rconn, self._wconn):
+            if conn is not None:
+                try:
+                    conn.close()
+                except sqlite3.Error:
+                    pass
+        self._rconn = self._wconn = None
+        for fd in (self._wal_fd, self._db_fd, self._shm_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._wal_fd = self._db_fd = self._shm_fd = -1
 
     def _bump_seq(self) -> None:
         assert self._wconn is not None

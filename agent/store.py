@@ -82,6 +82,8 @@ class DatabaseRunner:
         self._last_capture = 0.0
         self._rechecks = 0
         self._disk_full = False
+        self._file_missing = False
+        self._file_id = (0, 0)  # (device, inode) of the database file being followed
 
     async def open(self) -> None:
         """Take the replica's lease, open the database, and reconcile their positions."""
@@ -98,6 +100,7 @@ class DatabaseRunner:
                 self.db.pos,
             )
             await asyncio.to_thread(self.db.set_replica_position, self.replica.pos)
+        self._file_id = self.db.file_identity()
         self.opened = True
 
     async def capture(self) -> SyncResult:
@@ -289,6 +292,7 @@ class DatabaseRunner:
         last: tuple[int, int] | None = None
         while not stop.is_set():
             await asyncio.sleep(self.spec.monitor_interval)
+            await self._follow_replaced_file()
             try:
                 st = os.stat(self.db.wal_path)
                 cur = (st.st_size, st.st_mtime_ns)
@@ -297,6 +301,37 @@ class DatabaseRunner:
             if cur != last or self.db.checkpoint_mode_due() is not None:
                 self._changed.set()
             last = cur
+
+    async def _follow_replaced_file(self) -> None:
+        """An application that restores a copy by rename puts a new inode at the path: follow it.
+
+        Keeping the old, unlinked file would ship nothing, silently. The reopened database writes
+        a snapshot of the new file unless it provably continues the history.
+        """
+        try:
+            st = os.stat(self.db.path)
+        except FileNotFoundError:
+            if not self._file_missing:
+                self._file_missing = True
+                log.error("%s: database file was removed; waiting for a database at that path", self.db.path)
+            return
+        self._file_missing = False
+        if (st.st_dev, st.st_ino) == self._file_id:
+            return
+        async with self._lock:
+            old = self._file_id
+            log.warning(
+                "%s: database file replaced (device %d inode %d -> device %d inode %d); following the new file",
+                self.db.path, old[0], old[1], st.st_dev, st.st_ino,
+            )
+            try:
+                await asyncio.to_thread(self.db.reopen)
+            except Exception as exc:  # not a usable database (yet): look again next interval
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.error("%s: cannot follow the replaced database file: %s", self.db.path, exc)
+                return
+            self._file_id = self.db.file_identity()
+        self._changed.set()
 
     def status(self) -> dict[str, Any]:
         """What `/status` reports for this database (no positions until it is open)."""

@@ -13,7 +13,6 @@ import dataclasses
 import errno
 import logging
 import os
-import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from .db import Database, DatabaseOptions, SyncResult
 from .lease import Lease, LeaseLostError
 from .replica import Replica
 from .storage import ReplicaClient, StorageError, format_timestamp
+from .watch import poll_wal, watch_wal
 
 log = logging.getLogger("lifeboat.store")
 
@@ -33,9 +33,6 @@ Hook = Callable[[str, dict[str, Any]], None]
 # A writer publishes its commit in the wal-index microseconds after its last WAL write (the inotify
 # event); these delays cover a preempted writer too, before the stat poll takes over.
 UNPUBLISHED_RECHECKS = (0.002, 0.008, 0.032, 0.128)
-INOTIFY_EVENT = struct.Struct("=iIII")  # struct inotify_event: wd, mask, cookie, len (then the name)
-IN_Q_OVERFLOW = 0x4000
-INOTIFY_READ_SIZE = 64 * 1024
 
 
 @dataclass
@@ -154,8 +151,15 @@ class DatabaseRunner:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Capture and upload until `stop` is set, then a final sync."""
-        loops = [self._capture_loop(stop), self._upload_loop(stop), self._watch(stop), self._poll(stop),
-                 self._renew_lease(stop)]
+        loops = [
+            self._capture_loop(stop),
+            self._upload_loop(stop),
+            watch_wal(self.db.wal_path, self._changed.set, stop),
+            poll_wal(self.db.wal_path, self.spec.monitor_interval, self._changed.set,
+                     lambda: self.db.checkpoint_mode_due() is not None, stop),
+            self._follow_file(stop),
+            self._renew_lease(stop),
+        ]
         if self.lifecycle is not None:
             loops.append(self._lifecycle(stop))
         await run_until(stop, loops)
@@ -261,46 +265,10 @@ class DatabaseRunner:
                 await asyncio.sleep(self.spec.monitor_interval)
                 self._new_ltx.set()
 
-    async def _watch(self, stop: asyncio.Event) -> None:
-        try:
-            from asyncinotify import Inotify, Mask
-        except ImportError:  # not Linux: the poll alone detects changes
-            return
-        wal_name = os.fsencode(os.path.basename(self.db.wal_path))
-        loop = asyncio.get_running_loop()
-        with Inotify() as inotify:
-            inotify.add_watch(os.path.dirname(self.db.path), Mask.MODIFY | Mask.CREATE | Mask.MOVED_TO)
-
-            # One reader callback on the raw descriptor: asyncinotify's iterator re-registers the
-            # descriptor and builds an Event object per event, a fifth of the agent's CPU while a
-            # writer streams frames into the WAL.
-            def readable() -> None:
-                try:
-                    data = os.read(inotify.fd, INOTIFY_READ_SIZE)
-                except BlockingIOError:
-                    return
-                if inotify_names(data, wal_name):
-                    self._changed.set()
-
-            loop.add_reader(inotify.fd, readable)
-            try:
-                await stop.wait()
-            finally:
-                loop.remove_reader(inotify.fd)
-
-    async def _poll(self, stop: asyncio.Event) -> None:
-        last: tuple[int, int] | None = None
+    async def _follow_file(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             await asyncio.sleep(self.spec.monitor_interval)
             await self._follow_replaced_file()
-            try:
-                st = os.stat(self.db.wal_path)
-                cur = (st.st_size, st.st_mtime_ns)
-            except FileNotFoundError:
-                cur = (0, 0)
-            if cur != last or self.db.checkpoint_mode_due() is not None:
-                self._changed.set()
-            last = cur
 
     async def _follow_replaced_file(self) -> None:
         """An application that restores a copy by rename puts a new inode at the path: follow it.
@@ -383,18 +351,6 @@ class DatabaseRunner:
             self._changed.set()
         self.paused = paused
         return []
-
-
-def inotify_names(data: bytes, name: bytes) -> bool:
-    """Whether raw inotify events concern `name` (or the kernel queue overflowed and any might)."""
-    offset = 0
-    while offset + INOTIFY_EVENT.size <= len(data):
-        _wd, mask, _cookie, length = INOTIFY_EVENT.unpack_from(data, offset)
-        offset += INOTIFY_EVENT.size
-        if mask & IN_Q_OVERFLOW or data[offset : offset + length].rstrip(b"\0") == name:
-            return True
-        offset += length
-    return False
 
 
 def _disk_full_error(exc: BaseException) -> bool:

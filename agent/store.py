@@ -172,7 +172,7 @@ class DatabaseRunner:
     async def shutdown(self, timeout: float) -> None:
         """Final sync (unless another agent owns the replica now), release the lease, close."""
         try:
-            if not self.lost_lease and self.db.pos:
+            if not self.lost_lease and self.opened:
                 await self.final_sync(timeout)
         except Exception as exc:  # report every database's failure, not just the first
             log.error("%s: final sync failed: %s", self.db.path, exc)

@@ -229,9 +229,35 @@ def replica_type(settings: Mapping[str, Any]) -> str:
     return kind
 
 
+# scheme -> (the SDK module the backend needs, the extra that installs it)
+_SDKS: dict[str, tuple[str, str]] = {
+    "s3": ("boto3", "s3"),
+    "gs": ("google.cloud.storage", "gcs"),
+    "abs": ("azure.storage.blob", "abs"),
+    "sftp": ("paramiko", "sftp"),
+    "nats": ("nats", "nats"),
+}
+
+
+def require_sdk(kind: str) -> None:
+    """Import the backend's SDK now, so a missing one is one line naming the extra to install
+    rather than a traceback from deep inside the first upload."""
+    if kind not in _SDKS:
+        return
+    module, extra = _SDKS[kind]
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        raise ConfigError(
+            f"{kind} replicas need the {module.split('.')[0]} package, which is not installed ({exc}): "
+            f"pip install 'sqlite-lifeboat[{extra}]'"
+        ) from None
+
+
 def new_client(settings: Mapping[str, Any]) -> ReplicaClient:
     """Build the client for a replica config block (Litestream keys: url, type, path, bucket, ...)."""
     kind = replica_type(settings)
+    require_sdk(kind)
     module = importlib.import_module(f"{__name__}.{_BACKENDS[kind]}")
     client: ReplicaClient = module.from_settings(settings)
     return client

@@ -96,12 +96,20 @@ class Lifecycle:
     """Compaction, snapshots and retention for one database's replica."""
 
     def __init__(
-        self, db: Database, client: ReplicaClient, settings: LifecycleSettings, hook: Hook | None = None
+        self,
+        db: Database,
+        client: ReplicaClient,
+        settings: LifecycleSettings,
+        hook: Hook | None = None,
+        on_new_l0: Callable[[], None] | None = None,
     ) -> None:
+        """`on_new_l0` is called (on the event loop) when a snapshot's own sync wrote L0 files: the
+        uploader should ship them now, since no WAL change will announce them."""
         self.db = db
         self.client = client
         self.settings = settings
         self.hook = hook or (lambda event, fields: None)
+        self.on_new_l0 = on_new_l0 or (lambda: None)
         self.lock = asyncio.Lock()
         self.work_dir = db.meta_dir / "tmp"
 
@@ -159,8 +167,11 @@ class Lifecycle:
         """Write an L9 snapshot of the database at its current position."""
         async with self.lock:
             t0 = time.monotonic()
+            before = self.db.pos
             async with self._temp_file() as out:
                 header = await asyncio.to_thread(self.db.snapshot_to, out)
+                if header.max_txid > before:
+                    self.on_new_l0()
                 out.flush()
                 out.seek(0)
                 info = await self.client.write_ltx_file(SNAPSHOT_LEVEL, 1, header.max_txid, out)

@@ -7,7 +7,9 @@ is kept too, together with the compacted files above it, so a point in time earl
 still has a base to start from.
 
 Snapshot and compaction of one database never run at once (one lock), and both stream through
-temporary files: memory stays bounded whatever the database's size.
+temporary files: memory stays bounded whatever the database's size. Compaction merges at most
+`COMPACTION_FAN_IN` files at once, in rounds, so a backlog of any length neither exhausts file
+descriptors nor grows memory.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, BinaryIO
+from pathlib import Path
+from typing import Any, BinaryIO, TypeVar
 
 from . import ltx
 from .aio import run_until
@@ -31,6 +34,11 @@ from .storage import SNAPSHOT_LEVEL, FileInfo, ReplicaClient
 log = logging.getLogger("lifeboat.compaction")
 
 Hook = Callable[[str, dict[str, Any]], None]
+T = TypeVar("T")
+
+# Files merged at once. A backlog after an outage can leave thousands of L0 files; merging them all
+# in one pass needs a descriptor each (containers often allow 1,024) and holds a page of each.
+COMPACTION_FAN_IN = 64
 
 
 @dataclass
@@ -96,12 +104,20 @@ class Lifecycle:
     """Compaction, snapshots and retention for one database's replica."""
 
     def __init__(
-        self, db: Database, client: ReplicaClient, settings: LifecycleSettings, hook: Hook | None = None
+        self,
+        db: Database,
+        client: ReplicaClient,
+        settings: LifecycleSettings,
+        hook: Hook | None = None,
+        on_new_l0: Callable[[], None] | None = None,
     ) -> None:
+        """`on_new_l0` is called (on the event loop) when a snapshot's own sync wrote L0 files: the
+        uploader should ship them now, since no WAL change will announce them."""
         self.db = db
         self.client = client
         self.settings = settings
         self.hook = hook or (lambda event, fields: None)
+        self.on_new_l0 = on_new_l0 or (lambda: None)
         self.lock = asyncio.Lock()
         self.work_dir = db.meta_dir / "tmp"
 
@@ -140,27 +156,51 @@ class Lifecycle:
             if not inputs:
                 return None
             t0 = time.monotonic()
-            async with contextlib.AsyncExitStack() as stack:
-                files = [await stack.enter_async_context(self._temp_file()) for _ in inputs]
-                for info, f in zip(inputs, files, strict=True):
-                    await self._fetch(info, f)
-                out = await stack.enter_async_context(self._temp_file())
-                names = [f"level {i.level} file {i.name}" for i in inputs]
-                header = await asyncio.to_thread(_compact_files, files, names, out)
-                out.seek(0)
-                info = await self.client.write_ltx_file(level, header.min_txid, header.max_txid, out)
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=self.work_dir) as tmp:
+                merged = await self._merge(inputs, Path(tmp))
+                with open(merged.path, "rb") as out:
+                    header = ltx.read_header(out, merged.name)
+                    out.seek(0)
+                    info = await self.client.write_ltx_file(level, header.min_txid, header.max_txid, out)
             self.hook(
                 "compaction",
                 {"db": self.db.path, "level": level, "inputs": len(inputs), "seconds": time.monotonic() - t0},
             )
             return info
 
+    async def _merge(self, inputs: list[FileInfo], tmp: Path) -> _Part:
+        """Merge `inputs` into one file in `tmp`, at most `COMPACTION_FAN_IN` files at a time.
+
+        Each batch is fetched, merged into a part and deleted; parts are then merged the same way
+        until one is left. Open files and memory (one page per open input) stay bounded however
+        many files a backlog left, and so does the disk: a batch of inputs plus the parts.
+        """
+        parts: list[_Part] = []
+        for n, batch in enumerate(_batches(inputs, COMPACTION_FAN_IN)):
+            fetched = []
+            for info in batch:
+                part = _Part(tmp / f"in-{info.level}-{info.name}", f"level {info.level} file {info.name}")
+                with open(part.path, "wb") as f:
+                    await self._fetch(info, f)
+                fetched.append(part)
+            parts.append(await asyncio.to_thread(_merge_parts, fetched, tmp / f"merged-0-{n}"))
+        rounds = 1
+        while len(parts) > 1:
+            groups = enumerate(_batches(parts, COMPACTION_FAN_IN))
+            parts = [await asyncio.to_thread(_merge_parts, g, tmp / f"merged-{rounds}-{n}") for n, g in groups]
+            rounds += 1
+        return parts[0]
+
     async def snapshot(self) -> FileInfo:
         """Write an L9 snapshot of the database at its current position."""
         async with self.lock:
             t0 = time.monotonic()
+            before = self.db.pos
             async with self._temp_file() as out:
                 header = await asyncio.to_thread(self.db.snapshot_to, out)
+                if header.max_txid > before:
+                    self.on_new_l0()
                 out.flush()
                 out.seek(0)
                 info = await self.client.write_ltx_file(SNAPSHOT_LEVEL, 1, header.max_txid, out)
@@ -255,8 +295,25 @@ class Lifecycle:
             await self._guarded("L0 retention", self.enforce_l0_retention)
 
 
-def _compact_files(files: list[BinaryIO], names: list[str], out: BinaryIO) -> ltx.Header:
-    decoders = [ltx.Decoder(f, n) for f, n in zip(files, names, strict=True)]
-    header = ltx.compact(decoders, out)
-    out.flush()
-    return header
+@dataclass(frozen=True)
+class _Part:
+    """An LTX file in a compaction's work directory, with the name its errors carry."""
+
+    path: Path
+    name: str
+
+
+def _batches(items: list[T], size: int) -> list[list[T]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _merge_parts(parts: list[_Part], dest: Path) -> _Part:
+    """Merge contiguous LTX files into `dest` (newest page wins), then delete them."""
+    with contextlib.ExitStack() as stack:
+        decoders = [ltx.Decoder(stack.enter_context(open(p.path, "rb", buffering=1 << 16)), p.name) for p in parts]
+        with open(dest, "wb", buffering=1 << 20) as out:
+            ltx.compact(decoders, out)
+    for p in parts:
+        p.path.unlink()
+    name = parts[0].name if len(parts) == 1 else f"merge of {parts[0].name} .. {parts[-1].name}"
+    return _Part(dest, name)

@@ -140,6 +140,7 @@ GLOBAL_KEYS = {
     "shutdown-sync-timeout",
     "shutdown-sync-interval",
     "paused",
+    "ltx-page-encoding",
 }
 DB_KEYS = {
     "path",
@@ -160,6 +161,7 @@ DB_KEYS = {
     "replica",
     "replicas",
 }
+LTX_PAGE_ENCODINGS = ("frame", "block")  # `ltx-page-encoding`: see ltx.use_block_encoding
 LOG_LEVELS = {"trace", "debug", "info", "warn", "warning", "error"}
 # yaml.v2 (Litestream's YAML library) reads these as booleans too; PyYAML's resolver does not.
 YAML11_SHORT_BOOLS = {"y": True, "Y": True, "n": False, "N": False}

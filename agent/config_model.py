@@ -112,6 +112,7 @@ class Config:
     socket_permissions: int = 0o600
     mcp_addr: str | None = None
     paused: bool = False  # Lifeboat's own key: keep following nothing, ship nothing, until unset
+    ltx_page_encoding: str = "frame"  # Lifeboat's own key: "block" trades Litestream < 0.5.16 for CPU
     source: str = "<args>"
 
     def db(self, path: str) -> DBConfig | None:

@@ -24,6 +24,7 @@ from .config_keys import (
     IGNORED_GLOBAL_KEYS,
     IGNORED_REPLICA_KEYS,
     LOG_LEVELS,
+    LTX_PAGE_ENCODINGS,
     MAX_LEVELS,
     MIN_INTERVAL,
     MIN_PART_SIZE,
@@ -522,6 +523,15 @@ class _Parser:
             cfg.verify_compaction = self.as_bool(get["verify-compaction"], "verify-compaction")
         if "paused" in get:
             cfg.paused = self.as_bool(get["paused"], "paused")
+        if "ltx-page-encoding" in get:
+            encoding = self.convert("str", get["ltx-page-encoding"], "ltx-page-encoding")
+            if encoding not in LTX_PAGE_ENCODINGS:
+                raise self.error(
+                    "ltx-page-encoding",
+                    f'unknown encoding "{encoding}" (expected one of {", ".join(LTX_PAGE_ENCODINGS)})',
+                    get["ltx-page-encoding"],
+                )
+            cfg.ltx_page_encoding = encoding
 
         if "socket" in get:
             sock = self.mapping(get["socket"], "socket")

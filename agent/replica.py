@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 
 from .db import Database, DatabaseError
-from .storage import FileInfo, ReplicaClient, StorageError
+from .storage import SNAPSHOT_LEVEL, FileInfo, ReplicaClient, StorageError
 
 log = logging.getLogger("lifeboat.replica")
 
@@ -42,20 +42,22 @@ class Replica:
         return repr(self.client)
 
     async def init(self) -> None:
-        """Reach the store and learn the remote position (max L0 TXID, or any level's max)."""
+        """Reach the store and learn the remote position (the newest TXID of any level)."""
         await self.client.init()
         self.pos = await self.remote_max_txid()
 
     async def remote_max_txid(self) -> int:
-        """The replica's newest TXID: L0's maximum, else the highest of the compacted levels."""
-        files = await self.client.ltx_files(0)
-        if files:
-            return files[-1].max_txid
+        """The replica's newest TXID, over every level.
+
+        L0 alone is not enough: a compacted level or a snapshot can end above it (the L0 file of a
+        snapshot's own sync may never have shipped), and an agent that continued from L0's end would
+        write TXIDs the replica already holds with other contents.
+        """
         best = 0
-        for level in range(1, 10):
-            lf = await self.client.ltx_files(level)
-            if lf:
-                best = max(best, lf[-1].max_txid)
+        for level in range(SNAPSHOT_LEVEL + 1):
+            files = await self.client.ltx_files(level)
+            if files:
+                best = max(best, max(f.max_txid for f in files))
         return best
 
     async def sync(self) -> list[FileInfo]:

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from . import config as cfgmod
+from . import ltx
 from .child import Child
 from .compaction import LifecycleSettings
 from .db import DatabaseOptions
@@ -115,6 +116,7 @@ async def _watch_config(path: str, expand: bool, store: Store, stop: asyncio.Eve
         try:
             conf = cfgmod.load_config(path, expand=expand)
             reasons = store.reconfigure(_specs(conf), conf.paused)
+            ltx.use_block_encoding(conf.ltx_page_encoding == "block")
         except (ConfigError, StorageError) as exc:
             log.error("config reload failed, keeping the running configuration: %s", exc)
             continue
@@ -145,6 +147,7 @@ async def _replicate(
     expand: bool = True,
     exec_argv: list[str] | None = None,
 ) -> int:
+    ltx.use_block_encoding(conf.ltx_page_encoding == "block")
     metrics = Metrics()
     for spec in specs:
         spec.client = metrics.instrument(spec.client, spec.path, conf.l0_retention)

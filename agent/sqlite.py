@@ -214,11 +214,3 @@ def scan_frames(
             break
         out.append(WalFrame(base_offset + i * fs, pgno, commit, (c1, c2)))
     return out
-
-
-def committed_prefix(frames: list[WalFrame]) -> list[WalFrame]:
-    """The frames up to and including the last commit frame: the rest is an open transaction."""
-    for i in range(len(frames) - 1, -1, -1):
-        if frames[i].commit:
-            return frames[: i + 1]
-    return []

@@ -7,6 +7,7 @@ WAL pages into it).
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import pytest
@@ -29,17 +30,40 @@ from helpers import (
 PAGE_SIZES = [4096, 65536]
 
 
-def _setup(tmp_path: Path, page_size: int) -> tuple[Path, Path, Path]:
+def page_encodings(path: Path) -> set[int]:
+    """The page-header flags of every page of an LTX file, found through its page index."""
+    data = path.read_bytes()
+    (index_size,) = struct.unpack_from(">Q", data, len(data) - 24)
+    pos, end, flags = len(data) - 24 - index_size, len(data) - 25, set()
+    while pos < end:
+        fields = []
+        for _ in range(3):
+            value = shift = 0
+            while True:
+                b = data[pos]
+                pos += 1
+                value |= (b & 0x7F) << shift
+                shift += 7
+                if b < 0x80:
+                    break
+            fields.append(value)
+        flags.add(struct.unpack_from(">H", data, fields[1] + 4)[0])
+    return flags
+
+
+def _setup(tmp_path: Path, page_size: int, encoding: str | None = None) -> tuple[Path, Path, Path]:
     db = tmp_path / "app.db"
     replica = tmp_path / "replica"
     create_db(db, page_size)
     cfg = write_config(tmp_path / "litestream.yml", db, replica, **{"min-checkpoint-page-count": 50})
+    if encoding is not None:
+        cfg.write_text(f"ltx-page-encoding: {encoding}\n" + cfg.read_text())
     return db, replica, cfg
 
 
-@pytest.mark.parametrize("page_size", PAGE_SIZES)
-def test_litestream_restores_lifeboat_replica(tmp_path: Path, page_size: int) -> None:
-    db, replica, cfg = _setup(tmp_path, page_size)
+@pytest.mark.parametrize(("page_size", "encoding"), [(4096, None), (65536, None), (4096, "block")])
+def test_litestream_restores_lifeboat_replica(tmp_path: Path, page_size: int, encoding: str | None) -> None:
+    db, replica, cfg = _setup(tmp_path, page_size, encoding)
     pages_before = file_page_count(db)
     with Agent.lifeboat("-config", str(cfg), log=tmp_path / "agent.log") as agent:
         wait_replica_started(agent, replica)
@@ -51,6 +75,13 @@ def test_litestream_restores_lifeboat_replica(tmp_path: Path, page_size: int) ->
     assert code == 0, log
     no_traceback(log)
     assert file_page_count(db) > pages_before, "no checkpoint happened during replication"
+    # By default every file, L0 and L9 alike, uses the page encoding that Litestream 0.5.0-0.5.15
+    # read too (flags 0, one LZ4 frame per page): their decoder rejects any other page flags.
+    # `ltx-page-encoding: block` writes flags 1 (size-prefixed LZ4 blocks) everywhere instead.
+    files = sorted(replica.glob("ltx/*/*.ltx"))
+    assert {p.parent.name for p in files} >= {"0", "9"}
+    flags = 1 if encoding == "block" else 0
+    assert {p.name: page_encodings(p) for p in files} == {p.name: {flags} for p in files}
 
     out = tmp_path / "restored-by-litestream.db"
     ok(litestream("restore", "-o", str(out), file_url(replica)))

@@ -387,3 +387,29 @@ def test_cli_force_snapshot_requires_once(tmp_path: Path) -> None:
         proc = lifeboat("replicate", "-config", str(conf), flag)
         assert proc.returncode == 1
         assert "require -once" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+async def test_snapshot_announces_the_l0_file_of_its_own_sync(tmp_path: Path) -> None:
+    # `snapshot_to` syncs first: what the app committed since the last capture becomes an L0 file
+    # that nothing else announces on an idle database, so the Lifecycle must wake the uploader.
+    from lifeboat.agent.db import Database
+
+    path = tmp_path / "app.db"
+    create_db(path)
+    client = FileReplicaClient(str(tmp_path / "replica"))
+    await client.init()
+    db = Database(str(path))
+    db.open()
+    try:
+        db.sync()
+        woken: list[int] = []
+        lc = Lifecycle(db, client, LifecycleSettings(), on_new_l0=lambda: woken.append(db.pos))
+        before = db.pos
+        await lc.snapshot()
+        assert woken == []  # nothing new: no wake-up
+        write_batch(path, 1)
+        info = await lc.snapshot()
+        assert db.pos > before and info.max_txid == db.pos
+        assert woken == [db.pos]
+    finally:
+        db.close()

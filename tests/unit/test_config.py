@@ -707,3 +707,11 @@ def test_secrets_not_in_repr_or_redacted() -> None:
 def test_secrets_not_in_errors(text: str) -> None:
     msg = err(text)
     assert SECRET not in msg
+
+
+def test_ltx_page_encoding() -> None:
+    base = "dbs: [{path: /data/a.db, replica: {url: file:///r}}]\n"
+    assert cfg(base).ltx_page_encoding == "frame"
+    assert cfg("ltx-page-encoding: block\n" + base).ltx_page_encoding == "block"
+    message = err("ltx-page-encoding: lz4\n" + base)
+    assert "ltx-page-encoding" in message and "frame, block" in message

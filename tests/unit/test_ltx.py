@@ -56,14 +56,6 @@ PAGE = b"\x31" * 512
 HDR = ltx.Header(page_size=512, commit=1, min_txid=1, max_txid=1, timestamp=1000)
 
 
-def test_example_file_byte_for_byte() -> None:
-    assert len(EXAMPLE) == 156
-    buf = io.BytesIO()
-    checksum = ltx.encode(HDR, [(1, PAGE)], buf)
-    assert checksum == 0xF10EF668184CB537
-    assert buf.getvalue() == EXAMPLE
-
-
 def test_example_file_decodes() -> None:
     dec = ltx.Decoder(io.BytesIO(EXAMPLE), "example.ltx")
     assert dec.header == HDR
@@ -127,9 +119,56 @@ def test_legacy_frame_encoding_decodes(page_size: int) -> None:
     data = _hand_file(header, [(p, 0, _frame(d), d) for p, d in pages.items()])
     dec = ltx.Decoder(io.BytesIO(data), "legacy.ltx")
     assert dict(dec.pages()) == pages
-    # the same pages re-encoded in block format decode to the same database
+    # the same pages in the block encoding (Litestream 0.5.16+) decode to the same database
+    blocks = _hand_file(header, [(p, 1, lz4_block(d), d) for p, d in pages.items()])
+    assert dict(ltx.Decoder(io.BytesIO(blocks)).pages()) == pages
+
+
+def test_encoder_writes_the_frame_encoding_every_05x_reads() -> None:
+    # Litestream 0.5.0-0.5.15 (ltx <= v0.5.1) reject page flags other than 0 and read each page as
+    # one LZ4 frame, which must carry the content checksum (ltx v0.5.2 reads exactly 8 bytes after
+    # the data). Layout and checksum are checked against the hand assembly of section C.
+    buf = io.BytesIO()
+    checksum = ltx.encode(HDR, [(1, PAGE)], buf)
+    data = buf.getvalue()
+    assert data == _hand_file(HDR, [(1, 0, _frame(PAGE), PAGE)])
+    assert checksum == struct.unpack(">Q", data[-8:])[0]
+    assert struct.unpack_from(">IH", data, 100) == (1, 0)
+    frame = data[106 : 106 + len(_frame(PAGE))]
+    assert frame[:6] == bytes.fromhex("04224d186440")  # magic, FLG (independent blocks, content checksum), BD 64 KiB
+    assert frame[-8:-4] == bytes(4)  # end mark, then the xxh32 content checksum
+    assert lz4.frame.decompress(frame) == PAGE
+    dec = ltx.Decoder(io.BytesIO(data))
+    assert list(dec.pages()) == [(1, PAGE)]
+    assert dec.page_index == [(1, 100, 6 + len(frame))]
+
+
+def test_block_encoding_is_the_example_byte_for_byte(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ltx, "_block_encoding", False)  # restored after the test
+    ltx.use_block_encoding(True)
+    buf = io.BytesIO()
+    assert ltx.encode(HDR, [(1, PAGE)], buf) == 0xF10EF668184CB537
+    assert buf.getvalue() == EXAMPLE
+    ltx.use_block_encoding(False)
+    assert struct.unpack_from(">IH", _encoded(HDR, [(1, PAGE)]), 100) == (1, 0)
+
+
+def _encoded(header: ltx.Header, pages: list[tuple[int, bytes]]) -> bytes:
+    buf = io.BytesIO()
+    ltx.encode(header, pages, buf)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("page_size", [512, 4096, 65536])
+def test_frame_encoding_round_trip(page_size: int) -> None:
+    import random
+
+    rnd = random.Random(page_size)
+    pages = {1: rnd.randbytes(page_size), 2: bytes(page_size), 3: (b"xyz" * page_size)[:page_size]}
+    header = ltx.Header(page_size=page_size, commit=3, min_txid=1, max_txid=1, timestamp=5)
     buf = io.BytesIO()
     ltx.encode(header, sorted(pages.items()), buf)
+    assert buf.getvalue() == _hand_file(header, [(p, 0, _frame(d), d) for p, d in sorted(pages.items())])
     assert dict(ltx.Decoder(io.BytesIO(buf.getvalue())).pages()) == pages
 
 

@@ -93,7 +93,6 @@ def test_torn_frame_at_end_stops_there(big_endian: bool) -> None:
     # partially written last frame
     _, frames = scan(wal[: len(wal) - 100])
     assert [f.pgno for f in frames] == [1, 2, 3]
-    assert [f.pgno for f in sq.committed_prefix(frames)] == [1, 2]
     # a complete-length last frame whose page did not all reach the disk
     torn = bytearray(wal)
     torn[-10:] = bytes(10)
@@ -104,7 +103,6 @@ def test_torn_frame_at_end_stops_there(big_endian: bool) -> None:
     torn[32 + fs + 24 + 5] ^= 0xFF
     _, frames = scan(bytes(torn))
     assert [f.pgno for f in frames] == [1]
-    assert sq.committed_prefix(frames) == []
 
 
 def test_salt_change_stops_there() -> None:
@@ -124,18 +122,6 @@ def test_stale_frames_from_a_previous_wal_generation() -> None:
     wal = new + old[len(new):]
     _, frames = scan(wal)
     assert [(f.pgno, f.commit) for f in frames] == [(5, 5)]
-
-
-def test_committed_prefix() -> None:
-    def fr(pgno: int, commit: int) -> sq.WalFrame:
-        return sq.WalFrame(0, pgno, commit, (0, 0))
-
-    assert sq.committed_prefix([]) == []
-    assert sq.committed_prefix([fr(1, 0), fr(2, 0)]) == []
-    a, b, c, d = fr(1, 0), fr(2, 3), fr(3, 0), fr(4, 0)
-    assert sq.committed_prefix([a, b, c, d]) == [a, b]
-    e = fr(5, 5)
-    assert sq.committed_prefix([a, b, c, d, e]) == [a, b, c, d, e]
 
 
 def test_zero_pgno_frame_is_invalid() -> None:
@@ -179,7 +165,6 @@ def test_real_sqlite_wal(tmp_path: Path) -> None:
     hdr, frames = scan(wal)
     assert hdr.page_size == 4096
     assert len(frames) == (len(wal) - 32) // hdr.frame_size
-    assert sq.committed_prefix(frames) == frames
     assert sum(1 for f in frames if f.commit) == 21
     dbh = sq.read_database_header(str(db))
     assert dbh.is_wal and dbh.page_size == 4096

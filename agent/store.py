@@ -379,14 +379,23 @@ class Store:
     async def sync_once(self, *, force_snapshot: bool = False, enforce_retention: bool = False) -> None:
         """One capture and upload of every database (`replicate -once`), optionally a snapshot
         and retention."""
-        for r in self.runners:
-            await r.capture()
-            await r.upload(deadline=time.monotonic() + 30)
-            if r.lifecycle is not None and force_snapshot:
-                await r.lifecycle.snapshot()
-            if r.lifecycle is not None and enforce_retention:
-                await r.lifecycle.enforce_snapshot_retention()
-                await r.lifecycle.enforce_l0_retention()
+        stop = asyncio.Event()
+        # The leases are renewed meanwhile: a long upload must not leave the later writes fenced.
+        keepers = [asyncio.create_task(r.lease.keep(stop)) for r in self.runners]
+        try:
+            for r in self.runners:
+                await r.capture()
+                await r.upload(deadline=time.monotonic() + 30)
+                if r.lifecycle is not None and force_snapshot:
+                    await r.lifecycle.snapshot()
+                if r.lifecycle is not None and enforce_retention:
+                    await r.lifecycle.enforce_snapshot_retention()
+                    await r.lifecycle.enforce_l0_retention()
+        finally:
+            stop.set()
+            for k in keepers:
+                k.cancel()
+            await asyncio.gather(*keepers, return_exceptions=True)
 
     @property
     def lost_lease(self) -> bool:

@@ -186,43 +186,71 @@ async def test_renewal_that_raises_stops_the_agent(tmp_path: Path, agent: Any, c
     assert await count_files(new_client(settings)) == files
 
 
-class LockOutage(FaultProxy):
-    """A proxy in front of moto that answers 503 to every request on a lease object while `down`."""
+class ScriptedProxy(FaultProxy):
+    """A proxy in front of moto: 503 to every request on a lease object while `lock_down`; with
+    `lose_next_answer`, the next LTX upload reaches moto but its answer is lost (connection reset)."""
 
     def __init__(self) -> None:
         super().__init__(PORTS["s3"])
-        self.down = False
-        self.RequestHandlerClass = _LockOutageHandler
+        self.lock_down = False
+        self.lose_next_answer = False
+        self.RequestHandlerClass = _ScriptedHandler
 
 
-class _LockOutageHandler(_Handler):
-    server: LockOutage
+class _ScriptedHandler(_Handler):
+    server: ScriptedProxy
 
     def _forward(self) -> None:
-        if self.server.down and self.path.split("?")[0].endswith("/lock.json"):
+        key = self.path.split("?")[0]
+        if self.server.lock_down and key.endswith("/lock.json"):
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
             return self._reply(503, _error_xml("ServiceUnavailable"))
+        if self.server.lose_next_answer and self.command == "PUT" and key.endswith(".ltx"):
+            self.server.lose_next_answer = False
+            self.wfile = io.BytesIO()  # moto stores the object; its answer goes nowhere
+            super()._forward()
+            return self._reset()
         return super()._forward()
 
     do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
+
+
+def _s3_settings(endpoint: str, name: str) -> dict[str, Any]:
+    return {
+        "url": f"s3://{BUCKET}/{name}?endpoint={endpoint}&region=us-east-1",
+        "access-key-id": "test",
+        "secret-access-key": "test",
+    }
+
+
+async def test_upload_whose_answer_was_lost_is_retried_to_success(servers: Any) -> None:
+    """The PUT landed but its answer did not: the SDK's retry meets our own object (412 on the
+    create-only write), which is recognised as ours instead of wedging replication."""
+    with ScriptedProxy() as proxy:
+        client = new_client(_s3_settings(proxy.endpoint, f"lost-{os.getpid()}-{time.monotonic_ns()}"))
+        try:
+            ours = ltx_file(3, 0x33)
+            proxy.lose_next_answer = True
+            info = await put(client, 3, ours)
+            assert not proxy.lose_next_answer, "the answer was not dropped"
+            assert info.size == len(ours)
+            [stored] = await client.ltx_files(0)
+            assert await read_ltx_file(client, stored) == ours
+        finally:
+            await client.close()
 
 
 async def test_no_write_once_renewals_fail_past_the_ttl(tmp_path: Path, agent: Any, servers: Any) -> None:
     """The lease cannot be renewed (its object is unreachable) while uploads would still work: once
     the lease may have expired, the agent writes nothing, and resumes only after a renewal proves
     that nobody took over."""
-    with LockOutage() as proxy:
+    with ScriptedProxy() as proxy:
         name = f"fence-{os.getpid()}-{time.monotonic_ns()}"
-        settings = {
-            "url": f"s3://{BUCKET}/{name}?endpoint={proxy.endpoint}&region=us-east-1",
-            "access-key-id": "test",
-            "secret-access-key": "test",
-        }
-        store, stop, task = await agent(settings)
+        store, stop, task = await agent(_s3_settings(proxy.endpoint, name))
         runner = store.runners[0]
-        direct = new_client({**settings, "url": f"s3://{BUCKET}/{name}?endpoint=http://127.0.0.1:{PORTS['s3']}"})
+        direct = new_client(_s3_settings(f"http://127.0.0.1:{PORTS['s3']}", name))
         try:
-            proxy.down = True
+            proxy.lock_down = True
             await until(lambda: not runner.lease.held, "the lease to be past its deadline")
             before = await count_files(direct)
             txid = runner.db.pos
@@ -234,7 +262,7 @@ async def test_no_write_once_renewals_fail_past_the_ttl(tmp_path: Path, agent: A
                 assert await count_files(direct) == before, "a fenced agent uploaded"
             assert "lease" in (runner.status()["error"] or "")
 
-            proxy.down = False
+            proxy.lock_down = False
             await until(lambda: runner.replica.pos == runner.db.pos, "uploads to resume after a renewal")
             assert not store.lost_lease
         finally:

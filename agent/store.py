@@ -22,7 +22,7 @@ from typing import Any
 from .aio import run_until
 from .compaction import Lifecycle, LifecycleSettings
 from .db import Database, DatabaseOptions, SyncResult
-from .lease import Lease, LeaseLostError
+from .lease import FencedClient, Lease
 from .replica import Replica
 from .storage import ReplicaClient, StorageError, format_timestamp
 from .watch import poll_wal, watch_wal
@@ -54,21 +54,22 @@ class DatabaseRunner:
     def __init__(self, spec: DatabaseSpec, hook: Hook | None = None) -> None:
         self.spec = spec
         self.db = Database(spec.path, spec.options)
-        self.replica = Replica(self.db, spec.client, sync_interval=spec.sync_interval)
+        self.lease = Lease(spec.client)
+        # Every writer of the replica (uploads, compaction, snapshots, retention) goes through the fence.
+        client = FencedClient(spec.client, self.lease)
+        self.replica = Replica(self.db, client, sync_interval=spec.sync_interval)
         self.hook = hook or (lambda event, fields: None)
         self.lifecycle = (
-            Lifecycle(self.db, spec.client, spec.lifecycle, self.hook) if spec.lifecycle is not None else None
+            Lifecycle(self.db, client, spec.lifecycle, self.hook) if spec.lifecycle is not None else None
         )
         self.last_sync: float | None = None
         # Positions mean something only once the database is open and the replica's position is
         # known: before that, `/status` reports none rather than 0 (a client pairing commits with
         # TXIDs would otherwise acknowledge rows against a position the replica passed long ago).
         self.opened = False
-        self.lost_lease = False
         self.paused = False
         self.last_error: str | None = None
         self.seen_at: dict[int, float] = {}
-        self.lease = Lease(spec.client)
         self._changed = asyncio.Event()
         self._new_ltx = asyncio.Event()
         self._shipped = asyncio.Event()
@@ -158,7 +159,7 @@ class DatabaseRunner:
             poll_wal(self.db.wal_path, self.spec.monitor_interval, self._changed.set,
                      lambda: self.db.checkpoint_mode_due() is not None, stop),
             self._follow_file(stop),
-            self._renew_lease(stop),
+            self.lease.keep(stop),
         ]
         if self.lifecycle is not None:
             loops.append(self._lifecycle(stop))
@@ -169,10 +170,17 @@ class DatabaseRunner:
         await self.capture()
         await self.upload(deadline=time.monotonic() + timeout)
 
+    @property
+    def lost_lease(self) -> bool:
+        """The lease was taken over, or its renewal broke: this database stopped replicating."""
+        return self.lease.lost is not None
+
     async def shutdown(self, timeout: float) -> None:
-        """Final sync (unless another agent owns the replica now), release the lease, close."""
+        """Final sync (only with the lease proven ours afresh), release the lease, close."""
         try:
             if not self.lost_lease and self.opened:
+                # Another agent may have taken over since the last renewal: our tail is not its history.
+                await self.lease.renew()
                 await self.final_sync(timeout)
         except Exception as exc:  # report every database's failure, not just the first
             log.error("%s: final sync failed: %s", self.db.path, exc)
@@ -188,21 +196,6 @@ class DatabaseRunner:
         # Compaction reads remote L0 files: let the initial capture and upload go first.
         await self._shipped.wait()
         await self.lifecycle.run(stop)
-
-    async def _renew_lease(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            await asyncio.sleep(self.lease.ttl / 3)
-            try:
-                await self.lease.renew()
-            except LeaseLostError as exc:
-                # Another agent owns the replica now: writing on would fork its history.
-                self.last_error = str(exc)
-                log.error("%s", exc)
-                self.lost_lease = True
-                stop.set()
-                return
-            except StorageError as exc:  # transient: the lease outlives a few missed renewals
-                log.warning("replica %s: lease renewal failed: %s", self.replica.url, exc)
 
     async def _capture_loop(self, stop: asyncio.Event) -> None:
         self._changed.set()  # the first pass writes the initial snapshot or catches up
@@ -314,7 +307,7 @@ class DatabaseRunner:
             "last_upload": _rfc3339(last_upload),
             "last_upload_age_seconds": None if last_upload is None else round(time.time() - last_upload, 3),
             "lag_seconds": None,
-            "error": self.last_error or self.replica.stats.last_error,
+            "error": self.lease.lost or self.last_error or self.replica.stats.last_error,
             "paused": self.paused,
         }
         if not self.opened:
@@ -392,14 +385,23 @@ class Store:
     async def sync_once(self, *, force_snapshot: bool = False, enforce_retention: bool = False) -> None:
         """One capture and upload of every database (`replicate -once`), optionally a snapshot
         and retention."""
-        for r in self.runners:
-            await r.capture()
-            await r.upload(deadline=time.monotonic() + 30)
-            if r.lifecycle is not None and force_snapshot:
-                await r.lifecycle.snapshot()
-            if r.lifecycle is not None and enforce_retention:
-                await r.lifecycle.enforce_snapshot_retention()
-                await r.lifecycle.enforce_l0_retention()
+        stop = asyncio.Event()
+        # The leases are renewed meanwhile: a long upload must not leave the later writes fenced.
+        keepers = [asyncio.create_task(r.lease.keep(stop)) for r in self.runners]
+        try:
+            for r in self.runners:
+                await r.capture()
+                await r.upload(deadline=time.monotonic() + 30)
+                if r.lifecycle is not None and force_snapshot:
+                    await r.lifecycle.snapshot()
+                if r.lifecycle is not None and enforce_retention:
+                    await r.lifecycle.enforce_snapshot_retention()
+                    await r.lifecycle.enforce_l0_retention()
+        finally:
+            stop.set()
+            for k in keepers:
+                k.cancel()
+            await asyncio.gather(*keepers, return_exceptions=True)
 
     @property
     def lost_lease(self) -> bool:

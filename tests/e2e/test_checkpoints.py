@@ -112,7 +112,7 @@ def test_long_reader_writes_no_replica_files_when_idle(tmp_path: Path) -> None:
         for b in range(10, 10 + writes):
             write_batch(db, b)
             time.sleep(0.1)
-        local3, remote3, wal3 = _quiet(db, replica)
+        _, remote3, wal3 = _quiet(db, replica)
         assert 1 <= len(remote3) - len(remote2) <= writes, (len(remote2), len(remote3))
         assert wal3 - wal2 <= writes * FRAMES_PER_BATCH * FRAME, f"the WAL grew by {wal3 - wal2} bytes"
 
@@ -173,7 +173,7 @@ def test_restart_after_wal_removed_ships_only_changes(tmp_path: Path) -> None:
             # checkpoints into the file and rightly forces a snapshot.
             wait_for(lambda: "replicating" in agent.output(), 30, 0.05, what="the agent to open the database")
             write_batch(db, run * 100)
-            wait_for(lambda: l0_txids(replica)[-1] > last, 30, 0.05, what="the new commit in the replica")
+            wait_for(lambda last=last: l0_txids(replica)[-1] > last, 30, 0.05, what="the new commit in the replica")
             _quiet(db, replica)
             assert "snapshot" not in agent.output(), agent.output()
             assert agent.stop() == 0, agent.output()

@@ -356,9 +356,11 @@ class Database:
         return Resume(wal_hdr.salt1, wal_hdr.salt2, WAL_HEADER_SIZE, wal_hdr.checksum)
 
     def _settle(self) -> None:
-        """A position at the end of a WAL whose every frame is in the database file: the file is that
-        position's state, and our read holds read mark 0 (or pins this generation), so any new
-        generation continues it too."""
+        """A position at the end of a WAL whose every frame is in the database file (copied by
+        anyone's checkpoint): the file is that position's state. Our read then either sits on read
+        mark 0 (it began with everything copied, and no backfill has been possible since) or pins
+        this very generation (a backfill never passes a reader's mark), so any new generation
+        continues the history too, and nothing is left for our checkpoint to copy."""
         st = self.state
         if not isinstance(st, Resume):
             return
@@ -452,6 +454,7 @@ class Database:
                 break
         if result.txids:
             self._synced_since_checkpoint = True
+        self._settle()
         return result
 
     def _sync_once(self, result: SyncResult) -> bool:

@@ -159,3 +159,60 @@ def test_continuity_state_is_one_value(tmp_path: Path) -> None:
     finally:
         db.close()
         app.close()
+
+
+def _setup(path: Path) -> Database:
+    app = _app(path)
+    app.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+    app.execute("CREATE TABLE u (id INTEGER PRIMARY KEY, v TEXT)")
+    app.executemany("INSERT INTO t (v) VALUES (?)", [(f"row {i}" * 20,) for i in range(300)])
+    app.close()
+    db = Database(str(path))
+    db.open()
+    db.sync()
+    return db
+
+
+def test_restart_after_the_wal_was_removed_continues(tmp_path: Path) -> None:
+    """The agent is the last connection: SQLite removes the WAL on close, the next start proves the
+    file against the checksum recorded at stop and writes incremental L0 files only."""
+    path = tmp_path / "app.db"
+    db = _setup(path)
+    db.close()
+    assert not Path(f"{path}-wal").exists()
+    db = Database(str(path))
+    db.open()
+    try:
+        assert isinstance(db.state, FromFile), db.state
+        app = _app(path)
+        app.execute("INSERT INTO u (v) VALUES ('after the restart')")
+        result = db.sync()
+        assert result.txids and not result.snapshot
+        assert _from_l0_files(db, tmp_path / "from-l0.db") == _rows(app)
+        app.close()
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize("change", ["checkpointed-into-the-file", "copied-from-the-new-wal"])
+def test_restart_after_the_file_changed_writes_a_snapshot(tmp_path: Path, change: str) -> None:
+    """While the agent was stopped the application wrote and a checkpoint copied it into the file:
+    the proof fails, and the next L0 file is a full snapshot (never an incremental on a wrong base)."""
+    path = tmp_path / "app.db"
+    db = _setup(path)
+    db.close()
+    app = _app(path)
+    app.execute("INSERT INTO u (v) VALUES ('while the agent was stopped')")
+    if change == "checkpointed-into-the-file":
+        app.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    else:
+        app.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()  # copied, the WAL kept: nBackfill > 0
+    db = Database(str(path))
+    db.open()
+    try:
+        assert isinstance(db.state, SnapshotRequired), db.state
+        assert db.sync().snapshot
+        assert _from_l0_files(db, tmp_path / "from-l0.db") == _rows(app)
+    finally:
+        db.close()
+        app.close()

@@ -13,6 +13,7 @@ import dataclasses
 import errno
 import logging
 import os
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -104,36 +105,54 @@ class DatabaseRunner:
     async def capture(self) -> SyncResult:
         """One sync of the WAL into L0 files, then a checkpoint if the policy says so."""
         async with self._lock:
-            seen = time.time()
-            t_sync = time.monotonic()
-            result = await asyncio.to_thread(self.db.sync)
-            sync_seconds = time.monotonic() - t_sync
-            mode = self.db.checkpoint_mode_due()
-            if mode is not None:
-                t0 = time.monotonic()
-                try:
-                    more = await asyncio.to_thread(self.db.checkpoint, mode)
-                except Exception as exc:
-                    self.hook("checkpoint_error", {"db": self.db.path, "mode": mode, "error": str(exc)})
-                    raise
-                result.txids += more.txids
-                self.hook("checkpoint", {"db": self.db.path, "mode": mode, "seconds": time.monotonic() - t0})
-            for txid in result.txids:
-                self.seen_at[txid] = seen
-            if result.txids:
-                self.last_sync = time.time()
-                self._new_ltx.set()
-                self.hook(
-                    "sync",
-                    {
-                        "db": self.db.path,
-                        "txids": result.txids,
-                        "wal_bytes": result.wal_bytes,
-                        "snapshot": result.snapshot,
-                        "seconds": sync_seconds,
-                    },
-                )
-            return result
+            before = self.db.pos
+            try:
+                return await self._capture()
+            finally:
+                # Whatever failed after it, every L0 file written ships.
+                if self.db.pos > before:
+                    self._new_ltx.set()
+
+    async def _capture(self) -> SyncResult:
+        seen = time.time()
+        t_sync = time.monotonic()
+        result = await asyncio.to_thread(self.db.sync)
+        sync_seconds = time.monotonic() - t_sync
+        mode = self.db.checkpoint_mode_due()
+        if mode is not None:
+            result.txids += await self._checkpoint(mode)
+        for txid in result.txids:
+            self.seen_at[txid] = seen
+        if result.txids:
+            self.last_sync = time.time()
+            self.hook(
+                "sync",
+                {
+                    "db": self.db.path,
+                    "txids": result.txids,
+                    "wal_bytes": result.wal_bytes,
+                    "snapshot": result.snapshot,
+                    "seconds": sync_seconds,
+                },
+            )
+        return result
+
+    async def _checkpoint(self, mode: str) -> list[int]:
+        """A due checkpoint; returns the TXIDs of the L0 files it wrote. A checkpoint that fails (the
+        application holds the write lock past busy-timeout) is reported as such and retried on the
+        schedule; it is not a sync failure."""
+        before = self.db.pos
+        t0 = time.monotonic()
+        try:
+            more = await asyncio.to_thread(self.db.checkpoint, mode)
+        except sqlite3.Error as exc:
+            log.warning("%s: checkpoint (%s) failed: %s", self.db.path, mode, exc, extra={"db": self.db.path})
+            self.hook("checkpoint_error", {"db": self.db.path, "mode": mode, "error": str(exc)})
+            return list(range(before + 1, self.db.pos + 1))
+        finally:
+            self.hook("checkpoint_blocked", {"db": self.db.path, "seconds": self.db.checkpoint_blocked_seconds()})
+        self.hook("checkpoint", {"db": self.db.path, "mode": mode, "seconds": time.monotonic() - t0})
+        return more.txids
 
     async def upload(self, stop: asyncio.Event | None = None, deadline: float | None = None) -> None:
         """Ship every local L0 file the replica lacks (retrying transient failures)."""

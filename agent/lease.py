@@ -105,16 +105,16 @@ def _start_time(pid: int) -> str:
     return stat.rpartition(")")[2].split()[19]
 
 
-def _is_dead_local(owner: str) -> bool:
-    """A lease left by a process of this host and PID namespace that no longer runs (a crash, a
-    SIGKILL) is stale. Anything else (another namespace, another format) may still be alive."""
+def _local_owner_alive(owner: str) -> bool | None:
+    """Whether `owner`, a process of this host, still runs; None when that cannot be told (another
+    host, another PID namespace such as a previous container of this pod, another name format)."""
     host, pid, instance = [*owner.split(":"), "", ""][:3]
     ns, _, rest = instance.partition(".")
     started = rest.partition(".")[0]
     if host != socket.gethostname() or not pid.isdigit() or not ns or ns != _namespace():
-        return False
+        return None
     # A PID reused by another process since is dead for the owner too.
-    return _start_time(int(pid)) != started
+    return _start_time(int(pid)) == started
 
 
 class Lease:
@@ -171,16 +171,32 @@ class Lease:
         self.state = state
         self.deadline = sent + self.ttl * (1 - MARGIN_FRACTION)
 
-    async def acquire(self) -> LeaseState:
-        """Take the lease; raises LeaseHeldError naming the holder and its expiry."""
+    async def acquire(self, patience: float = 0.0) -> LeaseState:
+        """Take the lease; raises LeaseHeldError naming the holder and its expiry.
+
+        A crashed agent of this host and PID namespace is taken over at once. A holder of this
+        host whose liveness cannot be told (a previous container of this pod ran in a PID namespace
+        of its own) is waited for if its lease expires within `patience` seconds: unrenewed by
+        then, it is gone, and the lease is taken over.
+        """
         current = await self.client.read_lock()
         tag: str | None = None
         generation = 1
         if current is not None:
             body, tag = current
             held = LeaseState.decode(body)
-            if held.expires_at > datetime.now(UTC) and held.owner != self.owner and not _is_dead_local(held.owner):
-                raise LeaseHeldError(repr(self.client), held.owner, held.expires_at)
+            remaining = (held.expires_at - datetime.now(UTC)).total_seconds()
+            alive = _local_owner_alive(held.owner)
+            if remaining > 0 and held.owner != self.owner and alive is not False:
+                local = held.owner.partition(":")[0] == socket.gethostname()
+                if alive or not local or remaining > patience:
+                    raise LeaseHeldError(repr(self.client), held.owner, held.expires_at)
+                log.info(
+                    "replica %s: lease held by %s, another process of this host; taking it over if it "
+                    "is not renewed within %.0fs", self.client, held.owner, remaining,
+                )
+                await asyncio.sleep(remaining)
+                return await self.acquire()
             generation = held.generation + 1
         state = self._next(generation)
         try:

@@ -88,7 +88,8 @@ class DatabaseRunner:
         """Take the replica's lease, open the database, and reconcile their positions."""
         await asyncio.to_thread(self.db.validate)  # a bad database must not touch the replica
         await self.replica.client.init()
-        await self.lease.acquire()
+        # A lease left by a previous container of this pod is waited out, not a reason to crash-loop.
+        await self.lease.acquire(patience=self.lease.ttl)
         await asyncio.to_thread(self.db.open)
         await self.replica.init()
         if self.replica.pos > self.db.pos:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -113,3 +114,13 @@ async def test_lease_of_a_dead_local_process_is_taken_over_at_once(client: Any) 
     state = LeaseState(3, datetime.now(UTC) + timedelta(minutes=5), dead)
     await client.write_lock(state.encode(), None)
     assert (await Lease(client).acquire()).generation == 4
+
+
+async def test_unrenewed_lease_of_another_container_of_this_host_is_waited_out(client: Any) -> None:
+    """A previous container of this pod (its own PID namespace: not provably dead) left a lease:
+    an agent that is patient enough takes it over once it expires unrenewed."""
+    other = f"{socket.gethostname()}:1:00000000.1.abcd"
+    await client.write_lock(LeaseState(5, datetime.now(UTC) + timedelta(seconds=1.5), other).encode(), None)
+    with pytest.raises(LeaseHeldError):
+        await Lease(client).acquire()
+    assert (await Lease(client, ttl=30).acquire(patience=30)).generation == 6

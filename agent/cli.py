@@ -185,6 +185,15 @@ def cmd_replicate(args: argparse.Namespace) -> int:
         assert conf is not None
     if (args.force_snapshot or args.enforce_retention) and not args.once:
         raise CLIError("-force-snapshot and -enforce-retention require -once")
+    exec_cmd = args.exec or conf.exec  # the flag wins over the config's `exec:`, as in Litestream
+    if exec_cmd and args.once:
+        raise CLIError("-exec cannot be used with -once")
+    from .child import parse_command
+
+    try:
+        exec_argv = parse_command(exec_cmd) if exec_cmd else None
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
     _setup_logging(args.log_level or conf.logging_level, conf.logging_type)
     # Imported here: the long-running machinery (numpy, prometheus-client, the HTTP server) would
     # only slow down and enlarge the one-shot commands, restore in an init container above all.
@@ -192,7 +201,7 @@ def cmd_replicate(args: argparse.Namespace) -> int:
 
     return replicate_cmd.run(
         conf, once=args.once, force_snapshot=args.force_snapshot, enforce_retention=args.enforce_retention,
-        restore_if_db_not_exists=args.restore_if_db_not_exists, expand=not args.no_expand_env,
+        restore_if_db_not_exists=args.restore_if_db_not_exists, expand=not args.no_expand_env, exec_argv=exec_argv,
     )
 
 

@@ -3,12 +3,20 @@
 Blocking by design (file reads, sqlite3): the store runs `sync` and `checkpoint` in a worker thread,
 one at a time per database.
 
-How continuity is kept (see DESIGN.md §2):
-- A long-running read transaction pins the WAL, so no other connection can restart it under us.
-- Only our own checkpoint releases it, and does so after syncing to the WAL's end under a write
-  barrier; exactly one WAL restart may follow, detected by salt1 advancing by one.
-- Any other change of salts, an unreadable previous frame, or a last page that is not in the last
-  LTX file means continuity cannot be proven: the next L0 file is then a full snapshot.
+How continuity is kept (see DESIGN.md §2; the proven state is one `continuity.Continuity` value):
+- A read transaction of ours is open at every moment (released only under our own write barrier,
+  when no connection can write or restart the WAL), so frames we scanned stay the frames we read.
+- Our checkpoint syncs to the WAL's end under that barrier and copies it (PASSIVE). When every frame
+  was copied, our read is re-opened on read mark 0, which blocks every backfill: the database file
+  then stays the last L0 file's state, and whatever WAL generation the application starts next
+  continues the history from its first frame. We never write to the database to restart the WAL:
+  with nothing committed by the application, nothing reaches the replica.
+- A checkpoint a reader blocks (fewer frames copied than the WAL holds) changes nothing and is
+  retried on the checkpoint-interval schedule.
+- At a graceful stop the database's checksum is recorded next to the L0 files; when SQLite then
+  removes the WAL, the next start compares it with the database file instead of re-shipping it.
+- Anything else (other salts while pinned on a generation, an unreadable previous frame, a last page
+  not in the last LTX file) means continuity cannot be proven: the next L0 file is a full snapshot.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from . import ltx
+from .continuity import Continuity, FromFile, Resume, Seal, SnapshotRequired, database_checksum, ltx_file_checksum
 from .sqlite import (
     WAL_FRAME_HEADER_SIZE,
     WAL_HEADER_SIZE,
@@ -44,6 +53,8 @@ SCAN_WINDOW = 4 * 1024 * 1024  # WAL bytes read and checksummed at a time
 WAL_INDEX_HEADER_SIZE = 48  # struct WalIndexHdr, stored twice at the start of the -shm file
 INDEX_READ_ATTEMPTS = 20
 IN_FLUX = -1
+CKPT_INFO_OFFSET = 2 * WAL_INDEX_HEADER_SIZE  # struct WalCkptInfo follows the two index headers
+BLOCKED_RETRY = 60.0  # seconds between retries of an unfinished checkpoint when checkpoint-interval is 0
 
 META_SUFFIX = "-litestream"
 
@@ -83,6 +94,13 @@ class SyncResult:
     unpublished: bool = False
 
 
+@dataclass(frozen=True)
+class _Index:
+    max_frame: int  # frames SQLite considers committed
+    backfilled: int  # nBackfill: frames already copied into the database file
+    salt_bytes: bytes
+
+
 @dataclass
 class _WalScan:
     latest: dict[int, int]  # pgno -> WAL file offset of its newest committed page data
@@ -90,14 +108,6 @@ class _WalScan:
     end: int  # offset just past the last commit frame
     checksum: tuple[int, int]  # running checksum at `end`
     more: bool  # stopped at max_bytes: more committed frames may follow
-
-
-@dataclass
-class _WalPosition:
-    salt1: int
-    salt2: int
-    offset: int
-    checksum: tuple[int, int]
 
 
 class Database:
@@ -112,10 +122,8 @@ class Database:
         self.pos = 0  # TXID of the newest local L0 file
         self.page_size = 0
         self.commit = 0
-        self.last_wal_offset = 0
-        self._wal: _WalPosition | None = None
-        self._restart_allowed = False
-        self._force_snapshot = False
+        self.state: Continuity = SnapshotRequired("no local L0 files")
+        self._ckpt_base: Resume | None = None  # the position our last complete checkpoint copied
         self._db_fd = -1
         self._wal_fd = -1
         self._shm_fd = -1
@@ -124,6 +132,8 @@ class Database:
         self._lock = threading.Lock()
         self._last_checkpoint = time.monotonic()
         self._synced_since_checkpoint = False
+        self._deferred = False  # the last checkpoint could not finish: wait for the schedule
+        self._blocked_since: float | None = None  # a reader has kept checkpoints from finishing
 
     # ---- opening ---------------------------------------------------------------------------
 
@@ -163,8 +173,8 @@ class Database:
         # The same tables Litestream creates, so the Go binary can take over this database.
         self._wconn.execute("CREATE TABLE IF NOT EXISTS _litestream_seq (id INTEGER PRIMARY KEY, seq INTEGER)")
         self._wconn.execute("CREATE TABLE IF NOT EXISTS _litestream_lock (id INTEGER)")
-        self._wconn.execute(f"PRAGMA journal_size_limit = {4 * 1024 * 1024}")
-        self._ensure_wal_has_frames()
+        # Pinned from here on. On an empty or fully copied WAL this read sits on read mark 0, which
+        # blocks every backfill: the database file cannot change while we hold it.
         self._begin_read()
         self._wal_fd = os.open(self.wal_path, os.O_RDONLY)
         # Held open like the others: closing any descriptor of the -shm file would drop SQLite's
@@ -179,34 +189,78 @@ class Database:
         self._load_local_state()
 
     def close(self) -> None:
-        """Release the read transaction, connections and descriptors."""
+        """Record the database's checksum for the next start, then release the read transaction,
+        connections and descriptors."""
         with self._lock:
-            for conn in (self._rconn, self._wconn):
-                if conn is not None:
-                    try:
-                        conn.close()
-                    except sqlite3.Error:
-                        pass
-            self._rconn = self._wconn = None
-            for fd in (self._wal_fd, self._db_fd, self._shm_fd):
-                if fd >= 0:
-                    os.close(fd)
-            self._wal_fd = self._db_fd = self._shm_fd = -1
+            if self._wconn is not None and self.pos:
+                self._seal()
+            self._close()
 
-    def _bump_seq(self) -> None:
+    def reopen(self) -> None:
+        """Follow the file now at the path (the old one was replaced): close, then open it afresh.
+
+        Local state then decides as at any start: the new file continues the history only if that
+        can be proven, otherwise the next sync writes a snapshot of it. Nothing is sealed: the old
+        file is no longer the database.
+        """
+        with self._lock:
+            self._close()
+            self.open()
+
+    def file_identity(self) -> tuple[int, int]:
+        """(device, inode) of the file this agent follows."""
+        st = os.fstat(self._db_fd)
+        return st.st_dev, st.st_ino
+
+    def _close(self) -> None:
+        for conn in (self._rconn, self._wconn):
+            if conn is not None:
+                try:
+                    conn.close()
+                except sqlite3.Error:
+                    pass
+        self._rconn = self._wconn = None
+        for fd in (self._wal_fd, self._db_fd, self._shm_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._wal_fd = self._db_fd = self._shm_fd = -1
+
+    def _seal(self) -> None:
+        """Record the checksum of the state of the newest L0 file, when the database is at it.
+
+        Under a write barrier, so the state cannot move on; only when our position is the WAL's
+        end (this never writes an L0 file: the final sync has already shipped what there was).
+        Reading the database file overlaid with every frame up to that end is consistent although
+        a checkpoint may copy frames meanwhile: our read pins the WAL and no frame past its end
+        exists, so every page a backfill may rewrite is taken from the WAL instead.
+        """
         assert self._wconn is not None
-        self._wconn.execute(
-            "INSERT INTO _litestream_seq (id, seq) VALUES (1, 1) ON CONFLICT(id) DO UPDATE SET seq = seq + 1"
-        )
-
-    def _ensure_wal_has_frames(self) -> None:
-        # A read transaction on an empty WAL reads the database file only and does not pin the WAL.
         try:
-            size = os.path.getsize(self.wal_path)
-        except FileNotFoundError:
-            size = 0
-        if size <= WAL_HEADER_SIZE:
-            self._bump_seq()
+            self._wconn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            log.info("%s: no checksum recorded at stop (%s): the next start may write a snapshot", self.path, exc)
+            return
+        try:
+            if isinstance(self.state, SnapshotRequired):
+                return
+            hdr = self._read_wal_header()
+            latest: dict[int, int] = {}
+            if hdr is not None:
+                pos = self._position(hdr)
+                if pos is None or self._index_end(hdr) != pos.offset:
+                    return  # committed after the final sync: the next start follows the WAL instead
+                latest = self._scan_wal(hdr, WAL_HEADER_SIZE, hdr.checksum, stop_at=pos.offset).latest
+            Seal(
+                txid=self.pos,
+                file_checksum=ltx_file_checksum(self.l0_path(self.pos)),
+                page_size=self.page_size,
+                commit=self.commit,
+                checksum=database_checksum(self._full_pages(latest, self.commit)),
+            ).write(self.meta_dir)
+        except (OSError, DatabaseError) as exc:
+            log.warning("%s: could not record the database checksum at stop: %s", self.path, exc)
+        finally:
+            self._wconn.execute("ROLLBACK")
 
     def _begin_read(self) -> None:
         assert self._rconn is not None
@@ -236,11 +290,12 @@ class Database:
         return self.l0_dir / format_ltx_name(txid, txid)
 
     def _load_local_state(self) -> None:
-        """Resume from the newest local L0 file when the WAL provably continues from it."""
+        """Resume from the newest local L0 file when the WAL or the database file provably continues it."""
+        seal = Seal.take(self.meta_dir)
         txids = self.local_l0_txids()
         if not txids:
             self.pos = 0
-            self._wal = None
+            self.state = SnapshotRequired("no local L0 files")
             return
         self.pos = txids[-1]
         path = self.l0_path(self.pos)
@@ -255,33 +310,86 @@ class Database:
                     if pgno == want:
                         page = bytes(data)
         except ltx.LTXError as exc:
-            log.warning("local state unusable, next sync writes a snapshot: %s", exc)
-            self._force_snapshot = True
+            self.state = SnapshotRequired(f"local state unusable: {exc}")
             return
-        pages = {want: page} if page is not None else {}
         h = dec.header
         self.commit = h.commit
-        self._wal = None
-        self._force_snapshot = True
-        if h.page_size != self.page_size or h.wal_offset == 0:
+        if h.page_size != self.page_size:
+            self.state = SnapshotRequired(f"page size changed from {h.page_size} to {self.page_size}")
             return
+        pages = {want: page} if want is not None and page is not None else {}
+        self.state = self._resume_in_wal(h, pages) or self._prove_file(h, seal)
+        self._settle()
+
+    def _resume_in_wal(self, h: ltx.Header, pages: dict[int, bytes]) -> Resume | None:
+        """The WAL generation `h` was read from still holds its last frame, unchanged: go on after it."""
         wal_hdr = self._read_wal_header()
-        if wal_hdr is None or (wal_hdr.salt1, wal_hdr.salt2) != (h.wal_salt1, h.wal_salt2):
-            return
+        if h.wal_offset == 0 or wal_hdr is None or (wal_hdr.salt1, wal_hdr.salt2) != (h.wal_salt1, h.wal_salt2):
+            return None
         end = h.wal_offset + h.wal_size
         if end == WAL_HEADER_SIZE:
-            self._wal = _WalPosition(wal_hdr.salt1, wal_hdr.salt2, end, wal_hdr.checksum)
-            self._force_snapshot = False
-            return
+            return Resume(wal_hdr.salt1, wal_hdr.salt2, end, wal_hdr.checksum)
         fs = wal_hdr.frame_size
         prev = os.pread(self._wal_fd, fs, end - fs)
         if len(prev) != fs:
-            return
+            return None
         pgno, _commit, s1, s2, c1, c2 = struct.unpack_from(">6I", prev)
         if (s1, s2) != (wal_hdr.salt1, wal_hdr.salt2) or pages.get(pgno) != prev[WAL_FRAME_HEADER_SIZE:]:
+            return None
+        return Resume(wal_hdr.salt1, wal_hdr.salt2, end, (c1, c2))
+
+    def _prove_file(self, h: ltx.Header, seal: Seal | None) -> Continuity:
+        """Whether the database file is the state of the newest L0 file `h` (SQLite removed the WAL).
+
+        Proven after our read transaction pinned the WAL, never before: a checkpoint or WAL restart
+        by the application between a proof and the pin would make the proof stale, while after the
+        pin no restart is possible and only frames up to our read mark can still be copied into the
+        file. A match is then sound: every page we read is either the page the current generation
+        started on or one a backfill copied from a frame of it, so the file overlaid with all of the
+        generation's frames is the current database whatever we read. Intermediate TXIDs are only
+        real states when no frame had been copied, hence `nBackfill == 0`, read after the file: it
+        only grows within a generation, so zero then means zero throughout the read.
+        """
+        if seal is None:
+            return SnapshotRequired("the WAL does not continue the newest L0 file and no checksum was "
+                                    "recorded at the last stop (a crash, or a stop that could not record it)")
+        if (seal.txid, seal.page_size, seal.commit) != (self.pos, self.page_size, h.commit) or (
+            seal.file_checksum != ltx_file_checksum(self.l0_path(self.pos))
+        ):
+            return SnapshotRequired(f"the checksum recorded at the last stop is for TXID {seal.txid}, "
+                                    f"not the newest L0 file {self.pos}")
+        try:
+            checksum = database_checksum(self._full_pages({}, h.commit))
+        except DatabaseError:
+            return SnapshotRequired("the database file is shorter than the newest L0 file's state")
+        index = self._read_index()
+        if checksum != seal.checksum:
+            return SnapshotRequired("the database file changed while the agent was stopped")
+        if not isinstance(index, _Index):
+            return SnapshotRequired("no readable wal-index to prove the database file against")
+        if index.backfilled:
+            return SnapshotRequired("frames of the new WAL were copied into the database file during the proof")
+        wal_hdr = self._read_wal_header()
+        if index.max_frame == 0 or wal_hdr is None:
+            return FromFile()  # an empty WAL: our read sits on read mark 0
+        return Resume(wal_hdr.salt1, wal_hdr.salt2, WAL_HEADER_SIZE, wal_hdr.checksum)
+
+    def _settle(self) -> None:
+        """A position at the end of a WAL whose every frame is in the database file (copied by
+        anyone's checkpoint): the file is that position's state. Our read then either sits on read
+        mark 0 (it began with everything copied, and no backfill has been possible since) or pins
+        this very generation (a backfill never passes a reader's mark), so any new generation
+        continues the history too, and nothing is left for our checkpoint to copy."""
+        st = self.state
+        if not isinstance(st, Resume):
             return
-        self._wal = _WalPosition(wal_hdr.salt1, wal_hdr.salt2, end, (c1, c2))
-        self._force_snapshot = False
+        index = self._read_index()
+        frames = (st.offset - WAL_HEADER_SIZE) // (WAL_FRAME_HEADER_SIZE + self.page_size)
+        if isinstance(index, _Index) and index.salt_bytes == struct.pack(">2I", *st.salts) and (
+            index.max_frame == index.backfilled == frames
+        ):
+            self._ckpt_base = st
+            self.state = FromFile(prior=st)
 
     def _last_frame_pgno(self, h: ltx.Header) -> int | None:
         """The page number of the WAL frame just before `h`'s end, if the WAL still holds it."""
@@ -305,7 +413,7 @@ class Database:
                 os.unlink(self.l0_path(txid))
             fsync_dir(self.l0_dir)
             self.pos = remote_txid
-            self._force_snapshot = True
+            self.state = SnapshotRequired(f"the replica is ahead of local state (TXID {remote_txid})")
 
     # ---- syncing ---------------------------------------------------------------------------
 
@@ -318,18 +426,26 @@ class Database:
         IN_FLUX while a writer is updating it (its two header copies differ) or has restarted the
         WAL without publishing yet.
         """
+        index = self._read_index()
+        if not isinstance(index, _Index):
+            return index
+        if index.salt_bytes != wal_hdr.salt_bytes:
+            return IN_FLUX
+        return WAL_HEADER_SIZE + index.max_frame * wal_hdr.frame_size
+
+    def _read_index(self) -> _Index | int | None:
+        """The wal-index header (when its two copies agree) and nBackfill; None without an index."""
         if self._shm_fd < 0:
             return None
         for _ in range(INDEX_READ_ATTEMPTS):
-            head = os.pread(self._shm_fd, 2 * WAL_INDEX_HEADER_SIZE, 0)
-            if len(head) < 2 * WAL_INDEX_HEADER_SIZE:
+            head = os.pread(self._shm_fd, CKPT_INFO_OFFSET + 4, 0)
+            if len(head) < CKPT_INFO_OFFSET + 4:
                 return None
-            first, second = head[:WAL_INDEX_HEADER_SIZE], head[WAL_INDEX_HEADER_SIZE:]
+            first, second = head[:WAL_INDEX_HEADER_SIZE], head[WAL_INDEX_HEADER_SIZE:CKPT_INFO_OFFSET]
             if first == second and first[12] == 1:
-                if first[32:40] != wal_hdr.salt_bytes:
-                    return IN_FLUX
                 (max_frame,) = struct.unpack_from("=I", first, 16)
-                return WAL_HEADER_SIZE + max_frame * wal_hdr.frame_size
+                (backfill,) = struct.unpack_from("=I", head, CKPT_INFO_OFFSET)
+                return _Index(max_frame, backfill, first[32:40])
             time.sleep(0.0005)
         return IN_FLUX
 
@@ -357,35 +473,31 @@ class Database:
                 break
         if result.txids:
             self._synced_since_checkpoint = True
+        self._settle()
         return result
 
     def _sync_once(self, result: SyncResult) -> bool:
         wal_hdr = self._read_wal_header()
-        if wal_hdr is None:
-            # An empty or missing WAL: everything is in the database file.
-            if self.pos == 0 or self._force_snapshot:
-                self._write_snapshot(None, result)
-            return False
-        if wal_hdr.page_size != self.page_size:
-            raise DatabaseError(f"{self.wal_path}: page size changed from {self.page_size} to {wal_hdr.page_size}")
-        bound = self._index_end(wal_hdr)
-        if bound == IN_FLUX:
-            result.unpublished = True
-            return False
-        pos = self._wal
-        if self.pos == 0 or self._force_snapshot or pos is None:
+        bound = None
+        if wal_hdr is not None:
+            if wal_hdr.page_size != self.page_size:
+                raise DatabaseError(
+                    f"{self.wal_path}: page size changed from {self.page_size} to {wal_hdr.page_size}"
+                )
+            bound = self._index_end(wal_hdr)
+            if bound == IN_FLUX:
+                result.unpublished = True
+                return False
+        if self.pos == 0 or isinstance(self.state, SnapshotRequired):
             self._write_snapshot(wal_hdr, result, bound)
             return False
-        if (wal_hdr.salt1, wal_hdr.salt2) != (pos.salt1, pos.salt2):
-            restarts = (wal_hdr.salt1 - pos.salt1) & 0xFFFFFFFF
-            if self._restart_allowed and restarts == 1:
-                pos = _WalPosition(wal_hdr.salt1, wal_hdr.salt2, WAL_HEADER_SIZE, wal_hdr.checksum)
-                self._wal = pos
-            else:
-                log.info("%s: WAL restarted outside a checkpoint of ours; writing a snapshot", self.path)
-                self._write_snapshot(wal_hdr, result, bound)
-                return False
-        self._restart_allowed = False
+        if wal_hdr is None:
+            return False  # an empty or missing WAL: nothing committed since
+        pos = self._position(wal_hdr)
+        if pos is None:
+            self.state = SnapshotRequired("the WAL was restarted outside a checkpoint of ours")
+            self._write_snapshot(wal_hdr, result, bound)
+            return False
         scan = self._scan_wal(
             wal_hdr, pos.offset, pos.checksum, stop_at=bound, max_bytes=self.opts.max_sync_wal_bytes
         )
@@ -396,7 +508,19 @@ class Database:
         self._write_incremental(wal_hdr, pos, scan, result)
         return scan.more
 
-    def _write_incremental(self, wal_hdr: WalHeader, pos: _WalPosition, scan: _WalScan, result: SyncResult) -> None:
+    def _position(self, wal_hdr: WalHeader) -> Resume | None:
+        """Where the WAL generation `wal_hdr` continues our history, or None if it provably does not."""
+        st = self.state
+        salts = (wal_hdr.salt1, wal_hdr.salt2)
+        if isinstance(st, Resume):
+            return st if st.salts == salts else None
+        if isinstance(st, FromFile):
+            if st.prior is not None and st.prior.salts == salts:
+                return st.prior
+            return Resume(wal_hdr.salt1, wal_hdr.salt2, WAL_HEADER_SIZE, wal_hdr.checksum)
+        return None
+
+    def _write_incremental(self, wal_hdr: WalHeader, pos: Resume, scan: _WalScan, result: SyncResult) -> None:
         ps = self.page_size
         latest, commit, end = scan.latest, scan.commit, scan.end
         lock = lock_pgno(ps)
@@ -423,9 +547,8 @@ class Database:
             wal_salt2=wal_hdr.salt2,
         )
         self._write_l0(header, pages())
-        self._wal = _WalPosition(wal_hdr.salt1, wal_hdr.salt2, end, scan.checksum)
+        self.state = Resume(wal_hdr.salt1, wal_hdr.salt2, end, scan.checksum)
         self.commit = commit
-        self.last_wal_offset = end
         result.txids.append(txid)
         result.wal_bytes += end - pos.offset
 
@@ -490,6 +613,8 @@ class Database:
 
     def _write_snapshot(self, wal_hdr: WalHeader | None, result: SyncResult, bound: int | None = None) -> None:
         """A full-database L0 file at the next TXID: the database file overlaid with the whole WAL."""
+        if isinstance(self.state, SnapshotRequired):
+            log.info("%s: writing a full snapshot: %s", self.path, self.state.reason)
         latest: dict[int, int] = {}
         end, checksum, commit = WAL_HEADER_SIZE, (0, 0), 0
         if wal_hdr is not None:
@@ -513,11 +638,9 @@ class Database:
             wal_salt2=salts[1],
         )
         self._write_l0(header, self._full_pages(latest, commit))
-        self._wal = _WalPosition(salts[0], salts[1], end, checksum) if wal_hdr else None
+        # Without a WAL our read sits on read mark 0 and the file is pinned: any generation continues.
+        self.state = Resume(salts[0], salts[1], end, checksum) if wal_hdr else FromFile()
         self.commit = commit
-        self.last_wal_offset = end
-        self._force_snapshot = False
-        self._restart_allowed = False
         result.txids.append(txid)
         result.snapshot = True
         result.wal_bytes += end - WAL_HEADER_SIZE
@@ -535,12 +658,9 @@ class Database:
                 raise DatabaseError(f"{self.path}: nothing to snapshot yet")
             latest: dict[int, int] = {}
             wal_hdr = self._read_wal_header()
-            if (
-                self._wal is not None
-                and wal_hdr is not None
-                and (wal_hdr.salt1, wal_hdr.salt2) == (self._wal.salt1, self._wal.salt2)
-            ):
-                latest = self._scan_wal(wal_hdr, WAL_HEADER_SIZE, wal_hdr.checksum, stop_at=self._wal.offset).latest
+            pos = self._position(wal_hdr) if wal_hdr is not None else None
+            if pos is not None:
+                latest = self._scan_wal(wal_hdr, WAL_HEADER_SIZE, wal_hdr.checksum, stop_at=pos.offset).latest
             header = ltx.Header(
                 page_size=self.page_size,
                 commit=self.commit,
@@ -566,91 +686,107 @@ class Database:
 
     # ---- checkpointing ---------------------------------------------------------------------
 
-    def wal_frame_count(self) -> int:
-        """Frames in the WAL up to the last synced position."""
-        if self.page_size == 0 or self._wal is None:
+    def _pending_frames(self) -> int:
+        """Frames in L0 files that our last complete checkpoint did not copy into the database file."""
+        st = self.state
+        if not isinstance(st, Resume) or self.page_size == 0:
             return 0
-        return (self._wal.offset - WAL_HEADER_SIZE) // (WAL_FRAME_HEADER_SIZE + self.page_size)
+        base = self._ckpt_base
+        start = base.offset if base is not None and base.salts == st.salts else WAL_HEADER_SIZE
+        return max(0, st.offset - start) // (WAL_FRAME_HEADER_SIZE + self.page_size)
 
     def checkpoint_mode_due(self) -> str | None:
-        """Litestream's policy: TRUNCATE past truncate-page-n, PASSIVE past the minimum or on the interval."""
-        n = self.wal_frame_count()
+        """Litestream's policy: TRUNCATE past truncate-page-n, PASSIVE past the minimum or on the interval.
+
+        A checkpoint that could not finish (a reader, a lock) is retried on the interval only.
+        """
+        n = self._pending_frames()
+        if n == 0:
+            return None
+        elapsed = time.monotonic() - self._last_checkpoint
+        if self._deferred and elapsed < (self.opts.checkpoint_interval or BLOCKED_RETRY):
+            return None
         if self.opts.truncate_page_n and n >= self.opts.truncate_page_n:
             return "TRUNCATE"
         if n >= self.opts.min_checkpoint_page_count:
             return "PASSIVE"
-        if (
-            self.opts.checkpoint_interval
-            and n > 1
-            and self._synced_since_checkpoint
-            and time.monotonic() - self._last_checkpoint >= self.opts.checkpoint_interval
-        ):
+        if self.opts.checkpoint_interval and self._synced_since_checkpoint and elapsed >= self.opts.checkpoint_interval:
             return "PASSIVE"
         return None
 
-    def checkpoint(self, mode: str = "PASSIVE") -> SyncResult:
-        """Checkpoint only what is already in L0 files, then restart the WAL ourselves.
+    def checkpoint_blocked_seconds(self) -> float:
+        """How long readers have kept checkpoints from copying the whole WAL (0: they do not)."""
+        return 0.0 if self._blocked_since is None else time.monotonic() - self._blocked_since
 
-        1. Under a write barrier (an open write transaction of ours) sync to the WAL's end and run
-           a PASSIVE checkpoint: the application cannot append meanwhile, and the frame count the
-           checkpoint reports must equal ours, or something was missed and a snapshot follows.
-        2. In a fresh write transaction, sync again and bump `_litestream_seq`: if the WAL was fully
-           copied, this write restarts it, and since we held the write lock from that last sync to
-           the restart, the old WAL provably ended where our L0 files end. Only this restart (salt1
-           one higher) is then accepted as continuous; any other restart forces a snapshot.
-        TRUNCATE differs from PASSIVE in that our restart also shrinks the WAL file.
+    def checkpoint(self, mode: str = "PASSIVE") -> SyncResult:
+        """Copy what L0 files hold into the database file; never writes to the database.
+
+        Under a write barrier (an open write transaction of ours, so nothing can be appended or
+        restart the WAL) sync to the WAL's end, release our read, run a PASSIVE checkpoint, and
+        pin again before the barrier lifts. If the checkpoint copied every frame, that new read
+        sits on read mark 0, which every backfill needs exclusively: the database file stays the
+        state of our newest L0 file, and the generation the application's next write starts (any
+        salts, SQLite's own restart) continues the history from its first frame. If a reader kept
+        some frames from being copied, nothing changed; the attempt is retried on the schedule.
+        TRUNCATE then also asks SQLite to restart and truncate the WAL, without waiting for anyone.
+        Raises sqlite3.OperationalError when the application holds the write lock past busy-timeout.
         """
         with self._lock:
             assert self._wconn is not None and self._rconn is not None
+            self._last_checkpoint = time.monotonic()
+            self._deferred = True  # until this attempt provably finishes
             result = self._sync()
             self._wconn.execute("BEGIN IMMEDIATE")
             try:
                 self._merge(result, self._sync())
-                synced_frames = self.wal_frame_count()
+                wal_hdr = self._read_wal_header()
+                pos = self._position(wal_hdr) if wal_hdr is not None else None
+                synced = 0 if pos is None else (pos.offset - WAL_HEADER_SIZE) // wal_hdr.frame_size
                 self._end_read()
-                _busy, log_frames, _done = self._rconn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-            except BaseException:
-                self._wconn.execute("ROLLBACK")
-                if not self._rconn.in_transaction:
+                try:
+                    _busy, log_frames, copied = self._rconn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                finally:
                     self._begin_read()
-                raise
-            self._wconn.execute("ROLLBACK")
-            try:
-                if log_frames == synced_frames:
-                    self._restart_wal(mode, result)
-                elif log_frames >= 0:  # -1: the checkpoint did not run, nothing changed
-                    log.warning("%s: checkpoint saw %d WAL frames, L0 files hold %d; writing a snapshot",
-                                self.path, log_frames, synced_frames)
-                    self._force_snapshot = True
             finally:
-                if not self._rconn.in_transaction:
-                    self._begin_read()
+                self._wconn.execute("ROLLBACK")
+            if log_frames >= 0 and log_frames != synced:
+                self.state = SnapshotRequired(f"a checkpoint saw {log_frames} WAL frames, L0 files hold {synced}")
+            elif log_frames < 0 or copied < log_frames:
+                self._note_blocked(copied, log_frames)
+            else:
+                if isinstance(self.state, Resume):
+                    self._ckpt_base = self.state
+                    self.state = FromFile(prior=self.state)
+                if mode == "TRUNCATE":
+                    self._truncate_wal()
+                self._note_blocked(None, log_frames)
+                self._deferred = False
+                self._synced_since_checkpoint = False
             self._merge(result, self._sync())
-            self._last_checkpoint = time.monotonic()
-            self._synced_since_checkpoint = False
             return result
 
-    def _restart_wal(self, mode: str, result: SyncResult) -> None:
-        """Sync and bump `_litestream_seq` in one write transaction, so a restart it causes is ours."""
+    def _truncate_wal(self) -> None:
+        """Restart and truncate the fully copied WAL, unless a reader or writer is in the way."""
         assert self._wconn is not None
-        limit = 0 if mode == "TRUNCATE" else 4 * 1024 * 1024
-        self._wconn.execute(f"PRAGMA journal_size_limit = {limit}")
+        self._wconn.execute("PRAGMA busy_timeout = 0")
         try:
-            self._wconn.execute("BEGIN IMMEDIATE")
-            before = self._wal
-            self._merge(result, self._sync())
-            if before is None or self._wal is None or self._wal.salt1 != before.salt1:
-                # Restarted by someone else between the barrier and this transaction: the sync
-                # above already wrote a snapshot (an unexpected restart), nothing left to prove.
-                self._wconn.execute("ROLLBACK")
-                return
-            self._bump_seq()
-            self._wconn.execute("COMMIT")
-            self._restart_allowed = True
+            self._wconn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         finally:
-            if self._wconn.in_transaction:
-                self._wconn.execute("ROLLBACK")
-            self._wconn.execute(f"PRAGMA journal_size_limit = {4 * 1024 * 1024}")
+            self._wconn.execute(f"PRAGMA busy_timeout = {int(self.opts.busy_timeout * 1000)}")
+
+    def _note_blocked(self, copied: int | None, log_frames: int) -> None:
+        """Say once that a reader blocks checkpoints, and once that it no longer does."""
+        now = time.monotonic()
+        if copied is not None and self._blocked_since is None:
+            self._blocked_since = now
+            log.warning(
+                "%s: a reader is blocking checkpoints (%d of %d WAL frames copied); retrying every %gs, "
+                "the WAL grows meanwhile",
+                self.path, max(copied, 0), max(log_frames, 0), self.opts.checkpoint_interval or BLOCKED_RETRY,
+            )
+        elif copied is None and self._blocked_since is not None:
+            log.info("%s: checkpoints no longer blocked after %.1fs", self.path, now - self._blocked_since)
+            self._blocked_since = None
 
     @staticmethod
     def _merge(into: SyncResult, more: SyncResult) -> None:

@@ -1,23 +1,37 @@
 """Single-writer lease on a replica: `<path>/lock.json`, as Litestream's S3 leaser writes it.
 
-Body: `{"generation": N, "expires_at": "<RFC3339>", "owner": "hostname:pid"}`. A lease is taken
+Body: `{"generation": N, "expires_at": "<RFC3339>", "owner": "hostname:pid:instance"}`. A lease is taken
 only when there is none or the current one has expired, with a conditional write (If-None-Match /
 If-Match on S3, generation match on GCS, ETags on Azure, exclusive create + rename on file and
 SFTP, best effort on NATS), so of two agents racing for one replica exactly one wins. The holder
 renews well before expiry; a renewal that loses the condition means another agent took over.
+Every write of the agent to the replica goes through `FencedClient`, which refuses it once the
+lease is no longer provably held.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
+import logging
 import os
+import secrets
 import socket
+import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import BinaryIO
 
-from .storage import PreconditionFailed, ReplicaClient, StorageError, format_timestamp, parse_timestamp
+from .storage import FileInfo, PreconditionFailed, ReplicaClient, StorageError, format_timestamp, parse_timestamp
+
+log = logging.getLogger("lifeboat.lease")
 
 DEFAULT_TTL = 30.0
+# The lease counts as ours until `margin` before it expires in the store: the other agents judge its
+# expiry by their own clocks, and this much skew between the nodes is tolerated.
+MARGIN_FRACTION = 1 / 6
 
 
 class LeaseHeldError(StorageError):
@@ -59,32 +73,65 @@ class LeaseState:
 
 
 def default_owner() -> str:
-    """`hostname:pid`, as Litestream names lease owners."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """A name no other agent can have: `hostname:pid:instance`.
+
+    `hostname:pid` is how Litestream names lease owners, and what an operator reads; it is not unique
+    (hostNetwork pods share the node's hostname, and a pod rescheduled under its old name often gets
+    the same PID). The instance adds where this process lives (boot and PID namespace), when it
+    started, and a random token.
+    """
+    return f"{socket.gethostname()}:{os.getpid()}:{_namespace()}.{_start_time(os.getpid())}.{secrets.token_hex(4)}"
+
+
+def _namespace() -> str:
+    """This boot's PID namespace, hashed short: PIDs are comparable only within it ("" if unknown)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        pidns = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+    return hashlib.sha256(f"{boot}/{pidns}".encode()).hexdigest()[:8]
+
+
+def _start_time(pid: int) -> str:
+    """The start time of process `pid` in clock ticks since boot ("" if there is no such process)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return ""
+    # The command name (field 2) may hold spaces and parentheses: count fields after the last ")".
+    return stat.rpartition(")")[2].split()[19]
 
 
 def _is_dead_local(owner: str) -> bool:
-    """A lease left by a process of this host that no longer exists (a crash, a SIGKILL) is stale."""
-    host, _, pid = owner.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
+    """A lease left by a process of this host and PID namespace that no longer runs (a crash, a
+    SIGKILL) is stale. Anything else (another namespace, another format) may still be alive."""
+    host, pid, instance = [*owner.split(":"), "", ""][:3]
+    ns, _, rest = instance.partition(".")
+    started = rest.partition(".")[0]
+    if host != socket.gethostname() or not pid.isdigit() or not ns or ns != _namespace():
         return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    # A PID reused by another process since is dead for the owner too.
+    return _start_time(int(pid)) != started
 
 
 class Lease:
-    """A lease on one replica. `acquire`, then `renew` at least every ttl/3, then `release`."""
+    """A lease on one replica: `acquire`, then `keep` it renewed, then `release`.
+
+    Ours is provable only until `deadline`: the last successful write of the lease object (timed
+    from before the request left) plus the TTL, less the margin. After that another agent may have
+    taken the replica over without our knowing; `check` says so, and `FencedClient` refuses writes.
+    """
 
     def __init__(self, client: ReplicaClient, owner: str | None = None, ttl: float = DEFAULT_TTL) -> None:
         self.client = client
         self.owner = owner or default_owner()
         self.ttl = ttl
         self.state: LeaseState | None = None
+        self.deadline = 0.0  # time.monotonic() until which the lease is provably ours
+        self.lost: str | None = None  # why the lease is gone for good (taken over, renewal broken)
         self._tag: str | None = None
 
     def _next(self, generation: int) -> LeaseState:
@@ -92,8 +139,37 @@ class Lease:
 
     @property
     def held(self) -> bool:
-        """True while we hold an unexpired lease (as far as we know)."""
-        return self.state is not None and self.state.expires_at > datetime.now(UTC)
+        """True while the lease is provably ours."""
+        return self.lost is None and self.state is not None and time.monotonic() < self.deadline
+
+    def check(self) -> None:
+        """Raise LeaseLostError unless the lease is provably ours: the fence before every write."""
+        if self.held:
+            return
+        if self.lost is not None:
+            raise LeaseLostError(self.lost)
+        if self.state is None:
+            raise LeaseLostError(f"replica {self.client!r}: no lease held; write refused")
+        raise LeaseLostError(
+            f"replica {self.client!r}: lease not renewed for {self.ttl * (1 - MARGIN_FRACTION):.0f}s "
+            "(it may have expired and been taken over); write refused until a renewal succeeds"
+        )
+
+    async def _write(self, state: LeaseState, tag: str | None) -> None:
+        """Write `state` if the lease object is still version `tag`; on success it is ours until the deadline."""
+        sent = time.monotonic()
+        body = state.encode()
+        try:
+            self._tag = await self.client.write_lock(body, tag)
+        except PreconditionFailed:
+            # Our own earlier attempt may have landed with its answer lost: then the object holds
+            # exactly our body (its expiry is unique to the microsecond) and is still ours.
+            current = await self.client.read_lock()
+            if current is None or current[0] != body:
+                raise
+            self._tag = current[1]
+        self.state = state
+        self.deadline = sent + self.ttl * (1 - MARGIN_FRACTION)
 
     async def acquire(self) -> LeaseState:
         """Take the lease; raises LeaseHeldError naming the holder and its expiry."""
@@ -103,13 +179,12 @@ class Lease:
         if current is not None:
             body, tag = current
             held = LeaseState.decode(body)
-            # Our own unexpired lease (a restart of the same pid is impossible) is taken back too.
             if held.expires_at > datetime.now(UTC) and held.owner != self.owner and not _is_dead_local(held.owner):
                 raise LeaseHeldError(repr(self.client), held.owner, held.expires_at)
             generation = held.generation + 1
         state = self._next(generation)
         try:
-            self._tag = await self.client.write_lock(state.encode(), tag)
+            await self._write(state, tag)
         except PreconditionFailed:
             # Someone else wrote first: report who holds it now.
             now = await self.client.read_lock()
@@ -117,28 +192,106 @@ class Lease:
                 raise LeaseHeldError(repr(self.client), "another agent", datetime.now(UTC)) from None
             winner = LeaseState.decode(now[0])
             raise LeaseHeldError(repr(self.client), winner.owner, winner.expires_at) from None
-        self.state = state
+        self.lost = None
         return state
 
     async def renew(self) -> LeaseState:
         """Extend the lease; raises LeaseLostError when another agent took it over."""
+        if self.lost is not None:
+            raise LeaseLostError(self.lost)
         if self.state is None or self._tag is None:
             raise LeaseLostError(f"replica {self.client!r}: no lease to renew")
         state = self._next(self.state.generation)
         try:
-            self._tag = await self.client.write_lock(state.encode(), self._tag)
+            await self._write(state, self._tag)
         except PreconditionFailed:
-            self.state = self._tag = None
-            raise LeaseLostError(f"replica {self.client!r}: lease lost (taken over by another agent)") from None
-        self.state = state
+            self._tag = None
+            self.lost = f"replica {self.client!r}: lease lost (taken over by another agent)"
+            raise LeaseLostError(self.lost) from None
         return state
+
+    async def keep(self, stop: asyncio.Event) -> None:
+        """Renew every ttl/3 until `stop`. A takeover, or any error that is not a storage failure,
+        ends the lease for good (`lost`) and sets `stop`: the agent never goes on unfenced. Storage
+        failures are retried sooner; past the deadline the fence holds writes back meanwhile."""
+        wait = self.ttl / 3
+        while not stop.is_set():
+            await asyncio.sleep(wait)
+            try:
+                await self.renew()
+                wait = self.ttl / 3
+            except LeaseLostError as exc:
+                # Another agent owns the replica now: writing on would fork its history.
+                self._give_up(str(exc), stop)
+                return
+            except StorageError as exc:
+                log.warning("replica %s: lease renewal failed: %s", self.client, exc)
+                wait = self.ttl / 10
+            except Exception as exc:
+                self._give_up(f"replica {self.client!r}: lease renewal failed: {type(exc).__name__}: {exc}", stop)
+                return
+
+    def _give_up(self, reason: str, stop: asyncio.Event) -> None:
+        self.lost = reason
+        log.error("%s; stopping replication", reason)
+        stop.set()
 
     async def release(self) -> None:
         """Give the lease up (a lease already taken over is left alone)."""
         if self._tag is None:
             return
         tag, self.state, self._tag = self._tag, None, None
+        self.deadline = 0.0
         try:
             await self.client.delete_lock(tag)
         except PreconditionFailed:
             pass
+
+
+class FencedClient:
+    """The replica client of an agent: every write and delete first checks the lease is provably
+    ours (`Lease.check`), so an agent that lost it, or cannot prove it still holds it, changes
+    nothing in the replica. Reads, and the lease object's own conditional writes, pass through."""
+
+    def __init__(self, inner: ReplicaClient, lease: Lease) -> None:
+        self.inner = inner
+        self.lease = lease
+        self.type = inner.type
+
+    def __repr__(self) -> str:
+        return repr(self.inner)
+
+    async def init(self) -> None:
+        await self.inner.init()
+
+    async def ltx_files(self, level: int, seek: int = 0, use_metadata: bool = False) -> list[FileInfo]:
+        return await self.inner.ltx_files(level, seek, use_metadata)
+
+    def open_ltx_file(
+        self, level: int, min_txid: int, max_txid: int, offset: int = 0, size: int | None = None
+    ) -> AsyncIterator[bytes]:
+        return self.inner.open_ltx_file(level, min_txid, max_txid, offset, size)
+
+    async def write_ltx_file(self, level: int, min_txid: int, max_txid: int, src: BinaryIO) -> FileInfo:
+        self.lease.check()
+        return await self.inner.write_ltx_file(level, min_txid, max_txid, src)
+
+    async def delete_ltx_files(self, files: list[FileInfo]) -> None:
+        self.lease.check()
+        await self.inner.delete_ltx_files(files)
+
+    async def delete_all(self) -> None:
+        self.lease.check()
+        await self.inner.delete_all()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    async def read_lock(self) -> tuple[bytes, str] | None:
+        return await self.inner.read_lock()
+
+    async def write_lock(self, body: bytes, if_match: str | None) -> str:
+        return await self.inner.write_lock(body, if_match)
+
+    async def delete_lock(self, if_match: str) -> None:
+        await self.inner.delete_lock(if_match)

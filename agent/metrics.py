@@ -97,6 +97,12 @@ class Metrics:
             buckets=LAG_BUCKETS,
             registry=r,
         )
+        self.checkpoint_blocked = Gauge(
+            "lifeboat_checkpoint_blocked_seconds",
+            "How long readers have kept checkpoints from copying the whole WAL (0: they do not)",
+            ["db"],
+            registry=r,
+        )
         self.replica_txid = Gauge("lifeboat_replica_txid", "Highest TXID durable in the replica", ["db"], registry=r)
         self.last_snapshot = Gauge(
             "lifeboat_last_snapshot_timestamp_seconds",
@@ -121,6 +127,7 @@ class Metrics:
             self.replica_seconds.labels(replica_type, op)
         self.lag.labels(db)
         self.replica_txid.labels(db)
+        self.checkpoint_blocked.labels(db)
         self.update_sizes(db)
 
     def update_sizes(self, db: str) -> None:
@@ -154,6 +161,8 @@ class Metrics:
             self.checkpoint_seconds.labels(db, fields["mode"]).inc(fields.get("seconds", 0.0))
         elif event == "checkpoint_error":
             self.checkpoint_errors.labels(db, fields["mode"]).inc()
+        elif event == "checkpoint_blocked":
+            self.checkpoint_blocked.labels(db).set(fields["seconds"])
         elif event == "compaction_verify_error":
             self.compaction_verify_errors.labels(db).inc()
         elif event == "snapshot":

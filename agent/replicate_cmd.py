@@ -15,8 +15,10 @@ from pathlib import Path
 
 from . import config as cfgmod
 from . import ltx
+from .child import Child
 from .compaction import LifecycleSettings
 from .db import DatabaseOptions
+from .heartbeat import Heartbeat
 from .metrics import Metrics
 from .restore import NoBackupError, restore
 from .server import serve
@@ -35,8 +37,10 @@ def run(
     enforce_retention: bool,
     restore_if_db_not_exists: bool,
     expand: bool,
+    exec_argv: list[str] | None = None,
 ) -> int:
-    """Replicate every database of `conf` until SIGTERM (or one pass with `once`); the exit code."""
+    """Replicate every database of `conf` until SIGTERM (or one pass with `once`), or while the
+    `exec_argv` child runs; the exit code (the child's, with `exec_argv`)."""
     _limit_malloc_arenas()
     specs = _specs(conf)
     for db, spec in zip(conf.dbs, specs, strict=True):
@@ -48,7 +52,8 @@ def run(
                 log.info("no backup for %s: starting fresh", db.path)
     return asyncio.run(
         _replicate(
-            conf, specs, once=once, force_snapshot=force_snapshot, enforce_retention=enforce_retention, expand=expand
+            conf, specs, once=once, force_snapshot=force_snapshot, enforce_retention=enforce_retention, expand=expand,
+            exec_argv=exec_argv,
         )
     )
 
@@ -140,6 +145,7 @@ async def _replicate(
     force_snapshot: bool = False,
     enforce_retention: bool = False,
     expand: bool = True,
+    exec_argv: list[str] | None = None,
 ) -> int:
     ltx.use_block_encoding(conf.ltx_page_encoding == "block")
     metrics = Metrics()
@@ -160,38 +166,61 @@ async def _replicate(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     server = None
+    child: Child | None = None
     if conf.addr:
         server = await serve(conf.addr, store, metrics)
     try:
+        # The child starts once every database is open, so its first commits are followed; at once
+        # if a database does not exist yet, since then the child is what creates it.
+        if exec_argv and not all(os.path.exists(r.db.path) for r in store.runners):
+            child = await _start_child(exec_argv, stop)
         # A pod's first start: the restore found no replica and the app, which starts only once this
         # agent is up (native sidecar startup probe), has not created its database yet. Like
         # Litestream, wait for it instead of exiting.
         if await _wait_for_databases(store, stop):
             await store.open()
+        if exec_argv and child is None and not stop.is_set():
+            child = await _start_child(exec_argv, stop)
     except BaseException:
         if server is not None:
             server.close()
         await store.close()
+        if child is not None:
+            await child.terminate()
         raise
-    if stop.is_set():
+    if stop.is_set() and not all(r.opened for r in store.runners):
         if server is not None:
             server.close()
         await store.close()
-        return 0
+        return child.exit_code() if child is not None and child.proc.returncode is not None else 0
     for r in store.runners:
         r.paused = conf.paused
         log.info("replicating %s to %s%s", r.db.path, r.replica.url, " (paused)" if conf.paused else "")
-    watcher = None
+    background = []
     if conf.source != "<args>":
-        watcher = asyncio.create_task(_watch_config(conf.source, expand, store, stop))
+        background.append(asyncio.create_task(_watch_config(conf.source, expand, store, stop)))
+    if conf.heartbeat_url:
+        beat = Heartbeat(conf.heartbeat_url, conf.heartbeat_interval, metrics.registry)
+        background.append(asyncio.create_task(beat.run(store.statuses, stop)))
     try:
         await store.run(stop, conf.shutdown_sync_timeout)
     finally:
-        if watcher is not None:
-            watcher.cancel()
+        for task in background:
+            task.cancel()
         if server is not None:
             server.close()
-    return 1 if store.lost_lease else 0
+        if child is not None:
+            await child.terminate()  # replication stopped first (lost lease): the child goes too
+    if store.lost_lease or child is None:
+        return 1 if store.lost_lease else 0
+    return child.exit_code()
+
+
+async def _start_child(argv: list[str], stop: asyncio.Event) -> Child:
+    child = await Child.start(argv)
+    child.forward_signals()
+    asyncio.create_task(child.wait(stop))  # noqa: RUF006 - ends with the child; `stop` is its result
+    return child
 
 
 async def _wait_for_databases(store: Store, stop: asyncio.Event) -> bool:

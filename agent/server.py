@@ -33,6 +33,8 @@ def readiness(statuses: list[dict[str, Any]], max_age: float) -> tuple[bool, lis
     for st in statuses:
         if st.get("error"):
             problems.append(f"{st['path']}: {st['error']}")
+        elif st["remote_txid"] is None:
+            problems.append(f"{st['path']}: starting")
         elif st["remote_txid"] == 0:
             problems.append(f"{st['path']}: nothing replicated yet")
         elif st["remote_txid"] < st["txid"] and (st["last_upload_age_seconds"] or max_age + 1) > max_age:

@@ -13,7 +13,7 @@ import dataclasses
 import errno
 import logging
 import os
-import struct
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,9 +23,10 @@ from typing import Any
 from .aio import run_until
 from .compaction import Lifecycle, LifecycleSettings
 from .db import Database, DatabaseOptions, SyncResult
-from .lease import Lease, LeaseLostError
+from .lease import FencedClient, Lease
 from .replica import Replica
 from .storage import ReplicaClient, StorageError, format_timestamp
+from .watch import poll_wal, watch_wal
 
 log = logging.getLogger("lifeboat.store")
 
@@ -33,9 +34,6 @@ Hook = Callable[[str, dict[str, Any]], None]
 # A writer publishes its commit in the wal-index microseconds after its last WAL write (the inotify
 # event); these delays cover a preempted writer too, before the stat poll takes over.
 UNPUBLISHED_RECHECKS = (0.002, 0.008, 0.032, 0.128)
-INOTIFY_EVENT = struct.Struct("=iIII")  # struct inotify_event: wd, mask, cookie, len (then the name)
-IN_Q_OVERFLOW = 0x4000
-INOTIFY_READ_SIZE = 64 * 1024
 
 
 @dataclass
@@ -57,17 +55,22 @@ class DatabaseRunner:
     def __init__(self, spec: DatabaseSpec, hook: Hook | None = None) -> None:
         self.spec = spec
         self.db = Database(spec.path, spec.options)
-        self.replica = Replica(self.db, spec.client, sync_interval=spec.sync_interval)
+        self.lease = Lease(spec.client)
+        # Every writer of the replica (uploads, compaction, snapshots, retention) goes through the fence.
+        client = FencedClient(spec.client, self.lease)
+        self.replica = Replica(self.db, client, sync_interval=spec.sync_interval)
         self.hook = hook or (lambda event, fields: None)
         self.lifecycle = (
-            Lifecycle(self.db, spec.client, spec.lifecycle, self.hook) if spec.lifecycle is not None else None
+            Lifecycle(self.db, client, spec.lifecycle, self.hook) if spec.lifecycle is not None else None
         )
         self.last_sync: float | None = None
-        self.lost_lease = False
+        # Positions mean something only once the database is open and the replica's position is
+        # known: before that, `/status` reports none rather than 0 (a client pairing commits with
+        # TXIDs would otherwise acknowledge rows against a position the replica passed long ago).
+        self.opened = False
         self.paused = False
         self.last_error: str | None = None
         self.seen_at: dict[int, float] = {}
-        self.lease = Lease(spec.client)
         self._changed = asyncio.Event()
         self._new_ltx = asyncio.Event()
         self._shipped = asyncio.Event()
@@ -78,6 +81,8 @@ class DatabaseRunner:
         self._last_capture = 0.0
         self._rechecks = 0
         self._disk_full = False
+        self._file_missing = False
+        self._file_id = (0, 0)  # (device, inode) of the database file being followed
 
     async def open(self) -> None:
         """Take the replica's lease, open the database, and reconcile their positions."""
@@ -94,40 +99,60 @@ class DatabaseRunner:
                 self.db.pos,
             )
             await asyncio.to_thread(self.db.set_replica_position, self.replica.pos)
+        self._file_id = self.db.file_identity()
+        self.opened = True
 
     async def capture(self) -> SyncResult:
         """One sync of the WAL into L0 files, then a checkpoint if the policy says so."""
         async with self._lock:
-            seen = time.time()
-            t_sync = time.monotonic()
-            result = await asyncio.to_thread(self.db.sync)
-            sync_seconds = time.monotonic() - t_sync
-            mode = self.db.checkpoint_mode_due()
-            if mode is not None:
-                t0 = time.monotonic()
-                try:
-                    more = await asyncio.to_thread(self.db.checkpoint, mode)
-                except Exception as exc:
-                    self.hook("checkpoint_error", {"db": self.db.path, "mode": mode, "error": str(exc)})
-                    raise
-                result.txids += more.txids
-                self.hook("checkpoint", {"db": self.db.path, "mode": mode, "seconds": time.monotonic() - t0})
-            for txid in result.txids:
-                self.seen_at[txid] = seen
-            if result.txids:
-                self.last_sync = time.time()
-                self._new_ltx.set()
-                self.hook(
-                    "sync",
-                    {
-                        "db": self.db.path,
-                        "txids": result.txids,
-                        "wal_bytes": result.wal_bytes,
-                        "snapshot": result.snapshot,
-                        "seconds": sync_seconds,
-                    },
-                )
-            return result
+            before = self.db.pos
+            try:
+                return await self._capture()
+            finally:
+                # Whatever failed after it, every L0 file written ships.
+                if self.db.pos > before:
+                    self._new_ltx.set()
+
+    async def _capture(self) -> SyncResult:
+        seen = time.time()
+        t_sync = time.monotonic()
+        result = await asyncio.to_thread(self.db.sync)
+        sync_seconds = time.monotonic() - t_sync
+        mode = self.db.checkpoint_mode_due()
+        if mode is not None:
+            result.txids += await self._checkpoint(mode)
+        for txid in result.txids:
+            self.seen_at[txid] = seen
+        if result.txids:
+            self.last_sync = time.time()
+            self.hook(
+                "sync",
+                {
+                    "db": self.db.path,
+                    "txids": result.txids,
+                    "wal_bytes": result.wal_bytes,
+                    "snapshot": result.snapshot,
+                    "seconds": sync_seconds,
+                },
+            )
+        return result
+
+    async def _checkpoint(self, mode: str) -> list[int]:
+        """A due checkpoint; returns the TXIDs of the L0 files it wrote. A checkpoint that fails (the
+        application holds the write lock past busy-timeout) is reported as such and retried on the
+        schedule; it is not a sync failure."""
+        before = self.db.pos
+        t0 = time.monotonic()
+        try:
+            more = await asyncio.to_thread(self.db.checkpoint, mode)
+        except sqlite3.Error as exc:
+            log.warning("%s: checkpoint (%s) failed: %s", self.db.path, mode, exc, extra={"db": self.db.path})
+            self.hook("checkpoint_error", {"db": self.db.path, "mode": mode, "error": str(exc)})
+            return list(range(before + 1, self.db.pos + 1))
+        finally:
+            self.hook("checkpoint_blocked", {"db": self.db.path, "seconds": self.db.checkpoint_blocked_seconds()})
+        self.hook("checkpoint", {"db": self.db.path, "mode": mode, "seconds": time.monotonic() - t0})
+        return more.txids
 
     async def upload(self, stop: asyncio.Event | None = None, deadline: float | None = None) -> None:
         """Ship every local L0 file the replica lacks (retrying transient failures)."""
@@ -146,8 +171,15 @@ class DatabaseRunner:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Capture and upload until `stop` is set, then a final sync."""
-        loops = [self._capture_loop(stop), self._upload_loop(stop), self._watch(stop), self._poll(stop),
-                 self._renew_lease(stop)]
+        loops = [
+            self._capture_loop(stop),
+            self._upload_loop(stop),
+            watch_wal(self.db.wal_path, self._changed.set, stop),
+            poll_wal(self.db.wal_path, self.spec.monitor_interval, self._changed.set,
+                     lambda: self.db.checkpoint_mode_due() is not None, stop),
+            self._follow_file(stop),
+            self.lease.keep(stop),
+        ]
         if self.lifecycle is not None:
             loops.append(self._lifecycle(stop))
         await run_until(stop, loops)
@@ -157,10 +189,17 @@ class DatabaseRunner:
         await self.capture()
         await self.upload(deadline=time.monotonic() + timeout)
 
+    @property
+    def lost_lease(self) -> bool:
+        """The lease was taken over, or its renewal broke: this database stopped replicating."""
+        return self.lease.lost is not None
+
     async def shutdown(self, timeout: float) -> None:
-        """Final sync (unless another agent owns the replica now), release the lease, close."""
+        """Final sync (only with the lease proven ours afresh), release the lease, close."""
         try:
-            if not self.lost_lease and self.db.pos:
+            if not self.lost_lease and self.opened:
+                # Another agent may have taken over since the last renewal: our tail is not its history.
+                await self.lease.renew()
                 await self.final_sync(timeout)
         except Exception as exc:  # report every database's failure, not just the first
             log.error("%s: final sync failed: %s", self.db.path, exc)
@@ -176,21 +215,6 @@ class DatabaseRunner:
         # Compaction reads remote L0 files: let the initial capture and upload go first.
         await self._shipped.wait()
         await self.lifecycle.run(stop)
-
-    async def _renew_lease(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            await asyncio.sleep(self.lease.ttl / 3)
-            try:
-                await self.lease.renew()
-            except LeaseLostError as exc:
-                # Another agent owns the replica now: writing on would fork its history.
-                self.last_error = str(exc)
-                log.error("%s", exc)
-                self.lost_lease = True
-                stop.set()
-                return
-            except StorageError as exc:  # transient: the lease outlives a few missed renewals
-                log.warning("replica %s: lease renewal failed: %s", self.replica.url, exc)
 
     async def _capture_loop(self, stop: asyncio.Event) -> None:
         self._changed.set()  # the first pass writes the initial snapshot or catches up
@@ -253,66 +277,72 @@ class DatabaseRunner:
                 await asyncio.sleep(self.spec.monitor_interval)
                 self._new_ltx.set()
 
-    async def _watch(self, stop: asyncio.Event) -> None:
-        try:
-            from asyncinotify import Inotify, Mask
-        except ImportError:  # not Linux: the poll alone detects changes
-            return
-        wal_name = os.fsencode(os.path.basename(self.db.wal_path))
-        loop = asyncio.get_running_loop()
-        with Inotify() as inotify:
-            inotify.add_watch(os.path.dirname(self.db.path), Mask.MODIFY | Mask.CREATE | Mask.MOVED_TO)
-
-            # One reader callback on the raw descriptor: asyncinotify's iterator re-registers the
-            # descriptor and builds an Event object per event, a fifth of the agent's CPU while a
-            # writer streams frames into the WAL.
-            def readable() -> None:
-                try:
-                    data = os.read(inotify.fd, INOTIFY_READ_SIZE)
-                except BlockingIOError:
-                    return
-                if inotify_names(data, wal_name):
-                    self._changed.set()
-
-            loop.add_reader(inotify.fd, readable)
-            try:
-                await stop.wait()
-            finally:
-                loop.remove_reader(inotify.fd)
-
-    async def _poll(self, stop: asyncio.Event) -> None:
-        last: tuple[int, int] | None = None
+    async def _follow_file(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             await asyncio.sleep(self.spec.monitor_interval)
+            await self._follow_replaced_file()
+
+    async def _follow_replaced_file(self) -> None:
+        """An application that restores a copy by rename puts a new inode at the path: follow it.
+
+        Keeping the old, unlinked file would ship nothing, silently. The reopened database writes
+        a snapshot of the new file unless it provably continues the history.
+        """
+        try:
+            st = os.stat(self.db.path)
+        except FileNotFoundError:
+            if not self._file_missing:
+                self._file_missing = True
+                log.error("%s: database file was removed; waiting for a database at that path", self.db.path)
+            return
+        self._file_missing = False
+        if (st.st_dev, st.st_ino) == self._file_id:
+            return
+        async with self._lock:
+            old = self._file_id
+            log.warning(
+                "%s: database file replaced (device %d inode %d -> device %d inode %d); following the new file",
+                self.db.path, old[0], old[1], st.st_dev, st.st_ino,
+            )
             try:
-                st = os.stat(self.db.wal_path)
-                cur = (st.st_size, st.st_mtime_ns)
-            except FileNotFoundError:
-                cur = (0, 0)
-            if cur != last or self.db.checkpoint_mode_due() is not None:
-                self._changed.set()
-            last = cur
+                await asyncio.to_thread(self.db.reopen)
+            except Exception as exc:  # not a usable database (yet): look again next interval
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.error("%s: cannot follow the replaced database file: %s", self.db.path, exc)
+                return
+            self._file_id = self.db.file_identity()
+        self._changed.set()
 
     def status(self) -> dict[str, Any]:
-        """What `/status` reports for this database."""
+        """What `/status` reports for this database (no positions until it is open)."""
+        last_upload = self.replica.stats.last_upload
+        out: dict[str, Any] = {
+            "path": self.db.path,
+            "state": "starting",
+            "txid": None,
+            "remote_txid": None,
+            "replica": self.replica.url,
+            "last_sync": _rfc3339(self.last_sync),
+            "last_upload": _rfc3339(last_upload),
+            "last_upload_age_seconds": None if last_upload is None else round(time.time() - last_upload, 3),
+            "lag_seconds": None,
+            "error": self.lease.lost or self.last_error or self.replica.stats.last_error,
+            "paused": self.paused,
+        }
+        if not self.opened:
+            return out
         lag = None
         if self.replica.pos < self.db.pos and self.seen_at:
             lag = time.time() - min(self.seen_at.values())
         elif self.replica.pos >= self.db.pos:
             lag = 0.0
-        last_upload = self.replica.stats.last_upload
-        return {
-            "path": self.db.path,
-            "txid": self.db.pos,
-            "remote_txid": self.replica.pos,
-            "replica": self.replica.url,
-            "last_sync": _rfc3339(self.last_sync),
-            "last_upload": _rfc3339(last_upload),
-            "last_upload_age_seconds": None if last_upload is None else round(time.time() - last_upload, 3),
-            "lag_seconds": None if lag is None else round(lag, 3),
-            "error": self.last_error or self.replica.stats.last_error,
-            "paused": self.paused,
-        }
+        out.update(
+            state="stopped" if self.lost_lease else "paused" if self.paused else "replicating",
+            txid=self.db.pos,
+            remote_txid=self.replica.pos,
+            lag_seconds=None if lag is None else round(lag, 3),
+        )
+        return out
 
     def reconfigure(self, spec: DatabaseSpec, paused: bool) -> list[str]:
         """Apply a reloaded configuration; returns what cannot change without a restart."""
@@ -333,18 +363,6 @@ class DatabaseRunner:
             self._changed.set()
         self.paused = paused
         return []
-
-
-def inotify_names(data: bytes, name: bytes) -> bool:
-    """Whether raw inotify events concern `name` (or the kernel queue overflowed and any might)."""
-    offset = 0
-    while offset + INOTIFY_EVENT.size <= len(data):
-        _wd, mask, _cookie, length = INOTIFY_EVENT.unpack_from(data, offset)
-        offset += INOTIFY_EVENT.size
-        if mask & IN_Q_OVERFLOW or data[offset : offset + length].rstrip(b"\0") == name:
-            return True
-        offset += length
-    return False
 
 
 def _disk_full_error(exc: BaseException) -> bool:
@@ -386,14 +404,23 @@ class Store:
     async def sync_once(self, *, force_snapshot: bool = False, enforce_retention: bool = False) -> None:
         """One capture and upload of every database (`replicate -once`), optionally a snapshot
         and retention."""
-        for r in self.runners:
-            await r.capture()
-            await r.upload(deadline=time.monotonic() + 30)
-            if r.lifecycle is not None and force_snapshot:
-                await r.lifecycle.snapshot()
-            if r.lifecycle is not None and enforce_retention:
-                await r.lifecycle.enforce_snapshot_retention()
-                await r.lifecycle.enforce_l0_retention()
+        stop = asyncio.Event()
+        # The leases are renewed meanwhile: a long upload must not leave the later writes fenced.
+        keepers = [asyncio.create_task(r.lease.keep(stop)) for r in self.runners]
+        try:
+            for r in self.runners:
+                await r.capture()
+                await r.upload(deadline=time.monotonic() + 30)
+                if r.lifecycle is not None and force_snapshot:
+                    await r.lifecycle.snapshot()
+                if r.lifecycle is not None and enforce_retention:
+                    await r.lifecycle.enforce_snapshot_retention()
+                    await r.lifecycle.enforce_l0_retention()
+        finally:
+            stop.set()
+            for k in keepers:
+                k.cancel()
+            await asyncio.gather(*keepers, return_exceptions=True)
 
     @property
     def lost_lease(self) -> bool:

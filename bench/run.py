@@ -613,6 +613,99 @@ def scenario_idle(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _l0_files(replica: Path) -> dict[int, int]:
+    """Max TXID -> size of each L0 file in a file replica."""
+    out: dict[int, int] = {}
+    for name in os.listdir(l0_dir(replica)) if l0_dir(replica).is_dir() else []:
+        m = re.fullmatch(r"([0-9a-f]{16})-([0-9a-f]{16})\.ltx", name)
+        if m:
+            out[int(m.group(2), 16)] = os.stat(l0_dir(replica) / name).st_size
+    return out
+
+
+def scenario_reader(work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """An application read transaction held open: replica files written per minute and WAL growth,
+    first with the application idle, then with it committing at `--rate`. One tool at a time."""
+    out: dict[str, Any] = {"seconds": args.reader_seconds, "rate_per_s": args.rate}
+    for tool in TOOLS:
+        d = work / f"reader-{tool}"
+        d.mkdir()
+        db, replica = d / "app.db", d / "replica"
+        create_db(db)
+        agent = AgentProc(tool, write_config(d / "cfg.yml", db, file_replica(replica)), d / "agent.log")
+        wal = Path(f"{db}-wal")
+        try:
+            wait_for(lambda: agent.check() or _l0_files(replica), 30, f"{tool} first L0")
+            reader = sqlite3.connect(db, isolation_level=None)
+            reader.execute("BEGIN")
+            reader.execute("SELECT COUNT(*) FROM t").fetchone()
+            # Past min-checkpoint-page-count behind the reader's mark: checkpoints are due and blocked.
+            conn = connect(db)
+            for i in range(1500):
+                conn.execute("INSERT INTO t (v) VALUES (?)", (marker(i, 3000),))
+            conn.close()
+            time.sleep(3)
+            res: dict[str, Any] = {}
+            for phase, rate in (("idle", 0.0), ("writing", args.rate)):
+                txid0, wal0 = max(_l0_files(replica), default=0), wal.stat().st_size
+                if rate:
+                    steady_writer(db, rate, args.reader_seconds, check=agent.check)
+                else:
+                    time.sleep(args.reader_seconds)
+                time.sleep(2)  # let the last commits ship
+                agent.check()
+                minutes = args.reader_seconds / 60
+                res[phase] = {"files_per_min": (max(_l0_files(replica), default=0) - txid0) / minutes,
+                              "wal_growth_mb": (wal.stat().st_size - wal0) / 1e6}
+            reader.execute("COMMIT")
+            reader.close()
+            res["cpu_seconds"] = agent.cpu()
+            out[tool] = res
+        finally:
+            agent.stop()
+    log(f"reader: {out}")
+    return out
+
+
+def scenario_restart(work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Bytes an agent restart ships: a graceful stop (the agent is the last connection, so SQLite
+    checkpoints and deletes the WAL on close), a start, then a few commits. One tool at a time."""
+    out: dict[str, Any] = {"db_mb": args.restart_mb}
+    for tool in TOOLS:
+        d = work / f"restart-{tool}"
+        d.mkdir()
+        db, replica = d / "app.db", d / "replica"
+        create_db(db)
+        conn = connect(db)
+        for i in range(args.restart_mb * 1000):
+            conn.execute("INSERT INTO t (v) VALUES (?)", (marker(i, 1000),))
+        conn.close()
+        cfg = write_config(d / "cfg.yml", db, file_replica(replica))
+        agent = AgentProc(tool, cfg, d / "agent1.log")
+        try:
+            wait_for(lambda: agent.check() or _l0_files(replica), 60, f"{tool} first L0")
+            wait_quiet(l0_dir(replica), 3, 60)
+        finally:
+            agent.stop()
+        before = _l0_files(replica)
+        agent = AgentProc(tool, cfg, d / "agent2.log")
+        try:
+            time.sleep(3)  # started and caught up; then the application's first commits after the restart
+            conn = connect(db)
+            for i in range(3):
+                conn.execute("INSERT INTO t (v) VALUES (?)", (marker(10**7 + i, 100),))
+            conn.close()
+            wait_for(lambda: agent.check() or len(_l0_files(replica)) > len(before), 60, f"{tool} restart L0")
+            wait_quiet(l0_dir(replica), 3, 60)
+        finally:
+            agent.stop()
+        after = _l0_files(replica)
+        out[tool] = {"bytes_shipped": sum(size for txid, size in after.items() if txid not in before),
+                     "files": len(after.keys() - before.keys())}
+    log(f"restart: {out}")
+    return out
+
+
 def scenario_restore(work: Path, args: argparse.Namespace, moto: Moto) -> dict[str, Any]:
     d = work / "restore"
     d.mkdir()
@@ -741,6 +834,17 @@ def markdown(res: dict[str, Any]) -> str:
             "≤ 1.0×", lambda r: r <= 1.0)
         add("4. idle peak RSS (MB)", x["lifeboat"]["peak_rss_mb"], x["litestream"]["peak_rss_mb"], "≤ 1.5×",
             lambda r: r <= 1.5)
+    if "reader" in s:
+        x = s["reader"]
+        for phase in ("idle", "writing"):
+            add(f"7. reader held, app {phase}: replica files/min", x["lifeboat"][phase]["files_per_min"],
+                x["litestream"][phase]["files_per_min"])
+            add(f"7. reader held, app {phase}: WAL growth (MB)", x["lifeboat"][phase]["wal_growth_mb"],
+                x["litestream"][phase]["wal_growth_mb"])
+    if "restart" in s:
+        x = s["restart"]
+        add(f"8. agent restart of a {x['db_mb']} MB database: bytes shipped", x["lifeboat"]["bytes_shipped"],
+            x["litestream"]["bytes_shipped"])
     if "restore" in s:
         x = s["restore"]
         for store in ("file", "s3"):
@@ -773,7 +877,8 @@ def markdown(res: dict[str, Any]) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="a ~3-minute smoke run")
-    p.add_argument("--only", default="", help="comma-separated: lag_file,lag_s3,throughput,idle,restore,webhook")
+    p.add_argument("--only", default="",
+                   help="comma-separated: lag_file,lag_s3,throughput,idle,restore,webhook,reader,restart")
     p.add_argument("--rate", type=float, default=20.0, help="commits/s in the lag scenarios")
     p.add_argument("--lag-seconds", type=float)
     p.add_argument("--stream-seconds", type=float)
@@ -782,13 +887,15 @@ def main() -> int:
     p.add_argument("--restore-mb", type=int)
     p.add_argument("--restore-l0", type=int)
     p.add_argument("--admissions", type=int)
+    p.add_argument("--reader-seconds", type=float)
+    p.add_argument("--restart-mb", type=int)
     p.add_argument("--out", type=Path, default=BENCH / "results")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     args = p.parse_args()
     defaults = (dict(lag_seconds=15, stream_seconds=8, bulk_mb=32, idle_seconds=15, restore_mb=32, restore_l0=150,
-                     admissions=100) if args.quick else
+                     admissions=100, reader_seconds=10, restart_mb=4) if args.quick else
                 dict(lag_seconds=60, stream_seconds=30, bulk_mb=256, idle_seconds=60, restore_mb=256, restore_l0=1000,
-                     admissions=500))
+                     admissions=500, reader_seconds=30, restart_mb=12))
     for k, v in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
@@ -814,6 +921,10 @@ def main() -> int:
             f"restore: a {args.restore_mb} MB database, an L9 snapshot plus ~{args.restore_l0} L0 files written "
             "by lifeboat; each tool restores the same replica, from a directory and from moto S3, "
             f"{RESTORE_REPEATS} times in alternating order after a sync (the median run is shown).",
+            f"reader: a read transaction held open for {args.reader_seconds:g} s with the application idle, then "
+            f"as long while it commits {args.rate:g} rows/s; files written = L0 TXIDs advanced, per minute.",
+            f"restart: a {args.restart_mb} MB database, graceful stop (the WAL is deleted on the last close), start, "
+            "3 commits: bytes of the L0 files the second agent wrote.",
             "S3 is moto on localhost (no network latency): lag there measures the agents, not the store.",
             f"webhook: {args.admissions} pod admissions over HTTPS to the real operator (kopf) against kmock; "
             "kmock's request history is cleared after each admission (it matches every request against all "
@@ -832,6 +943,8 @@ def main() -> int:
             ("idle", lambda: scenario_idle(work, args)),
             ("restore", lambda: scenario_restore(work, args, moto)),  # type: ignore[arg-type]
             ("webhook", lambda: scenario_webhook(work, args)),
+            ("reader", lambda: scenario_reader(work, args)),
+            ("restart", lambda: scenario_restart(work, args)),
         ]
         for name, fn in plan:
             if name not in only:

@@ -2,9 +2,12 @@
 
     python bench/soak.py --minutes 30 [--corruptions 1000] [--storage-faults] [--workdir DIR]
 
-Phase 1 (crash safety, most of the time): the `tests/chaos` harness in cycles of 0.3-2.5 s; after
-every agent SIGKILL both `lifeboat restore` and `litestream restore` are checked (integrity, exact
-prefix of the committed rows, every row acknowledged through `/status` present). A fresh workspace
+Phase 1 (crash safety, most of the time): the `tests/chaos` harness in cycles of 0.3-2.5 s, with an
+application that also checkpoints in every mode and a reader holding transactions for 0.5-5 s; a
+quarter of the cycles end with SIGTERM (every row committed before it must be in the replica), the
+rest with SIGKILL. After every stop both `lifeboat restore` and `litestream restore` are checked
+(integrity, exact prefix of the committed rows, every row acknowledged through `/status` present).
+The summary has the largest replica file count and WAL size seen: both must stay bounded. A fresh workspace
 every 100 cycles keeps restores small.
 With `--storage-faults`, alongside phase 1: back-to-back S3 workloads through the fault proxy of
 `tests/storage/faults.py` in front of moto (5xx, SlowDown, hung requests, resets, slow responses,
@@ -42,6 +45,8 @@ def main() -> int:
     ap.add_argument("--workdir", type=Path)
     ap.add_argument("--seed", type=int)
     ap.add_argument("--storage-faults", action="store_true", help="also cycle S3 faults (moto behind a proxy)")
+    ap.add_argument("--no-app-behaviour", action="store_true",
+                    help="only writes: no application checkpoints, no long readers, no graceful restarts")
     args = ap.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="lifeboat-soak-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -73,6 +78,8 @@ def main() -> int:
         fresh_every=100,
         seed=args.seed,
         on_cycle=progress,
+        app_behaviour=not args.no_app_behaviour,
+        graceful_probability=0.0 if args.no_app_behaviour else 0.25,
     )
     summary: dict[str, object] = stats.summary()
     if storage_thread is not None:

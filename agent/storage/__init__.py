@@ -7,6 +7,7 @@ directory never pays for boto3 or the Azure SDK.
 from __future__ import annotations
 
 import importlib
+import io
 import re
 import struct
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -115,7 +116,11 @@ class ReplicaClient(Protocol):
         """Stream a file's bytes (a range when offset/size are given). Raises NotFound."""
 
     async def write_ltx_file(self, level: int, min_txid: int, max_txid: int, src: BinaryIO) -> FileInfo:
-        """Store a file atomically; record its header timestamp as the object's creation time."""
+        """Store a file atomically; record its header timestamp as the object's creation time.
+
+        Create-only where the store can refuse to replace an object: when the name is taken,
+        `settle_existing` decides whether it is this very file (done) or not (PreconditionFailed).
+        """
 
     async def delete_ltx_files(self, files: list[FileInfo]) -> None:
         """Delete files; missing ones are not an error."""
@@ -143,6 +148,56 @@ class ReplicaClient(Protocol):
 
         An object that is already gone is not an error.
         """
+
+
+# Bytes of an LTX file that differ between two writes of the same content: the header timestamp
+# (bytes 32..40) and the file checksum (the last 8 bytes), which covers it.
+_TIMESTAMP = slice(32, 40)
+_CHECKSUM_SIZE = 8
+
+
+async def settle_existing(client: ReplicaClient, level: int, min_txid: int, max_txid: int, src: BinaryIO) -> FileInfo:
+    """A create-only write of `src` (from its current position) found its name taken.
+
+    The object there counts as written by us when it holds the same bytes as `src`, ignoring the
+    header timestamp and the file checksum: our own retry after an answer was lost, or a snapshot
+    or compaction re-run over the same state. Then its FileInfo is returned and it stays as it
+    is. Anything else is another agent's file: PreconditionFailed, and it is left alone.
+    """
+    name = f"level {level} file {format_ltx_name(min_txid, max_txid)}"
+    start = src.tell()
+    size = src.seek(0, 2) - start
+    src.seek(start)
+    head = b""
+    offset = 0
+    same = True
+    try:
+        async for chunk in client.open_ltx_file(level, min_txid, max_txid):
+            if len(head) < 40:
+                head += chunk[: 40 - len(head)]
+            ours = src.read(len(chunk))
+            same = same and _same_content(ours, chunk, offset, size)
+            offset += len(chunk)
+    finally:
+        src.seek(start)
+    if not same or offset != size:
+        raise PreconditionFailed(f"{client!r}: {name} already exists with other content (written by another agent)")
+    created = header_timestamp(io.BytesIO(head))
+    return FileInfo(level, min_txid, max_txid, size, created)
+
+
+def _same_content(ours: bytes, theirs: bytes, offset: int, size: int) -> bool:
+    """Equal chunks at `offset` of a `size`-byte file, outside the timestamp and checksum bytes."""
+    if len(ours) != len(theirs):
+        return False
+    if ours == theirs:
+        return True
+    a, b = bytearray(ours), bytearray(theirs)
+    for lo, hi in ((_TIMESTAMP.start, _TIMESTAMP.stop), (size - _CHECKSUM_SIZE, size)):
+        lo, hi = max(lo - offset, 0), min(hi - offset, len(a))
+        if lo < hi:
+            a[lo:hi] = b[lo:hi]
+    return a == b
 
 
 async def read_ltx_file(client: ReplicaClient, info: FileInfo) -> bytes:
@@ -229,9 +284,35 @@ def replica_type(settings: Mapping[str, Any]) -> str:
     return kind
 
 
+# scheme -> (the SDK module the backend needs, the extra that installs it)
+_SDKS: dict[str, tuple[str, str]] = {
+    "s3": ("boto3", "s3"),
+    "gs": ("google.cloud.storage", "gcs"),
+    "abs": ("azure.storage.blob", "abs"),
+    "sftp": ("paramiko", "sftp"),
+    "nats": ("nats", "nats"),
+}
+
+
+def require_sdk(kind: str) -> None:
+    """Import the backend's SDK now, so a missing one is one line naming the extra to install
+    rather than a traceback from deep inside the first upload."""
+    if kind not in _SDKS:
+        return
+    module, extra = _SDKS[kind]
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        raise ConfigError(
+            f"{kind} replicas need the {module.split('.')[0]} package, which is not installed ({exc}): "
+            f"pip install 'sqlite-lifeboat[{extra}]'"
+        ) from None
+
+
 def new_client(settings: Mapping[str, Any]) -> ReplicaClient:
     """Build the client for a replica config block (Litestream keys: url, type, path, bucket, ...)."""
     kind = replica_type(settings)
+    require_sdk(kind)
     module = importlib.import_module(f"{__name__}.{_BACKENDS[kind]}")
     client: ReplicaClient = module.from_settings(settings)
     return client

@@ -147,8 +147,9 @@ class ABSReplicaClient(BlobReplicaClient):
 
     def _upload(self, key: str, src: BinaryIO, size: int, metadata: dict[str, str]) -> None:
         # Staged blocks stay invisible until the block list is committed: atomic for readers.
+        # overwrite=False sends If-None-Match: * (on the single put, or on the block list commit).
         self.container.upload_blob(
-            key, src, length=size, overwrite=True, metadata=metadata, max_concurrency=UPLOAD_CONCURRENCY
+            key, src, length=size, overwrite=False, metadata=metadata, max_concurrency=UPLOAD_CONCURRENCY
         )
 
     def _delete_objects(self, keys: list[str]) -> None:

@@ -20,6 +20,7 @@ from typing import Any, BinaryIO, TypeVar
 from . import (
     FileInfo,
     NotFound,
+    PreconditionFailed,
     StorageError,
     Transient,
     format_ltx_name,
@@ -27,6 +28,7 @@ from . import (
     header_timestamp,
     parse_timestamp,
     select_ltx_files,
+    settle_existing,
 )
 from .retry import iterate_in_thread
 
@@ -128,7 +130,8 @@ class BlobReplicaClient(abc.ABC):
 
     @abc.abstractmethod
     def _upload(self, key: str, src: BinaryIO, size: int, metadata: dict[str, str]) -> None:
-        """Store `size` bytes of `src` under `key` with `metadata`, invisible until complete."""
+        """Store `size` bytes of `src` under `key` with `metadata`, invisible until complete, only
+        if `key` does not exist yet (the store's error for that translates to PreconditionFailed)."""
 
     @abc.abstractmethod
     def _delete_objects(self, keys: list[str]) -> None:
@@ -170,16 +173,20 @@ class BlobReplicaClient(abc.ABC):
 
     async def write_ltx_file(self, level: int, min_txid: int, max_txid: int, src: BinaryIO) -> FileInfo:
         key = self.ltx_key(level, min_txid, max_txid)
+        start = src.tell()
 
         def upload() -> FileInfo:
             created = header_timestamp(src)
-            start = src.tell()
             size = src.seek(0, os.SEEK_END) - start
             src.seek(start)
             self._upload(key, src, size, {self.metadata_timestamp: format_timestamp(created)})
             return FileInfo(level, min_txid, max_txid, size, created)
 
-        return await self._run(f"upload {key}", upload)
+        try:
+            return await self._run(f"upload {key}", upload)
+        except PreconditionFailed:
+            src.seek(start)
+            return await settle_existing(self, level, min_txid, max_txid, src)
 
     async def delete_ltx_files(self, files: list[FileInfo]) -> None:
         await self._delete_keys([self.ltx_key(f.level, f.min_txid, f.max_txid) for f in files])

@@ -22,6 +22,7 @@ from . import (
     header_timestamp,
     parse_ltx_name,
     parse_replica_url,
+    settle_existing,
 )
 
 CHUNK = 1 << 20
@@ -116,21 +117,35 @@ class FileReplicaClient:
             f.close()
 
     async def write_ltx_file(self, level: int, min_txid: int, max_txid: int, src: BinaryIO) -> FileInfo:
-        return await asyncio.to_thread(self._write, level, min_txid, max_txid, src)
+        start = src.tell()
+        try:
+            return await asyncio.to_thread(self._write, level, min_txid, max_txid, src)
+        except PreconditionFailed:
+            src.seek(start)
+            return await settle_existing(self, level, min_txid, max_txid, src)
 
     def _write(self, level: int, min_txid: int, max_txid: int, src: BinaryIO) -> FileInfo:
         created = header_timestamp(src)
         path = self.ltx_path(level, min_txid, max_txid)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as dst:
-            shutil.copyfileobj(src, dst, CHUNK)
-            dst.flush()
-            os.fsync(dst.fileno())
-            size = dst.tell()
-        ns = int(created.timestamp() * 1000) * 1_000_000
-        os.utime(tmp, ns=(ns, ns))
-        os.replace(tmp, path)
+        # A private temp name, published with link(2): that fails if the name exists, so a late
+        # writer never replaces another agent's file (rename would).
+        tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+        try:
+            with open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst, CHUNK)
+                dst.flush()
+                os.fsync(dst.fileno())
+                size = dst.tell()
+            ns = int(created.timestamp() * 1000) * 1_000_000
+            os.utime(tmp, ns=(ns, ns))
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise PreconditionFailed(f"{path}: exists") from None
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
         fsync_dir(path.parent)
         return FileInfo(level, min_txid, max_txid, size, created)
 

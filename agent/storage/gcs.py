@@ -116,7 +116,8 @@ class GCSReplicaClient(BlobReplicaClient):
         blob = self.bucket_handle.blob(key, chunk_size=TRANSFER_CHUNK)
         blob.metadata = metadata
         # A GCS object becomes visible only once its upload is finalised: atomic for readers.
-        blob.upload_from_file(src, size=size, content_type="application/octet-stream")
+        # Generation 0: only if no live object has this name.
+        blob.upload_from_file(src, size=size, content_type="application/octet-stream", if_generation_match=0)
 
     def _delete_objects(self, keys: list[str]) -> None:
         from google.api_core.exceptions import NotFound as GoogleNotFound

@@ -5,8 +5,9 @@ Litestream). The header timestamp goes into the object header `Litestream-Timest
 way Go's `nats.Header` marshals it (a list of values) so either tool reads the other's objects.
 
 Reads stream the object's chunk messages one by one (nats-py's own `get` collects the whole object
-in memory). The lease object has no conditional write here: `write_lock` compares the current
-object's NUID and then writes, a best effort with a short race window between the two.
+in memory). The object store has no conditional write: `write_lock` compares the current lease
+object's NUID and then writes, and an LTX file is written only after a look finds its name free,
+both a best effort with a short race window between the look and the write.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from . import (
     parse_replica_url,
     parse_timestamp,
     select_ltx_files,
+    settle_existing,
 )
 
 HEADER_TIMESTAMP = "Litestream-Timestamp"
@@ -232,12 +234,27 @@ class NATSReplicaClient:
         created = header_timestamp(src)
         # The object's meta message goes out after all its chunks: readers see it whole or not at all.
         meta = ObjectMeta(name=name, headers={HEADER_TIMESTAMP: [format_timestamp(created)]})
+        # The object store has no create-only put: looking first narrows the window in which a late
+        # writer replaces another agent's file, without closing it.
+        if await self._exists(name):
+            return await settle_existing(self, level, min_txid, max_txid, src)
         try:
             store = await self.store()
             info = await store.put(name, src, meta=meta)
         except Exception as exc:
             raise translate(exc, f"{self.url}: upload {name}") from exc
         return FileInfo(level, min_txid, max_txid, info.size, created)
+
+    async def _exists(self, name: str) -> bool:
+        from nats.js.errors import NotFoundError
+
+        try:
+            await (await self.store()).get_info(name)
+        except NotFoundError:
+            return False
+        except Exception as exc:
+            raise translate(exc, f"{self.url}: {name}") from exc
+        return True
 
     async def _delete(self, names: list[str]) -> None:
         from nats.js.errors import NotFoundError

@@ -186,6 +186,26 @@ def translate(exc: BaseException, what: str) -> StorageError:
     return StorageError(f"{what}: {type(exc).__name__}: {exc}")
 
 
+class _KeepOpen:
+    """A file object whose `close` leaves the underlying file open."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self._f = f
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
+
+    def close(self) -> None:
+        """The owner of the underlying file closes it."""
+
+
+def _create_only(params: dict[str, Any], **_: Any) -> None:
+    """LTX objects are written create-only (`If-None-Match: *`, 412 if the key exists), the single
+    PutObject and the multipart completion alike: boto3's transfer manager has no argument for it."""
+    if str(params.get("Key", "")).endswith(".ltx") and "IfMatch" not in params:
+        params.setdefault("IfNoneMatch", "*")
+
+
 class S3ReplicaClient(BlobReplicaClient):
     """Replica in an S3 bucket (AWS, or any S3-compatible store through `endpoint`)."""
 
@@ -245,7 +265,10 @@ class S3ReplicaClient(BlobReplicaClient):
             aws_access_key_id=opts.access_key_id or None,
             aws_secret_access_key=opts.secret_access_key or None,
         )
-        return session.client("s3", endpoint_url=opts.endpoint or None, config=config, verify=not opts.skip_verify)
+        client = session.client("s3", endpoint_url=opts.endpoint or None, config=config, verify=not opts.skip_verify)
+        for op in ("PutObject", "CompleteMultipartUpload"):
+            client.meta.events.register(f"before-parameter-build.s3.{op}", _create_only)
+        return client
 
     def _sse(self) -> dict[str, Any]:
         """Request parameters for server-side encryption (SSE-C applies to reads and HEADs too)."""
@@ -319,7 +342,9 @@ class S3ReplicaClient(BlobReplicaClient):
             max_concurrency=opts.concurrency,
             use_threads=opts.concurrency > 1,
         )
-        self.s3.upload_fileobj(src, self.bucket, key, ExtraArgs=extra, Config=transfer)
+        # The transfer manager closes its source when a request fails; the caller still needs it
+        # (a create-only conflict is settled by comparing it with the object there).
+        self.s3.upload_fileobj(_KeepOpen(src), self.bucket, key, ExtraArgs=extra, Config=transfer)
 
     def _delete_objects(self, keys: list[str]) -> None:
         # DeleteObjects takes up to DELETE_BATCH keys a request.

@@ -27,12 +27,14 @@ from . import (
     ConfigError,
     FileInfo,
     NotFound,
+    PreconditionFailed,
     StorageError,
     Transient,
     format_ltx_name,
     header_timestamp,
     parse_replica_url,
     select_ltx_files,
+    settle_existing,
 )
 from .file import CHUNK, lock_delete, lock_read, lock_write
 from .retry import iterate_in_thread
@@ -258,6 +260,7 @@ class SFTPReplicaClient:
 
     async def write_ltx_file(self, level: int, min_txid: int, max_txid: int, src: BinaryIO) -> FileInfo:
         path = self.ltx_path(level, min_txid, max_txid)
+        start = src.tell()
 
         def upload(sftp: Any) -> FileInfo:
             created = header_timestamp(src)
@@ -268,13 +271,19 @@ class SFTPReplicaClient:
                 # Whole-second mtime, as SFTP v3 carries it (Litestream's Chtimes gets the same).
                 stamp = int(created.timestamp())
                 sftp.utime(tmp, (stamp, stamp))
-                sftp.posix_rename(tmp, path)
+                # The plain rename (OpenSSH: link + unlink) refuses an existing target: a late
+                # writer never replaces another agent's file.
+                _SFTPLockFS(sftp).rename_exclusive(tmp, path)
             except BaseException:
                 _remove_quietly(sftp, tmp)
                 raise
             return FileInfo(level, min_txid, max_txid, size, created)
 
-        return await self.run(upload, f": upload {path}")
+        try:
+            return await self.run(upload, f": upload {path}")
+        except PreconditionFailed:
+            src.seek(start)
+            return await settle_existing(self, level, min_txid, max_txid, src)
 
     async def delete_ltx_files(self, files: list[FileInfo]) -> None:
         paths = [self.ltx_path(f.level, f.min_txid, f.max_txid) for f in files]
@@ -357,14 +366,24 @@ class _SFTPLockFS:
         with self.sftp.open(tmp, "wb") as f:
             f.write(body)
         try:
+            self.rename_exclusive(tmp, path)
+        except PreconditionFailed:
+            _remove_quietly(self.sftp, tmp)
+            raise FileExistsError(path) from None
+        except BaseException:
+            _remove_quietly(self.sftp, tmp)
+            raise
+
+    def rename_exclusive(self, tmp: str, path: str) -> None:
+        """Rename `tmp` to `path` unless `path` exists (PreconditionFailed then)."""
+        try:
             self.sftp.rename(tmp, path)
         except OSError:
-            _remove_quietly(self.sftp, tmp)
             try:
                 self.sftp.stat(path)
             except FileNotFoundError:
                 raise StorageError(f"{path}: rename failed") from None
-            raise FileExistsError(path) from None
+            raise PreconditionFailed(f"{path}: exists") from None
 
     def rename(self, src: str, dst: str) -> None:
         self.sftp.rename(src, dst)

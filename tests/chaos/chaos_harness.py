@@ -7,7 +7,8 @@ small side file. The agent runs with frequent checkpoints, short compaction leve
 and L0 retention, and an HTTP `addr:` so `/status` can be read.
 
 What "replicated" means, honestly: `/status` reports `txid` (newest local L0 file) and `remote_txid`
-(newest L0 durable in the replica). Let C be the application's committed count read at time ta, and
+(newest L0 durable in the replica), both null while the agent is still opening its database. Let C
+be the application's committed count read at time ta, and
 T the local txid read right after. L0 file T+1 may have been in the middle of being written at ta
 (its WAL read may predate ta), but the sync that writes T+2 reads the WAL only after T+1 exists,
 i.e. after ta: T+2 contains every row of the first C. So once `/status` shows `remote_txid >= T+2`
@@ -41,7 +42,8 @@ LITESTREAM = str(Path(sys.executable).parent / "litestream")
 
 APP_SCRIPT = r"""
 import hashlib, os, random, sqlite3, struct, sys, time
-db, counter = sys.argv[1], sys.argv[2]
+db, counter, checkpoints = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+MODES = ("PASSIVE", "FULL", "RESTART", "TRUNCATE")
 conn = sqlite3.connect(db, timeout=30, isolation_level=None)
 conn.execute("PRAGMA busy_timeout = 30000")
 fd = os.open(counter, os.O_RDWR | os.O_CREAT, 0o644)
@@ -60,7 +62,25 @@ while True:
     conn.execute("COMMIT")
     n += k
     os.pwrite(fd, struct.pack("<QQ", n, n), 0)
+    if checkpoints and rng.random() < 0.02:
+        # Applications checkpoint too, in every mode; a short busy timeout keeps a blocked one brief.
+        conn.execute("PRAGMA busy_timeout = 50")
+        conn.execute(f"PRAGMA wal_checkpoint({rng.choice(MODES)})").fetchall()
+        conn.execute("PRAGMA busy_timeout = 30000")
     time.sleep(rng.uniform(0.0, 0.012))
+"""
+
+# An application reader: a report query or backup that keeps its read transaction open for a while.
+READER_SCRIPT = r"""
+import random, sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], timeout=30, isolation_level=None)
+rng = random.Random()
+while True:
+    time.sleep(rng.uniform(0.2, 2.0))
+    conn.execute("BEGIN")
+    conn.execute("SELECT COUNT(*) FROM t").fetchone()
+    time.sleep(rng.uniform(0.5, 5.0))
+    conn.execute("COMMIT")
 """
 
 
@@ -82,7 +102,10 @@ class CheckFailed(AssertionError):
 class Stats:
     cycles: int = 0
     agent_kills: int = 0
+    agent_stops: int = 0
     app_kills: int = 0
+    max_replica_files: int = 0
+    max_wal_bytes: int = 0
     restores: int = 0
     rows_committed: int = 0
     rows_verified: int = 0
@@ -96,6 +119,9 @@ class Stats:
             "cycles": self.cycles,
             "faults_injected": self.agent_kills + self.app_kills,
             "agent_sigkills": self.agent_kills,
+            "agent_graceful_stops": self.agent_stops,
+            "max_replica_files": self.max_replica_files,
+            "max_wal_bytes": self.max_wal_bytes,
             "app_sigkills": self.app_kills,
             "restores_checked": self.restores,
             "rows_committed": self.rows_committed,
@@ -110,8 +136,12 @@ class Stats:
 class Workspace:
     """An application, its agent and a file replica, with SIGKILL-able processes."""
 
-    def __init__(self, root: Path, page_size: int = 4096) -> None:
+    def __init__(self, root: Path, page_size: int = 4096, *, app_behaviour: bool = False) -> None:
         self.root = root
+        # Ordinary application behaviour on top of the writes: its own checkpoints of every mode,
+        # and a reader process holding read transactions open for 0.5-5 s.
+        self.app_behaviour = app_behaviour
+        self.reader: subprocess.Popen[bytes] | None = None
         root.mkdir(parents=True, exist_ok=True)
         self.db = root / "app.db"
         self.replica = root / "replica"
@@ -153,10 +183,14 @@ dbs:
 
     def start_app(self) -> None:
         self.app = subprocess.Popen(
-            [sys.executable, "-c", APP_SCRIPT, str(self.db), str(self.counter)],
+            [sys.executable, "-c", APP_SCRIPT, str(self.db), str(self.counter), "1" if self.app_behaviour else "0"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
+        if self.app_behaviour and self.reader is None:
+            self.reader = subprocess.Popen(
+                [sys.executable, "-c", READER_SCRIPT, str(self.db)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            )
 
     def kill_app(self) -> None:
         if self.app is not None:
@@ -177,6 +211,39 @@ dbs:
             self._reap(self.agent, "agent")
             self.agent = None
 
+    def stop_agent(self) -> None:
+        """SIGTERM: the agent's final sync must ship everything committed before the signal."""
+        if self.agent is None:
+            return
+        # Only a started agent has a final sync to make (one killed while importing has nothing).
+        deadline = time.monotonic() + 30
+        while self.status() is None:
+            if time.monotonic() > deadline or self.agent.poll() is not None:
+                raise CheckFailed(f"agent did not start:\n{self.agent_output()}")
+            time.sleep(0.02)
+        committed = self.committed()
+        self.agent.send_signal(signal.SIGTERM)
+        try:
+            code = self.agent.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.agent.kill()
+            self.agent.wait()
+            raise CheckFailed(f"agent did not stop on SIGTERM:\n{self.agent_output()}") from None
+        self.agent = None
+        if code != 0:
+            raise CheckFailed(f"agent exited {code} on SIGTERM:\n{self.agent_output()}")
+        self.acked = max(self.acked, committed)
+
+    def measure(self, stats: Stats) -> None:
+        """The replica's file count and the WAL's size must stay bounded: record their maxima."""
+        files = sum(1 for p in self.replica.rglob("*.ltx"))
+        try:
+            wal = self.db.with_name(self.db.name + "-wal").stat().st_size
+        except FileNotFoundError:
+            wal = 0
+        stats.max_replica_files = max(stats.max_replica_files, files)
+        stats.max_wal_bytes = max(stats.max_wal_bytes, wal)
+
     @staticmethod
     def _reap(proc: subprocess.Popen[bytes], what: str) -> None:
         if proc.poll() is not None:
@@ -186,11 +253,11 @@ dbs:
         proc.wait()  # reaped: the lease check sees a dead pid, not a zombie
 
     def close(self) -> None:
-        for p in (self.app, self.agent):
+        for p in (self.app, self.agent, self.reader):
             if p is not None and p.poll() is None:
                 p.kill()
                 p.wait()
-        self.app = self.agent = None
+        self.app = self.agent = self.reader = None
         self.agent_log.close()
 
     def agent_output(self) -> str:
@@ -218,6 +285,8 @@ dbs:
         except (OSError, ValueError):
             return None
         db = body["databases"][0]
+        if db["txid"] is None or db["remote_txid"] is None:
+            return None  # still opening: no position is known yet, so none can prove anything
         return {"txid": int(db["txid"]), "remote_txid": int(db["remote_txid"])}
 
     def observe(self) -> None:
@@ -316,18 +385,22 @@ def run_cycles(
     fresh_every: int = 0,
     seed: int | None = None,
     on_cycle: object = None,
+    app_behaviour: bool = False,
+    graceful_probability: float = 0.0,
 ) -> Stats:
     """SIGKILL the agent (and sometimes the application) at random moments; verify after each kill.
 
     Stops after `cycles` cycles or `seconds` of wall time, whichever is given/first. With
     `fresh_every`, a new workspace replaces the old one every that many cycles (keeps restores small
-    in a long soak).
+    in a long soak). `app_behaviour` adds application checkpoints and a long reader (see
+    `Workspace`); `graceful_probability` ends that share of cycles with SIGTERM instead of SIGKILL,
+    after which every row committed before the signal must be in the replica.
     """
     rng = random.Random(seed)
     stats = Stats()
     deadline = None if seconds is None else time.monotonic() + seconds
     ws_no = 0
-    ws = Workspace(root / f"ws{ws_no}")
+    ws = Workspace(root / f"ws{ws_no}", app_behaviour=app_behaviour)
     ws.start_app()
     try:
         while True:
@@ -340,7 +413,7 @@ def run_cycles(
                 ws.close()
                 shutil.rmtree(ws.root, ignore_errors=True)
                 ws_no += 1
-                ws = Workspace(root / f"ws{ws_no}")
+                ws = Workspace(root / f"ws{ws_no}", app_behaviour=app_behaviour)
                 ws.start_app()
             ws.start_agent()
             started = time.monotonic()
@@ -356,8 +429,13 @@ def run_cycles(
                     app_kill_at = None
                 ws.observe()
                 time.sleep(rng.uniform(0.01, 0.06))
-            ws.kill_agent()
-            stats.agent_kills += 1
+            ws.measure(stats)
+            if rng.random() < graceful_probability:
+                ws.stop_agent()
+                stats.agent_stops += 1
+            else:
+                ws.kill_agent()
+                stats.agent_kills += 1
             stats.cycles += 1
             ws.verify_restores(stats, f"{ws.root.name} cycle {stats.cycles}")
             if callable(on_cycle):

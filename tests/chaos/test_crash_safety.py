@@ -33,6 +33,22 @@ def test_sigkill_agent_and_app_at_random_moments(tmp_path: Path) -> None:
     assert stats.rows_verified >= stats.acked_max
 
 
+def test_ordinary_app_behaviour_under_kills_and_restarts(tmp_path: Path) -> None:
+    """The same, with the application checkpointing in every mode, a reader holding transactions for
+    0.5-5 s, and a third of the cycles ending with SIGTERM, whose final sync must ship every row
+    committed before the signal. The replica's file count stays bounded while readers block
+    checkpoints (no capture loop writing files on its own)."""
+    cycles = 24
+    stats = run_cycles(tmp_path, cycles, app_behaviour=True, graceful_probability=0.33)
+    summary = stats.summary()
+    print(json.dumps(summary))
+    assert stats.failures == [], json.dumps(summary, indent=1)
+    assert stats.lost == 0 and stats.corrupt == 0
+    assert stats.agent_kills + stats.agent_stops == cycles
+    assert stats.acked_max > 0
+    assert stats.max_replica_files < 600, summary
+
+
 def test_restarted_agent_takes_over_its_own_stale_lease(tmp_path: Path) -> None:
     """A SIGKILLed agent leaves its lease behind; the restart on the same host takes it over."""
     ws = Workspace(tmp_path / "ws")

@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import Agent, create_db, file_url, lifeboat, ok, wait_replica_started, write_batch
+from helpers import LIFEBOAT, Agent, create_db, file_url, lifeboat, ok, wait_replica_started, write_batch
 
 
 def one_line_error(proc: subprocess.CompletedProcess[str], *needles: str, code: int = 1) -> str:
@@ -125,3 +125,18 @@ def test_output_exists(tmp_path: Path, replica: Path) -> None:
     assert "Traceback" not in proc.stderr
     assert out.read_bytes() == before
     no_leftovers(tmp_path, {"existing.db", "replica", "src", "agent.log"})
+
+
+def test_a_missing_storage_sdk_is_one_line_naming_the_extra(tmp_path: Path) -> None:
+    """`pip install sqlite-lifeboat` without `[s3]`, then an s3:// URL: one line, exit 1."""
+    hide = tmp_path / "site"
+    hide.mkdir()
+    (hide / "boto3.py").write_text('raise ModuleNotFoundError("No module named \'boto3\'", name="boto3")\n')
+    env = dict(os.environ, PYTHONPATH=str(hide))
+    out = tmp_path / "out.db"
+    for args in (["restore", "-o", str(out), "s3://bucket/app"], ["ltx", "s3://bucket/app"]):
+        proc = subprocess.run([*LIFEBOAT, *args], capture_output=True, text=True, env=env, timeout=60)
+        assert proc.returncode == 1, proc.stderr
+        assert "pip install 'sqlite-lifeboat[s3]'" in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not out.exists()

@@ -7,7 +7,7 @@ import struct
 from pathlib import Path
 
 from helpers import Agent, create_db, l0_txids, wait_for, wait_replica_started, write_batch, write_config
-from lifeboat.agent.store import IN_Q_OVERFLOW, inotify_names
+from lifeboat.agent.watch import IN_Q_OVERFLOW, inotify_names
 
 
 def event(name: bytes, mask: int = 0x2, wd: int = 1) -> bytes:

@@ -187,3 +187,28 @@ def test_readyz_is_503_while_nothing_is_replicated(tmp_path: Path) -> None:
         status, body = get(port, "/readyz")
         assert status == 503, body
         agent.stop()
+
+
+def test_status_claims_no_position_before_the_database_is_open(tmp_path: Path) -> None:
+    """Until the agent has opened its database and learned the replica's position, `/status` must not
+    report positions: a `txid`/`remote_txid` of 0 read as "caught up at 0" lets a client pair what the
+    app committed with a TXID the replica passed long ago, and acknowledge rows that are not there."""
+    db = tmp_path / "app.db"  # not created yet: the agent waits for the application
+    port = free_port()
+    cfg = tmp_path / "lifeboat.yml"
+    cfg.write_text(f"addr: 127.0.0.1:{port}\ndbs:\n  - path: {db}\n    replica:\n      url: file://{tmp_path}/r\n")
+    with Agent.lifeboat("-config", str(cfg), log=tmp_path / "agent.log") as agent:
+        wait_for(lambda: get(port, "/healthz")[0] == 200, what="agent serving")
+        status, body = get(port, "/status")
+        assert status == 200, body
+        (entry,) = json.loads(body)["databases"]
+        assert entry["state"] == "starting"
+        assert entry["txid"] is None and entry["remote_txid"] is None, entry
+        assert get(port, "/readyz")[0] == 503
+        create_db(db)
+        entry = wait_for(
+            lambda: next((e for e in json.loads(get(port, "/status")[1])["databases"] if e["remote_txid"]), None),
+            what="first upload",
+        )
+        assert entry["state"] == "replicating" and entry["txid"] >= 1
+        assert agent.stop() == 0

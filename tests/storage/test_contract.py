@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from lifeboat.agent.storage import FileInfo, NotFound, read_ltx_file
+from lifeboat.agent.storage import FileInfo, NotFound, PreconditionFailed, read_ltx_file
 from storage_helpers import raw_put
 
 T0 = datetime(2024, 5, 6, 7, 8, 9, 123000, tzinfo=UTC)
@@ -74,9 +74,12 @@ async def test_write_list_open(client: Any) -> None:
     with pytest.raises(NotFound):
         await read(client, 9, 1, 11)
 
-    # Overwriting a name replaces it whole.
-    await put(client, 0, 2, 2, ltx_bytes(size=300, seed=5))
-    assert await read(client, 0, 2, 2) == ltx_bytes(size=300, seed=5)
+    # A name is written once: another file under it is refused and the first stays whole, while
+    # the same file again (a retry whose answer was lost) is a success.
+    with pytest.raises(PreconditionFailed):
+        await put(client, 0, 2, 2, ltx_bytes(size=300, seed=5))
+    assert await read(client, 0, 2, 2) == data[(0, 2, 2)]
+    assert (await put(client, 0, 2, 2, data[(0, 2, 2)])).size == len(data[(0, 2, 2)])
 
 
 async def test_created_at_round_trips(client: Any) -> None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import UTC, datetime
+import sys
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from lifeboat.agent.lease import Lease, LeaseHeldError, LeaseLostError
+from lifeboat.agent.lease import Lease, LeaseHeldError, LeaseLostError, LeaseState
 from lifeboat.agent.storage import PreconditionFailed, new_client
 
 # Backends whose store offers a real conditional write (NATS's lease is best effort).
@@ -86,3 +87,29 @@ async def test_racing_agents_exactly_one_wins(kind: str, make_settings: Any) -> 
     finally:
         for c in clients:
             await c.close()
+
+
+async def test_agents_sharing_a_hostname_and_pid_are_different_owners(client: Any) -> None:
+    """hostNetwork pods, or a pod rescheduled under its old name: one hostname, the same PID."""
+    first, second = Lease(client), Lease(client)
+    assert first.owner != second.owner
+    await first.acquire()
+    with pytest.raises(LeaseHeldError):
+        await second.acquire()
+    body, _ = await client.read_lock()
+    assert json.loads(body)["owner"] == first.owner
+
+
+async def test_lease_of_a_dead_local_process_is_taken_over_at_once(client: Any) -> None:
+    """A SIGKILLed agent of this host and PID namespace leaves an unexpired lease behind: the
+    next agent need not wait for it to expire."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "from lifeboat.agent.lease import default_owner; print(default_owner())",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0
+    dead = out.decode().strip()
+    state = LeaseState(3, datetime.now(UTC) + timedelta(minutes=5), dead)
+    await client.write_lock(state.encode(), None)
+    assert (await Lease(client).acquire()).generation == 4

@@ -61,7 +61,9 @@ class DatabaseRunner:
         self.replica = Replica(self.db, client, sync_interval=spec.sync_interval)
         self.hook = hook or (lambda event, fields: None)
         self.lifecycle = (
-            Lifecycle(self.db, client, spec.lifecycle, self.hook) if spec.lifecycle is not None else None
+            Lifecycle(self.db, client, spec.lifecycle, self.hook, on_new_l0=lambda: self._new_ltx.set())
+            if spec.lifecycle is not None
+            else None
         )
         self.last_sync: float | None = None
         # Positions mean something only once the database is open and the replica's position is

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from . import config as cfgmod
 from .db import DatabaseError, default_meta_dir
 from .ltx import LTXError
-from .restore import NoBackupError, RestoreError, list_levels, plan, restore
+from .restore import IfExists, NoBackupError, RestoreError, UnservableTargetError, list_levels, plan, restore
 from .sqlite import SQLiteFormatError
 from .storage import ConfigError, ReplicaClient, StorageError, new_client, parse_timestamp
 
@@ -211,20 +211,10 @@ def cmd_restore(args: argparse.Namespace) -> int:
     if check not in ("none", "quick", "full"):
         raise CLIError(f"invalid -integrity-check {args.integrity_check!r}: expected none, quick or full")
     out = os.path.abspath(output)
-    if os.path.exists(out) and not args.dry_run:
-        if args.if_db_not_exists:
-            print(f"database already exists, skipping restore: {out}", file=sys.stderr)
-            return 0
-        if not args.force:
-            raise CLIError(f"output database already exists: {out} (use -force to overwrite)")
-    if not os.path.isdir(os.path.dirname(out)):
-        raise CLIError(f"output directory does not exist: {os.path.dirname(out)}")
     if args.dry_run:
         return _run_with(client, _dry_run(client, txid, ts, args.json))
-    if args.force and not args.dry_run:
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            if os.path.exists(out + suffix):
-                os.unlink(out + suffix)
+    # -if-db-not-exists first, as Litestream: with both flags an existing database is kept.
+    if_exists = IfExists.SKIP if args.if_db_not_exists else IfExists.REPLACE if args.force else IfExists.FAIL
     started = time.monotonic()
     bar = _Progress() if sys.stderr.isatty() and not args.json else None
     try:
@@ -232,18 +222,22 @@ def cmd_restore(args: argparse.Namespace) -> int:
             client,
             restore(
                 client, out, txid=txid, timestamp=ts, parallelism=args.parallelism, integrity_check=check,
-                progress=bar,
+                if_exists=if_exists, progress=bar,
             ),
         )
     except NoBackupError:
-        if bar is not None:
-            bar.done()
         if args.if_replica_exists:
             print(f"no backup found in {client!r}, skipping restore", file=sys.stderr)
             return 0
-        raise CLIError(f"{client!r}: no matching backup files available") from None
-    if bar is not None:
-        bar.done()
+        raise CLIError(f"{client!r}: no matching backup files available (the replica holds no files)") from None
+    except UnservableTargetError as exc:
+        raise CLIError(f"{client!r}: {exc}") from None
+    finally:
+        if bar is not None:
+            bar.done()
+    if result is None:
+        print(f"database already exists, skipping restore: {out}", file=sys.stderr)
+        return 0
     if args.json:
         print(
             json.dumps(

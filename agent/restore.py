@@ -2,14 +2,18 @@
 
 The output is assembled in `<out>.tmp`, checked (every input's checksum, TXID contiguity, pages
 1..Commit all present, optionally `PRAGMA integrity_check`), fsynced and renamed: a failed restore
-never leaves a database behind.
+never leaves a database behind, and never touches the one already there. What happens to an
+existing output (`IfExists`) is decided here, for every caller: the CLI, the restore init container
+and the in-place restore Job.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import os
+import shutil
 import sqlite3
 import tempfile
 from collections.abc import Callable
@@ -19,7 +23,7 @@ from pathlib import Path
 
 from . import ltx
 from .sqlite import lock_pgno
-from .storage import SNAPSHOT_LEVEL, FileInfo, NotFound, ReplicaClient
+from .storage import SNAPSHOT_LEVEL, FileInfo, NotFound, ReplicaClient, format_timestamp
 from .storage.file import fsync_dir
 
 MAX_LEVEL = SNAPSHOT_LEVEL
@@ -34,7 +38,28 @@ class RestoreError(RuntimeError):
 
 
 class NoBackupError(RestoreError):
-    """The replica has no files that can restore the requested point."""
+    """The replica holds no files at all (the only case `-if-replica-exists` skips)."""
+
+
+class UnservableTargetError(RestoreError):
+    """The replica has files, but none that restore the requested TXID or timestamp."""
+
+
+class OutputExistsError(RestoreError):
+    """The output, or a -wal/-shm/-journal beside it, exists and the policy forbids touching it."""
+
+
+class IfExists(enum.Enum):
+    """What a restore does when its output already exists."""
+
+    FAIL = "fail"  # refuse (the default)
+    SKIP = "skip"  # -if-db-not-exists: keep it, restore nothing
+    REPLACE = "replace"  # -force: replace it, and its -wal/-shm/-journal, by the final rename
+
+
+# Files SQLite reads beside a database: a -wal is applied and a hot -journal rolled back whatever
+# database wrote them, so none may outlive the database they belong to.
+SIDECARS = ("-wal", "-shm", "-journal")
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,10 +111,35 @@ def plan(
                     f"non-contiguous ltx files: level {f.level} file {f.name} starts after txid {current}"
                 )
     if not chosen or (txid is not None and current < txid):
-        raise NoBackupError("no matching backup files available")
+        if not any(levels.values()):
+            raise NoBackupError("no matching backup files available: the replica holds no files")
+        if txid is not None:
+            point = f"txid {txid:016x}"
+        elif timestamp is not None:
+            point = f"timestamp {format_timestamp(timestamp)}"
+        else:
+            raise RestoreError("no snapshot to start from: no file begins at txid 1")
+        raise UnservableTargetError(f"no matching backup files available for {point}: {restorable_range(levels)}")
     if chosen[0].min_txid != 1:
         raise RestoreError(f"no snapshot to start from: the first file is {chosen[0].name} (level {chosen[0].level})")
     return chosen
+
+
+def restorable_range(levels: dict[int, list[FileInfo]]) -> str:
+    """The earliest and latest point the replica can restore, in words: TXIDs and creation times."""
+    starts = [f for files in levels.values() for f in files if f.min_txid == 1]
+    if not starts:
+        return "the replica holds no snapshot to start from"
+    try:
+        last = plan(levels)[-1]
+    except RestoreError as exc:
+        return f"the replica cannot restore its latest state ({exc})"
+    first_txid = min(f.max_txid for f in starts)
+    first_time = min(f.created_at for f in starts)
+    return (
+        f"the replica can restore from txid {first_txid:016x} (created {format_timestamp(first_time)}) "
+        f"to txid {last.max_txid:016x} (created {format_timestamp(last.created_at)})"
+    )
 
 
 async def list_levels(client: ReplicaClient, use_metadata: bool = False) -> dict[int, list[FileInfo]]:
@@ -183,6 +233,31 @@ def _integrity_check(path: Path, mode: str) -> str:
     return "ok" if rows == [("ok",)] else "; ".join(str(r[0]) for r in rows[:5])
 
 
+def check_output(out: Path, if_exists: IfExists) -> bool:
+    """Whether a restore into `out` goes ahead under `if_exists` (False: skip it, the database
+    exists). Raises OutputExistsError when the policy forbids it.
+
+    A -wal, -shm or -journal beside a missing database is refused, not removed: nothing proves
+    whose it is (it may hold the only copy of commits of a database deleted by hand), and left in
+    place SQLite would apply it to the restored file. Only -force (REPLACE) removes it, as it
+    would the database's own.
+    """
+    if os.path.lexists(out):
+        if if_exists is IfExists.FAIL:
+            raise OutputExistsError(f"output database already exists: {out} (use -force to overwrite)")
+        return if_exists is IfExists.REPLACE
+    if if_exists is not IfExists.REPLACE:
+        for suffix in SIDECARS:
+            if os.path.lexists(f"{out}{suffix}"):
+                raise OutputExistsError(
+                    f"{out}{suffix} exists but {out} does not: SQLite would apply it to the restored "
+                    "database; remove it, or restore with -force"
+                )
+    if not out.parent.is_dir():
+        raise RestoreError(f"output directory does not exist: {out.parent}")
+    return True
+
+
 async def restore(
     client: ReplicaClient,
     output: str,
@@ -191,10 +266,18 @@ async def restore(
     timestamp: datetime | None = None,
     parallelism: int = 8,
     integrity_check: str = "none",
+    if_exists: IfExists = IfExists.FAIL,
     progress: Callable[[int], None] | None = None,
-) -> RestoreResult:
-    """Restore the replica into `output` (which must not exist): latest, or as of txid/timestamp."""
+) -> RestoreResult | None:
+    """Restore the replica into `output`: latest, or as of txid/timestamp.
+
+    An existing output is handled per `if_exists` (None: skipped). Whatever the policy, an existing
+    database is only ever replaced by the final rename of a verified restore: any failure before
+    leaves it, and its -wal/-shm, as they were.
+    """
     out = Path(output).absolute()
+    if not check_output(out, if_exists):
+        return None
     tmp = out.with_name(out.name + ".tmp")
     with tempfile.TemporaryDirectory(prefix=".lifeboat-restore-", dir=out.parent) as work:
         files, paths = await _fetch_plan(client, Path(work), txid, timestamp, parallelism)
@@ -203,16 +286,48 @@ async def restore(
             check = await asyncio.to_thread(_integrity_check, tmp, integrity_check)
             if check not in ("ok", "skipped"):
                 raise RestoreError(f"{out}: integrity check failed: {check}")
+            # Again: the output may have appeared during the download.
+            if not check_output(out, if_exists):
+                _remove(tmp)
+                return None
+            _install(tmp, out, Path(work))
         except ltx.LTXError as exc:
             _remove(tmp)
             raise RestoreError(str(exc)) from None
         except BaseException:
             _remove(tmp)
             raise
-    os.replace(tmp, out)
-    fsync_dir(out.parent)
     last = files[-1]
     return RestoreResult(str(out), last.max_txid, last.created_at, len(files), check)
+
+
+def _install(tmp: Path, out: Path, aside: Path) -> None:
+    """Rename the verified `tmp` to `out`, replacing `out` and leaving none of its -wal/-shm/-journal.
+
+    Order matters. SQLite applies a -wal (and rolls back a hot -journal) found beside a database
+    whichever database wrote it, so the old ones must be gone before the new file takes the name:
+    the other way round, a crash or an app opening the file between the two steps would mix the old
+    WAL's pages into the restored ones. They are moved aside into the restore's work directory
+    (a rename on the same filesystem), not deleted: a crash between the two renames leaves the old
+    database and, in the work directory, its WAL, so nothing is lost and nothing mixed; a failed
+    final rename puts them back. Everything else that can fail (download, checksums, integrity)
+    is over by now.
+    """
+    moved: list[tuple[Path, Path]] = []
+    try:
+        for suffix in SIDECARS:
+            sidecar = Path(f"{out}{suffix}")
+            if os.path.lexists(sidecar):
+                os.replace(sidecar, aside / sidecar.name)
+                moved.append((aside / sidecar.name, sidecar))
+        with contextlib.suppress(FileNotFoundError):
+            shutil.copymode(out, tmp)  # the replaced database's permissions
+        os.replace(tmp, out)
+    except BaseException:
+        for parked, sidecar in reversed(moved):
+            os.replace(parked, sidecar)
+        raise
+    fsync_dir(out.parent)
 
 
 async def _download_all(client: ReplicaClient, files: list[FileInfo], paths: list[Path], parallelism: int) -> None:

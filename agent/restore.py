@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import logging
 import os
 import shutil
 import sqlite3
@@ -22,15 +23,25 @@ from datetime import datetime
 from pathlib import Path
 
 from . import ltx
+from .progress import Transfer
 from .sqlite import lock_pgno
-from .storage import SNAPSHOT_LEVEL, FileInfo, NotFound, ReplicaClient, format_timestamp
+from .storage import SNAPSHOT_LEVEL, FileInfo, NotFound, ReplicaClient, Transient, format_timestamp
 from .storage.file import fsync_dir
+from .storage.retry import retry
+
+log = logging.getLogger("lifeboat")
+Report = Callable[[Transfer], None]
 
 MAX_LEVEL = SNAPSHOT_LEVEL
 REPLAN_ATTEMPTS = 3
 # A snapshot's pages come in order: writing runs of them with one pwritev each saves a system call
 # per page. 256 pages stay within IOV_MAX (1024) and bound what is held at once.
 WRITE_RUN_PAGES = 256
+# A download that fails without progress: tries, and the full-jitter backoff between them (at most
+# about 15 s of waiting in all, on top of what a backend's SDK retries by itself).
+DOWNLOAD_ATTEMPTS = 5
+DOWNLOAD_BACKOFF = 0.5
+DOWNLOAD_BACKOFF_CAP = 8.0
 
 
 class RestoreError(RuntimeError):
@@ -143,22 +154,50 @@ def restorable_range(levels: dict[int, list[FileInfo]]) -> str:
 
 
 async def list_levels(client: ReplicaClient, use_metadata: bool = False) -> dict[int, list[FileInfo]]:
-    """Every level's files."""
-    results = await asyncio.gather(*(client.ltx_files(lvl, 0, use_metadata) for lvl in range(MAX_LEVEL + 1)))
+    """Every level's files (each listing retried with backoff on transient errors)."""
+
+    async def listing(level: int) -> list[FileInfo]:
+        return await retry(
+            lambda: client.ltx_files(level, 0, use_metadata),
+            attempts=DOWNLOAD_ATTEMPTS, base=DOWNLOAD_BACKOFF, cap=DOWNLOAD_BACKOFF_CAP,
+        )
+
+    results = await asyncio.gather(*(listing(lvl) for lvl in range(MAX_LEVEL + 1)))
     return {lvl: files for lvl, files in enumerate(results) if files}
 
 
-async def _download(client: ReplicaClient, info: FileInfo, dest: Path) -> None:
+async def _download(client: ReplicaClient, info: FileInfo, dest: Path, transfer: Transfer, report: Report) -> None:
+    """Fetch one file into `dest`. A broken stream resumes by range where it stopped (at once: it
+    made progress); a failure with no progress is retried with backoff, and surfaces when the tries
+    run out. One reset connection costs one request, never the multi-GB download before it."""
+    name = f"level {info.level} file {info.name}"
     with open(dest, "wb") as f:
-        async for chunk in client.open_ltx_file(info.level, info.min_txid, info.max_txid):
-            f.write(chunk)
-    if os.path.getsize(dest) != info.size and info.size:
-        raise RestoreError(
-            f"level {info.level} file {info.name}: downloaded {os.path.getsize(dest)} bytes, listing says {info.size}"
-        )
+
+        async def rest() -> bool:
+            start = f.tell()
+            try:
+                async for chunk in client.open_ltx_file(info.level, info.min_txid, info.max_txid, offset=start):
+                    f.write(chunk)
+                    transfer.bytes += len(chunk)
+                    report(transfer)
+            except Transient as exc:
+                if f.tell() == start:
+                    raise
+                log.warning("%s: %s; resuming at byte %d", name, exc, f.tell())
+                return False
+            # A stream that ended early without an error (a proxy closing cleanly) resumes too.
+            return not (info.size and start < f.tell() < info.size)
+
+        while not await retry(rest, attempts=DOWNLOAD_ATTEMPTS, base=DOWNLOAD_BACKOFF, cap=DOWNLOAD_BACKOFF_CAP):
+            pass
+        size = f.tell()
+    if size != info.size and info.size:
+        raise RestoreError(f"{name}: downloaded {size} bytes, listing says {info.size}")
+    transfer.files += 1
+    report(transfer)
 
 
-def _apply(files: list[tuple[FileInfo, Path]], out: Path, progress: Callable[[int], None] | None) -> int:
+def _apply(files: list[tuple[FileInfo, Path]], out: Path) -> int:
     """Write every file's pages into `out` in order (newest wins); returns the final commit."""
     page_size = 0
     commit = 0
@@ -203,8 +242,6 @@ def _apply(files: list[tuple[FileInfo, Path]], out: Path, progress: Callable[[in
                 if run:  # before the next file, whose pages may overwrite these
                     os.pwritev(fd, run, (first - 1) * page_size)
                 prev_max = h.max_txid
-            if progress is not None:
-                progress(info.size)
         lock = lock_pgno(page_size)
         missing = [p for p in range(1, commit + 1) if not present[p] and p != lock][:5]
         if missing:
@@ -267,22 +304,22 @@ async def restore(
     parallelism: int = 8,
     integrity_check: str = "none",
     if_exists: IfExists = IfExists.FAIL,
-    progress: Callable[[int], None] | None = None,
+    progress: Report | None = None,
 ) -> RestoreResult | None:
     """Restore the replica into `output`: latest, or as of txid/timestamp.
 
     An existing output is handled per `if_exists` (None: skipped). Whatever the policy, an existing
     database is only ever replaced by the final rename of a verified restore: any failure before
-    leaves it, and its -wal/-shm, as they were.
+    leaves it, and its -wal/-shm, as they were. `progress` is called as the downloads advance.
     """
     out = Path(output).absolute()
     if not check_output(out, if_exists):
         return None
     tmp = out.with_name(out.name + ".tmp")
     with tempfile.TemporaryDirectory(prefix=".lifeboat-restore-", dir=out.parent) as work:
-        files, paths = await _fetch_plan(client, Path(work), txid, timestamp, parallelism)
+        files, paths = await _fetch_plan(client, Path(work), txid, timestamp, parallelism, progress or _quiet)
         try:
-            await asyncio.to_thread(_apply, list(zip(files, paths, strict=True)), tmp, progress)
+            await asyncio.to_thread(_apply, list(zip(files, paths, strict=True)), tmp)
             check = await asyncio.to_thread(_integrity_check, tmp, integrity_check)
             if check not in ("ok", "skipped"):
                 raise RestoreError(f"{out}: integrity check failed: {check}")
@@ -330,18 +367,27 @@ def _install(tmp: Path, out: Path, aside: Path) -> None:
     fsync_dir(out.parent)
 
 
-async def _download_all(client: ReplicaClient, files: list[FileInfo], paths: list[Path], parallelism: int) -> None:
+async def _download_all(
+    client: ReplicaClient, files: list[FileInfo], paths: list[Path], parallelism: int, report: Report
+) -> None:
     sem = asyncio.Semaphore(max(1, parallelism))
+    transfer = Transfer(len(files), sum(f.size for f in files))
+    report(transfer)
 
     async def fetch(info: FileInfo, dest: Path) -> None:
         async with sem:
-            await _download(client, info, dest)
+            await _download(client, info, dest, transfer, report)
 
-    await asyncio.gather(*(fetch(f, p) for f, p in zip(files, paths, strict=True)))
+    # Every download runs to its end before the first error is raised: none is left writing into
+    # the work directory while a new plan downloads there, or cancelled mid-read at shutdown.
+    results = await asyncio.gather(*(fetch(f, p) for f, p in zip(files, paths, strict=True)), return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
 
 
 async def _fetch_plan(
-    client: ReplicaClient, work: Path, txid: int | None, timestamp: datetime | None, parallelism: int
+    client: ReplicaClient, work: Path, txid: int | None, timestamp: datetime | None, parallelism: int, report: Report
 ) -> tuple[list[FileInfo], list[Path]]:
     """Plan and download. A file deleted between listing and download (retention or compaction of
     a running agent) makes the plan stale, not the restore impossible: plan again."""
@@ -350,12 +396,16 @@ async def _fetch_plan(
         files = plan(levels, txid=txid, timestamp=timestamp)
         paths = [work / f"{i:06d}-{f.level}-{f.name}" for i, f in enumerate(files)]
         try:
-            await _download_all(client, files, paths, parallelism)
+            await _download_all(client, files, paths, parallelism, report)
             return files, paths
         except NotFound:
             if attempt == REPLAN_ATTEMPTS - 1:
                 raise
     raise AssertionError("unreachable")
+
+
+def _quiet(_: Transfer) -> None:
+    pass
 
 
 def _remove(path: Path) -> None:

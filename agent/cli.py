@@ -23,7 +23,8 @@ from typing import Any, TypeVar
 from . import config as cfgmod
 from .db import DatabaseError, default_meta_dir
 from .ltx import LTXError
-from .restore import NoBackupError, RestoreError, list_levels, plan, restore
+from .progress import Progress
+from .restore import IfExists, NoBackupError, RestoreError, UnservableTargetError, list_levels, plan, restore
 from .sqlite import SQLiteFormatError
 from .storage import ConfigError, ReplicaClient, StorageError, new_client, parse_timestamp
 
@@ -220,39 +221,32 @@ def cmd_restore(args: argparse.Namespace) -> int:
     if check not in ("none", "quick", "full"):
         raise CLIError(f"invalid -integrity-check {args.integrity_check!r}: expected none, quick or full")
     out = os.path.abspath(output)
-    if os.path.exists(out) and not args.dry_run:
-        if args.if_db_not_exists:
-            print(f"database already exists, skipping restore: {out}", file=sys.stderr)
-            return 0
-        if not args.force:
-            raise CLIError(f"output database already exists: {out} (use -force to overwrite)")
-    if not os.path.isdir(os.path.dirname(out)):
-        raise CLIError(f"output directory does not exist: {os.path.dirname(out)}")
     if args.dry_run:
         return _run_with(client, _dry_run(client, txid, ts, args.json))
-    if args.force and not args.dry_run:
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            if os.path.exists(out + suffix):
-                os.unlink(out + suffix)
+    # -if-db-not-exists first, as Litestream: with both flags an existing database is kept.
+    if_exists = IfExists.SKIP if args.if_db_not_exists else IfExists.REPLACE if args.force else IfExists.FAIL
     started = time.monotonic()
-    bar = _Progress() if sys.stderr.isatty() and not args.json else None
+    bar = Progress()
     try:
         result = _run_with(
             client,
             restore(
                 client, out, txid=txid, timestamp=ts, parallelism=args.parallelism, integrity_check=check,
-                progress=bar,
+                if_exists=if_exists, progress=bar,
             ),
         )
     except NoBackupError:
-        if bar is not None:
-            bar.done()
         if args.if_replica_exists:
             print(f"no backup found in {client!r}, skipping restore", file=sys.stderr)
             return 0
-        raise CLIError(f"{client!r}: no matching backup files available") from None
-    if bar is not None:
+        raise CLIError(f"{client!r}: no matching backup files available (the replica holds no files)") from None
+    except UnservableTargetError as exc:
+        raise CLIError(f"{client!r}: {exc}") from None
+    finally:
         bar.done()
+    if result is None:
+        print(f"database already exists, skipping restore: {out}", file=sys.stderr)
+        return 0
     if args.json:
         print(
             json.dumps(
@@ -268,36 +262,6 @@ def cmd_restore(args: argparse.Namespace) -> int:
     else:
         print(f"restored {result.path} to txid {result.txid:016x} from {result.files} file(s)", file=sys.stderr)
     return 0
-
-
-class _Progress:
-    """A one-line progress indicator on a terminal's stderr (bytes of LTX applied, files, rate)."""
-
-    def __init__(self) -> None:
-        self.bytes = 0
-        self.files = 0
-        self.started = time.monotonic()
-        self._shown = 0.0
-
-    def __call__(self, nbytes: int) -> None:
-        self.bytes += nbytes
-        self.files += 1
-        now = time.monotonic()
-        if now - self._shown >= 0.1:
-            self._shown = now
-            self._draw(now)
-
-    def _draw(self, now: float) -> None:
-        mib = self.bytes / (1 << 20)
-        rate = mib / max(now - self.started, 1e-6)
-        sys.stderr.write(f"\rrestoring: {mib:,.1f} MiB from {self.files} file(s), {rate:,.1f} MiB/s\x1b[K")
-        sys.stderr.flush()
-
-    def done(self) -> None:
-        if self.files:
-            self._draw(time.monotonic())
-            sys.stderr.write("\n")
-            sys.stderr.flush()
 
 
 async def _dry_run(client: ReplicaClient, txid: int | None, ts: datetime | None, as_json: bool) -> int:

@@ -2,14 +2,19 @@
 
 The output is assembled in `<out>.tmp`, checked (every input's checksum, TXID contiguity, pages
 1..Commit all present, optionally `PRAGMA integrity_check`), fsynced and renamed: a failed restore
-never leaves a database behind.
+never leaves a database behind, and never touches the one already there. What happens to an
+existing output (`IfExists`) is decided here, for every caller: the CLI, the restore init container
+and the in-place restore Job.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
+import logging
 import os
+import shutil
 import sqlite3
 import tempfile
 from collections.abc import Callable
@@ -18,15 +23,25 @@ from datetime import datetime
 from pathlib import Path
 
 from . import ltx
+from .progress import Transfer
 from .sqlite import lock_pgno
-from .storage import SNAPSHOT_LEVEL, FileInfo, NotFound, ReplicaClient
+from .storage import SNAPSHOT_LEVEL, FileInfo, NotFound, ReplicaClient, Transient, format_timestamp
 from .storage.file import fsync_dir
+from .storage.retry import retry
+
+log = logging.getLogger("lifeboat")
+Report = Callable[[Transfer], None]
 
 MAX_LEVEL = SNAPSHOT_LEVEL
 REPLAN_ATTEMPTS = 3
 # A snapshot's pages come in order: writing runs of them with one pwritev each saves a system call
 # per page. 256 pages stay within IOV_MAX (1024) and bound what is held at once.
 WRITE_RUN_PAGES = 256
+# A download that fails without progress: tries, and the full-jitter backoff between them (at most
+# about 15 s of waiting in all, on top of what a backend's SDK retries by itself).
+DOWNLOAD_ATTEMPTS = 5
+DOWNLOAD_BACKOFF = 0.5
+DOWNLOAD_BACKOFF_CAP = 8.0
 
 
 class RestoreError(RuntimeError):
@@ -34,7 +49,28 @@ class RestoreError(RuntimeError):
 
 
 class NoBackupError(RestoreError):
-    """The replica has no files that can restore the requested point."""
+    """The replica holds no files at all (the only case `-if-replica-exists` skips)."""
+
+
+class UnservableTargetError(RestoreError):
+    """The replica has files, but none that restore the requested TXID or timestamp."""
+
+
+class OutputExistsError(RestoreError):
+    """The output, or a -wal/-shm/-journal beside it, exists and the policy forbids touching it."""
+
+
+class IfExists(enum.Enum):
+    """What a restore does when its output already exists."""
+
+    FAIL = "fail"  # refuse (the default)
+    SKIP = "skip"  # -if-db-not-exists: keep it, restore nothing
+    REPLACE = "replace"  # -force: replace it, and its -wal/-shm/-journal, by the final rename
+
+
+# Files SQLite reads beside a database: a -wal is applied and a hot -journal rolled back whatever
+# database wrote them, so none may outlive the database they belong to.
+SIDECARS = ("-wal", "-shm", "-journal")
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,29 +122,82 @@ def plan(
                     f"non-contiguous ltx files: level {f.level} file {f.name} starts after txid {current}"
                 )
     if not chosen or (txid is not None and current < txid):
-        raise NoBackupError("no matching backup files available")
+        if not any(levels.values()):
+            raise NoBackupError("no matching backup files available: the replica holds no files")
+        if txid is not None:
+            point = f"txid {txid:016x}"
+        elif timestamp is not None:
+            point = f"timestamp {format_timestamp(timestamp)}"
+        else:
+            raise RestoreError("no snapshot to start from: no file begins at txid 1")
+        raise UnservableTargetError(f"no matching backup files available for {point}: {restorable_range(levels)}")
     if chosen[0].min_txid != 1:
         raise RestoreError(f"no snapshot to start from: the first file is {chosen[0].name} (level {chosen[0].level})")
     return chosen
 
 
+def restorable_range(levels: dict[int, list[FileInfo]]) -> str:
+    """The earliest and latest point the replica can restore, in words: TXIDs and creation times."""
+    starts = [f for files in levels.values() for f in files if f.min_txid == 1]
+    if not starts:
+        return "the replica holds no snapshot to start from"
+    try:
+        last = plan(levels)[-1]
+    except RestoreError as exc:
+        return f"the replica cannot restore its latest state ({exc})"
+    first_txid = min(f.max_txid for f in starts)
+    first_time = min(f.created_at for f in starts)
+    return (
+        f"the replica can restore from txid {first_txid:016x} (created {format_timestamp(first_time)}) "
+        f"to txid {last.max_txid:016x} (created {format_timestamp(last.created_at)})"
+    )
+
+
 async def list_levels(client: ReplicaClient, use_metadata: bool = False) -> dict[int, list[FileInfo]]:
-    """Every level's files."""
-    results = await asyncio.gather(*(client.ltx_files(lvl, 0, use_metadata) for lvl in range(MAX_LEVEL + 1)))
+    """Every level's files (each listing retried with backoff on transient errors)."""
+
+    async def listing(level: int) -> list[FileInfo]:
+        return await retry(
+            lambda: client.ltx_files(level, 0, use_metadata),
+            attempts=DOWNLOAD_ATTEMPTS, base=DOWNLOAD_BACKOFF, cap=DOWNLOAD_BACKOFF_CAP,
+        )
+
+    results = await asyncio.gather(*(listing(lvl) for lvl in range(MAX_LEVEL + 1)))
     return {lvl: files for lvl, files in enumerate(results) if files}
 
 
-async def _download(client: ReplicaClient, info: FileInfo, dest: Path) -> None:
+async def _download(client: ReplicaClient, info: FileInfo, dest: Path, transfer: Transfer, report: Report) -> None:
+    """Fetch one file into `dest`. A broken stream resumes by range where it stopped (at once: it
+    made progress); a failure with no progress is retried with backoff, and surfaces when the tries
+    run out. One reset connection costs one request, never the multi-GB download before it."""
+    name = f"level {info.level} file {info.name}"
     with open(dest, "wb") as f:
-        async for chunk in client.open_ltx_file(info.level, info.min_txid, info.max_txid):
-            f.write(chunk)
-    if os.path.getsize(dest) != info.size and info.size:
-        raise RestoreError(
-            f"level {info.level} file {info.name}: downloaded {os.path.getsize(dest)} bytes, listing says {info.size}"
-        )
+
+        async def rest() -> bool:
+            start = f.tell()
+            try:
+                async for chunk in client.open_ltx_file(info.level, info.min_txid, info.max_txid, offset=start):
+                    f.write(chunk)
+                    transfer.bytes += len(chunk)
+                    report(transfer)
+            except Transient as exc:
+                if f.tell() == start:
+                    raise
+                log.warning("%s: %s; resuming at byte %d", name, exc, f.tell())
+                return False
+            # A stream that ended early without an error (a proxy closing cleanly) resumes too.
+            return not (info.size and start < f.tell() < info.size)
+
+        while not await retry(rest, attempts=DOWNLOAD_ATTEMPTS, base=DOWNLOAD_BACKOFF, cap=DOWNLOAD_BACKOFF_CAP):
+            pass
+        size = f.tell()
+    if size != info.size and info.size:
+        raise RestoreError(f"{name}: downloaded {size} bytes, listing says {info.size}")
+    transfer.files += 1
+    report(transfer)
 
 
-def _apply(files: list[tuple[FileInfo, Path]], out: Path, progress: Callable[[int], None] | None) -> int:
+def _apply(files: list[tuple[FileInfo, Path]], out: Path) -> int:
     """Write every file's pages into `out` in order (newest wins); returns the final commit."""
     page_size = 0
     commit = 0
@@ -153,8 +242,6 @@ def _apply(files: list[tuple[FileInfo, Path]], out: Path, progress: Callable[[in
                 if run:  # before the next file, whose pages may overwrite these
                     os.pwritev(fd, run, (first - 1) * page_size)
                 prev_max = h.max_txid
-            if progress is not None:
-                progress(info.size)
         lock = lock_pgno(page_size)
         missing = [p for p in range(1, commit + 1) if not present[p] and p != lock][:5]
         if missing:
@@ -183,6 +270,31 @@ def _integrity_check(path: Path, mode: str) -> str:
     return "ok" if rows == [("ok",)] else "; ".join(str(r[0]) for r in rows[:5])
 
 
+def check_output(out: Path, if_exists: IfExists) -> bool:
+    """Whether a restore into `out` goes ahead under `if_exists` (False: skip it, the database
+    exists). Raises OutputExistsError when the policy forbids it.
+
+    A -wal, -shm or -journal beside a missing database is refused, not removed: nothing proves
+    whose it is (it may hold the only copy of commits of a database deleted by hand), and left in
+    place SQLite would apply it to the restored file. Only -force (REPLACE) removes it, as it
+    would the database's own.
+    """
+    if os.path.lexists(out):
+        if if_exists is IfExists.FAIL:
+            raise OutputExistsError(f"output database already exists: {out} (use -force to overwrite)")
+        return if_exists is IfExists.REPLACE
+    if if_exists is not IfExists.REPLACE:
+        for suffix in SIDECARS:
+            if os.path.lexists(f"{out}{suffix}"):
+                raise OutputExistsError(
+                    f"{out}{suffix} exists but {out} does not: SQLite would apply it to the restored "
+                    "database; remove it, or restore with -force"
+                )
+    if not out.parent.is_dir():
+        raise RestoreError(f"output directory does not exist: {out.parent}")
+    return True
+
+
 async def restore(
     client: ReplicaClient,
     output: str,
@@ -191,42 +303,91 @@ async def restore(
     timestamp: datetime | None = None,
     parallelism: int = 8,
     integrity_check: str = "none",
-    progress: Callable[[int], None] | None = None,
-) -> RestoreResult:
-    """Restore the replica into `output` (which must not exist): latest, or as of txid/timestamp."""
+    if_exists: IfExists = IfExists.FAIL,
+    progress: Report | None = None,
+) -> RestoreResult | None:
+    """Restore the replica into `output`: latest, or as of txid/timestamp.
+
+    An existing output is handled per `if_exists` (None: skipped). Whatever the policy, an existing
+    database is only ever replaced by the final rename of a verified restore: any failure before
+    leaves it, and its -wal/-shm, as they were. `progress` is called as the downloads advance.
+    """
     out = Path(output).absolute()
+    if not check_output(out, if_exists):
+        return None
     tmp = out.with_name(out.name + ".tmp")
     with tempfile.TemporaryDirectory(prefix=".lifeboat-restore-", dir=out.parent) as work:
-        files, paths = await _fetch_plan(client, Path(work), txid, timestamp, parallelism)
+        files, paths = await _fetch_plan(client, Path(work), txid, timestamp, parallelism, progress or _quiet)
         try:
-            await asyncio.to_thread(_apply, list(zip(files, paths, strict=True)), tmp, progress)
+            await asyncio.to_thread(_apply, list(zip(files, paths, strict=True)), tmp)
             check = await asyncio.to_thread(_integrity_check, tmp, integrity_check)
             if check not in ("ok", "skipped"):
                 raise RestoreError(f"{out}: integrity check failed: {check}")
+            # Again: the output may have appeared during the download.
+            if not check_output(out, if_exists):
+                _remove(tmp)
+                return None
+            _install(tmp, out, Path(work))
         except ltx.LTXError as exc:
             _remove(tmp)
             raise RestoreError(str(exc)) from None
         except BaseException:
             _remove(tmp)
             raise
-    os.replace(tmp, out)
-    fsync_dir(out.parent)
     last = files[-1]
     return RestoreResult(str(out), last.max_txid, last.created_at, len(files), check)
 
 
-async def _download_all(client: ReplicaClient, files: list[FileInfo], paths: list[Path], parallelism: int) -> None:
+def _install(tmp: Path, out: Path, aside: Path) -> None:
+    """Rename the verified `tmp` to `out`, replacing `out` and leaving none of its -wal/-shm/-journal.
+
+    Order matters. SQLite applies a -wal (and rolls back a hot -journal) found beside a database
+    whichever database wrote it, so the old ones must be gone before the new file takes the name:
+    the other way round, a crash or an app opening the file between the two steps would mix the old
+    WAL's pages into the restored ones. They are moved aside into the restore's work directory
+    (a rename on the same filesystem), not deleted: a crash between the two renames leaves the old
+    database and, in the work directory, its WAL, so nothing is lost and nothing mixed; a failed
+    final rename puts them back. Everything else that can fail (download, checksums, integrity)
+    is over by now.
+    """
+    moved: list[tuple[Path, Path]] = []
+    try:
+        for suffix in SIDECARS:
+            sidecar = Path(f"{out}{suffix}")
+            if os.path.lexists(sidecar):
+                os.replace(sidecar, aside / sidecar.name)
+                moved.append((aside / sidecar.name, sidecar))
+        with contextlib.suppress(FileNotFoundError):
+            shutil.copymode(out, tmp)  # the replaced database's permissions
+        os.replace(tmp, out)
+    except BaseException:
+        for parked, sidecar in reversed(moved):
+            os.replace(parked, sidecar)
+        raise
+    fsync_dir(out.parent)
+
+
+async def _download_all(
+    client: ReplicaClient, files: list[FileInfo], paths: list[Path], parallelism: int, report: Report
+) -> None:
     sem = asyncio.Semaphore(max(1, parallelism))
+    transfer = Transfer(len(files), sum(f.size for f in files))
+    report(transfer)
 
     async def fetch(info: FileInfo, dest: Path) -> None:
         async with sem:
-            await _download(client, info, dest)
+            await _download(client, info, dest, transfer, report)
 
-    await asyncio.gather(*(fetch(f, p) for f, p in zip(files, paths, strict=True)))
+    # Every download runs to its end before the first error is raised: none is left writing into
+    # the work directory while a new plan downloads there, or cancelled mid-read at shutdown.
+    results = await asyncio.gather(*(fetch(f, p) for f, p in zip(files, paths, strict=True)), return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
 
 
 async def _fetch_plan(
-    client: ReplicaClient, work: Path, txid: int | None, timestamp: datetime | None, parallelism: int
+    client: ReplicaClient, work: Path, txid: int | None, timestamp: datetime | None, parallelism: int, report: Report
 ) -> tuple[list[FileInfo], list[Path]]:
     """Plan and download. A file deleted between listing and download (retention or compaction of
     a running agent) makes the plan stale, not the restore impossible: plan again."""
@@ -235,12 +396,16 @@ async def _fetch_plan(
         files = plan(levels, txid=txid, timestamp=timestamp)
         paths = [work / f"{i:06d}-{f.level}-{f.name}" for i, f in enumerate(files)]
         try:
-            await _download_all(client, files, paths, parallelism)
+            await _download_all(client, files, paths, parallelism, report)
             return files, paths
         except NotFound:
             if attempt == REPLAN_ATTEMPTS - 1:
                 raise
     raise AssertionError("unreachable")
+
+
+def _quiet(_: Transfer) -> None:
+    pass
 
 
 def _remove(path: Path) -> None:

@@ -2,7 +2,8 @@
 
 * SQLiteReplica create/update/resume → the agent ConfigMap (owned by the replica), the Secret check,
   ``ConfigReady`` and ``CredentialsReady`` conditions and Events;
-* a timer → every labelled pod's agent ``/status`` into ``status.pods`` and the ``Ready`` condition;
+* a timer → every labelled pod's agent ``/status`` into ``status.pods`` and the ``Ready`` condition, and
+  its restore init container's failure into the ``Restored`` condition;
 * admission: pods are mutated by :func:`lifeboat.operator.injection.inject`, SQLiteReplicas validated
   by :func:`lifeboat.operator.spec.problems`.
 
@@ -36,6 +37,7 @@ CONFIG_READY = "ConfigReady"
 CREDENTIALS_READY = "CredentialsReady"
 READY = "Ready"
 CONFIG_APPLIED = "ConfigApplied"
+RESTORED = "Restored"
 # A condition's (status, reason, message).
 Verdict = tuple[str, str, str]
 STATUS_INTERVAL = 15.0
@@ -232,12 +234,13 @@ async def collect_status(
         CREDENTIALS_READY: await _credentials_verdict(memo.kube, namespace, spec),
         READY: statuses.readiness(summary["pods"], specs.max_lag_seconds(spec)),
         CONFIG_APPLIED: statuses.config_applied(summary["pods"]),
+        RESTORED: statuses.restore_verdict(labelled),
         guards.SINGLE_WRITER: single_writer,
         guards.INJECTED: injected,
     }
     # An Event when a guard turns False (or its message changes), not on every round.
     previous = {c.get("type"): c for c in (body.get("status") or {}).get("conditions") or []}
-    for type_ in (guards.SINGLE_WRITER, guards.INJECTED, CONFIG_APPLIED):
+    for type_ in (guards.SINGLE_WRITER, guards.INJECTED, CONFIG_APPLIED, RESTORED):
         status_, reason, message = verdicts[type_]
         before = previous.get(type_) or {}
         if status_ == "False" and (before.get("status"), before.get("message")) != (status_, message):

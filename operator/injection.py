@@ -212,7 +212,10 @@ def _restore_container(base: Mapping[str, Any], spec: Mapping[str, Any]) -> dict
     elif restore.get("txid"):
         args += ["-txid", restore["txid"]]
     return {"name": RESTORE_CONTAINER, **copy.deepcopy(dict(base)),
-            "command": ["lifeboat"], "args": [*args, spec["database"]]}
+            "command": ["lifeboat"], "args": [*args, spec["database"]],
+            # A failed restore's error line becomes the termination message, which the operator
+            # repeats in the SQLiteReplica's Restored condition.
+            "terminationMessagePolicy": "FallbackToLogsOnError"}
 
 
 def _agent_container(base: Mapping[str, Any], port: int) -> dict[str, Any]:

@@ -10,6 +10,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from lifeboat.operator.injection import RESTORE_CONTAINER
+
+# The most of one pod's restore error a condition repeats (a message of many pods stays readable).
+MESSAGE_LIMIT = 1000
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,35 @@ def readiness(entries: Sequence[Mapping[str, Any]], max_lag: float) -> tuple[str
         worst = ", ".join(f"{e['name']} ({e['lagSeconds']:.1f}s)" for e in lagging)
         return "False", "Lagging", f"lag above {max_lag:g}s: {worst}"
     return "True", "Replicating", f"{len(entries)} pod(s) replicating within {max_lag:g}s"
+
+
+def restore_verdict(pods: Iterable[Mapping[str, Any]]) -> tuple[str, str, str]:
+    """(status, reason, message) of Restored: no labelled pod's restore init container has failed.
+
+    A failed container is ``terminated`` with a non-zero code (pod ``restartPolicy: Never``) or, being
+    retried, has that as its ``lastState``; a retry that succeeded is ``terminated`` with 0. The
+    message is the error line: the last line of the termination message, which the kubelet fills
+    from the log's tail (``terminationMessagePolicy: FallbackToLogsOnError``).
+    """
+    failures = []
+    for pod in pods:
+        for container in (pod.get("status") or {}).get("initContainerStatuses") or []:
+            if container.get("name") != RESTORE_CONTAINER:
+                continue
+            state = container.get("state") or {}
+            if "terminated" in state:
+                ended = state["terminated"]
+            else:  # waiting (back-off) or running (a retry): a failure is the last state
+                ended = (container.get("lastState") or {}).get("terminated")
+            if not ended or not ended.get("exitCode"):
+                continue
+            lines = [line for line in str(ended.get("message") or "").splitlines() if line.strip()]
+            why = lines[-1].strip()[-MESSAGE_LIMIT:] if lines else ended.get("reason") or "no message"
+            failures.append(f"pod {pod['metadata']['name']}: the restore init container exited "
+                            f"{ended['exitCode']}: {why}")
+    if failures:
+        return "False", "RestoreFailed", "; ".join(failures)
+    return "True", "NoFailure", "no pod's restore init container has failed"
 
 
 def config_applied(entries: Sequence[Mapping[str, Any]]) -> tuple[str, str, str]:

@@ -179,7 +179,9 @@ def translate(exc: BaseException, what: str) -> StorageError:
         if code in _TRANSIENT_CODES or status >= 500 or status == 429:
             return Transient(msg)
         return StorageError(msg)
-    if isinstance(exc, be.ConnectionError | be.HTTPClientError | ConnectionError | TimeoutError):
+    # IncompleteReadError: a body that ended early (a connection closed mid-download).
+    broken = be.ConnectionError | be.HTTPClientError | be.IncompleteReadError | ConnectionError | TimeoutError
+    if isinstance(exc, broken):
         return Transient(f"{what}: {exc}")
     if isinstance(exc, be.NoCredentialsError | be.PartialCredentialsError):
         return StorageError(f"{what}: no S3 credentials (set access-key-id/secret-access-key or AWS_*)")

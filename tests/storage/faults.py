@@ -9,6 +9,10 @@ Modes (set with `FaultProxy.set_mode`, one at a time; `None` forwards everything
   timeout), then the connection is closed
 - "reset": the connection is reset (RST, SO_LINGER 0) without an answer
 - "slow": each response is delayed by `delay` seconds, then forwarded intact
+- "cut": the first and then every `every`-th response body larger than `cut_over` bytes is sent with its full
+  Content-Length, but the connection breaks halfway through it (a download broken mid-body);
+  smaller ones pass. `ranges` records the Range header of every GET. Not in `MODES`: the write
+  workloads cycle those.
 
 In a fault mode, `every`-th request is hit (1: all of them); the others are forwarded to moto.
 `FlakyProxy` has no modes: every third request fails, alternately throttled and reset.
@@ -34,6 +38,7 @@ from replica_helpers import BUCKET, PORTS, S3_ENDPOINT, listening, s3_client
 MOTO_PORT = PORTS["s3"]
 MOTO_ENDPOINT = S3_ENDPOINT
 MODES = ("5xx", "throttle", "timeout", "reset", "slow")
+READ_MODES = ("cut",)
 _REPO = Path(__file__).resolve().parents[2]
 
 
@@ -58,6 +63,8 @@ class FaultProxy(ThreadingHTTPServer):
         self.upstream_port = upstream_port
         self.hang = hang
         self.delay = delay
+        self.cut_over = 64 << 10
+        self.ranges: list[str | None] = []
         self.mode: str | None = None
         self.every = 2
         self.requests = 0
@@ -76,15 +83,15 @@ class FaultProxy(ThreadingHTTPServer):
         return sum(self.injected.values())
 
     def set_mode(self, mode: str | None, every: int = 2) -> None:
-        assert mode is None or mode in MODES, mode
+        assert mode is None or mode in MODES + READ_MODES, mode
         with self._lock:
             self.mode, self.every, self._n = mode, max(1, every), 0
 
     def next_fault(self) -> str | None:
         with self._lock:
             self.requests += 1
-            if self.mode is None:
-                return None
+            if self.mode in (None, "cut"):
+                return self.mode  # "cut" counts in `cut_body`, among the bodies large enough
             self._n += 1
             if self._n % self.every:
                 return None
@@ -93,6 +100,17 @@ class FaultProxy(ThreadingHTTPServer):
                 fault = "500" if self.injected["5xx"] % 2 == 0 else "503"
             self.injected[self.mode] += 1
             return fault
+
+    def cut_body(self, size: int) -> bool:
+        """In "cut" mode: whether this body of `size` bytes is to be cut."""
+        with self._lock:
+            if size <= self.cut_over:
+                return False
+            self._n += 1
+            if (self._n - 1) % self.every:  # the first, then every `every`-th
+                return False
+            self.injected["cut"] += 1
+            return True
 
     def start(self) -> FaultProxy:
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
@@ -170,6 +188,9 @@ class _Handler(BaseHTTPRequestHandler):
             return self._reset()
         if fault == "slow":
             time.sleep(self.server.delay)
+        if self.command == "GET":
+            with self.server._lock:
+                self.server.ranges.append(self.headers.get("Range"))
         upstream = http.client.HTTPConnection("127.0.0.1", self.server.upstream_port, timeout=60)
         try:
             headers = {k: v for k, v in self.headers.items() if k.lower() not in ("expect", "connection")}
@@ -185,6 +206,14 @@ class _Handler(BaseHTTPRequestHandler):
         length = resp.getheader("Content-Length", "0") if self.command == "HEAD" else str(len(data))
         self.send_header("Content-Length", length)
         self.end_headers()
+        if fault == "cut" and self.command == "GET" and self.server.cut_body(len(data)):
+            self.wfile.write(data[: len(data) // 2])
+            self.wfile.flush()
+            # End of stream, then a reset once the client gave up: a reset alone may discard what
+            # the client had received but not yet read, which would make the progress random.
+            self.connection.shutdown(socket.SHUT_WR)
+            select.select([self.connection], [], [], 10)
+            return self._reset()
         if self.command != "HEAD":
             self.wfile.write(data)
         return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from lifeboat.agent.restore import NoBackupError, RestoreError, plan
+from lifeboat.agent.restore import NoBackupError, RestoreError, UnservableTargetError, plan
 from lifeboat.agent.storage import FileInfo
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -55,7 +55,7 @@ def test_txid_target() -> None:
     assert ids(plan(levels, txid=6)) == [(9, 1, 6)]
     assert ids(plan(levels, txid=8)) == [(9, 1, 6), (1, 5, 8)]
     assert ids(plan(levels, txid=10))[-1] == (0, 10, 10)
-    with pytest.raises(NoBackupError, match="no matching backup files available"):
+    with pytest.raises(UnservableTargetError, match="no matching backup files available"):
         plan(levels, txid=11)
 
 
@@ -63,7 +63,7 @@ def test_txid_target_only_on_file_boundaries() -> None:
     # without L0, a TXID inside a compacted file is not available
     levels = {1: [f(1, 1, 4), f(1, 5, 8)]}
     assert ids(plan(levels, txid=4)) == [(1, 1, 4)]
-    with pytest.raises(NoBackupError):
+    with pytest.raises(UnservableTargetError):
         plan(levels, txid=6)
 
 
@@ -74,7 +74,7 @@ def test_timestamp_target() -> None:
     assert ids(plan(levels, timestamp=T0 + timedelta(seconds=5, milliseconds=1))) == [(9, 1, 5)]
     assert ids(plan(levels, timestamp=T0 + timedelta(seconds=7, milliseconds=500))) == [
         (9, 1, 5), (0, 6, 6), (0, 7, 7)]
-    with pytest.raises(NoBackupError):
+    with pytest.raises(UnservableTargetError):
         plan(levels, timestamp=T0)
 
 
@@ -96,6 +96,18 @@ def test_no_start_at_txid_1() -> None:
         plan({0: l0(5, 7)})
     with pytest.raises(RestoreError):
         plan({1: [f(1, 3, 9)]})
+
+
+def test_unservable_target_names_the_restorable_range() -> None:
+    levels = {9: [f(9, 1, 6, t=60)], 0: l0(2, 10)}
+    with pytest.raises(UnservableTargetError) as err:
+        plan(levels, txid=11)
+    assert str(err.value) == (
+        "no matching backup files available for txid 000000000000000b: the replica can restore from txid "
+        "0000000000000006 (created 2026-01-01T00:01:00Z) to txid 000000000000000a (created 2026-01-01T00:00:10Z)"
+    )
+    with pytest.raises(UnservableTargetError, match=r"for timestamp 2026-01-01T00:00:30Z: .* txid 0+6 "):
+        plan(levels, timestamp=T0 + timedelta(seconds=30))
 
 
 def test_empty_replica() -> None:

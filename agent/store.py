@@ -32,8 +32,10 @@ log = logging.getLogger("lifeboat.store")
 
 Hook = Callable[[str, dict[str, Any]], None]
 # A writer publishes its commit in the wal-index microseconds after its last WAL write (the inotify
-# event); these delays cover a preempted writer too, before the stat poll takes over.
+# event); these delays cover a preempted writer too. A writer mid-transaction (frames spilled, no
+# commit yet) is then looked at every UNPUBLISHED_CAP seconds until it commits.
 UNPUBLISHED_RECHECKS = (0.002, 0.008, 0.032, 0.128)
+UNPUBLISHED_CAP = 1.0
 
 
 @dataclass
@@ -257,11 +259,16 @@ class DatabaseRunner:
                 self._changed.set()
 
     def _recheck_unpublished(self, unpublished: bool) -> None:
-        """Look again soon (2, 8, 32, 128 ms) while a writer has frames the wal-index does not show yet."""
-        if not unpublished or self._rechecks >= len(UNPUBLISHED_RECHECKS):
+        """Look again soon while a writer has frames the wal-index does not show yet: after 2, 8, 32
+        and 128 ms, then every `UNPUBLISHED_CAP` (or monitor-interval, if shorter) until they are
+        published. Never give up: the commit's own WAL event may already have been spent on a look
+        that came too early, and publishing it touches only the -shm, which nothing watches."""
+        if not unpublished:
             self._rechecks = 0
             return
-        asyncio.get_running_loop().call_later(UNPUBLISHED_RECHECKS[self._rechecks], self._changed.set)
+        cap = min(self.spec.monitor_interval, UNPUBLISHED_CAP)
+        delay = min(UNPUBLISHED_RECHECKS[self._rechecks], cap) if self._rechecks < len(UNPUBLISHED_RECHECKS) else cap
+        asyncio.get_running_loop().call_later(delay, self._changed.set)
         self._rechecks += 1
 
     async def _upload_loop(self, stop: asyncio.Event) -> None:

@@ -34,6 +34,7 @@ from typing import BinaryIO
 
 from . import ltx
 from .continuity import Continuity, FromFile, Resume, Seal, SnapshotRequired, database_checksum, ltx_file_checksum
+from .pagemap import PageMap
 from .sqlite import (
     WAL_FRAME_HEADER_SIZE,
     WAL_HEADER_SIZE,
@@ -103,7 +104,7 @@ class _Index:
 
 @dataclass
 class _WalScan:
-    latest: dict[int, int]  # pgno -> WAL file offset of its newest committed page data
+    latest: PageMap  # pgno -> WAL file offset of its newest committed page data
     commit: int  # database size in pages at the last commit frame (0: no commit found)
     end: int  # offset just past the last commit frame
     checksum: tuple[int, int]  # running checksum at `end`
@@ -244,7 +245,7 @@ class Database:
             if isinstance(self.state, SnapshotRequired):
                 return
             hdr = self._read_wal_header()
-            latest: dict[int, int] = {}
+            latest = PageMap()
             if hdr is not None:
                 pos = self._position(hdr)
                 if pos is None or self._index_end(hdr) != pos.offset:
@@ -525,11 +526,19 @@ class Database:
         latest, commit, end = scan.latest, scan.commit, scan.end
         lock = lock_pgno(ps)
 
+        def wanted() -> Iterator[int]:
+            # The pages the frames carry, then every page past the previous size: those no frame
+            # carries come from the database file. Ascending, without building a set of them all.
+            grown_from = min(self.commit, commit) + 1
+            for pgno in latest.pgnos():
+                if pgno >= grown_from:
+                    break
+                yield pgno
+            yield from range(grown_from, commit + 1)
+
         def pages() -> Iterator[tuple[int, bytes]]:
-            # Pages past the previous size that no frame carries come from the database file.
-            grown = range(self.commit + 1, commit + 1) if commit > self.commit else range(0)
-            for pgno in sorted(set(latest) | set(grown)):
-                if pgno > commit or pgno == lock:
+            for pgno in wanted():
+                if pgno == lock:
                     continue
                 off = latest.get(pgno)
                 yield pgno, (os.pread(self._wal_fd, ps, off) if off is not None else self._read_db_page(pgno))
@@ -574,8 +583,8 @@ class Database:
         a transaction larger than a window is simply followed into the next one. Stops at the WAL's
         valid end, at `stop_at`, or at the first commit boundary past `max_bytes`.
         """
-        scan = _WalScan(latest={}, commit=0, end=start, checksum=seed, more=False)
-        pending: dict[int, int] = {}
+        scan = _WalScan(latest=PageMap(), commit=0, end=start, checksum=seed, more=False)
+        pending = PageMap()
         fs = wal_hdr.frame_size
         window = max(fs, SCAN_WINDOW // fs * fs)
         offset = start
@@ -584,7 +593,7 @@ class Database:
             data = os.pread(self._wal_fd, want, offset)
             frames = scan_frames(data, offset, wal_hdr, seed)
             for fr in frames:
-                pending[fr.pgno] = fr.offset + WAL_FRAME_HEADER_SIZE
+                pending.set(fr.pgno, fr.offset + WAL_FRAME_HEADER_SIZE)
                 if fr.commit:
                     scan.latest.update(pending)
                     pending.clear()
@@ -598,7 +607,7 @@ class Database:
                 break
         return scan
 
-    def _full_pages(self, latest: dict[int, int], commit: int) -> Iterator[tuple[int, bytes]]:
+    def _full_pages(self, latest: PageMap, commit: int) -> Iterator[tuple[int, bytes]]:
         """Every page 1..commit but the lock page: from the WAL where it has one, else the file."""
         ps = self.page_size
         lock = lock_pgno(ps)
@@ -615,7 +624,7 @@ class Database:
         """A full-database L0 file at the next TXID: the database file overlaid with the whole WAL."""
         if isinstance(self.state, SnapshotRequired):
             log.info("%s: writing a full snapshot: %s", self.path, self.state.reason)
-        latest: dict[int, int] = {}
+        latest = PageMap()
         end, checksum, commit = WAL_HEADER_SIZE, (0, 0), 0
         if wal_hdr is not None:
             scan = self._scan_wal(wal_hdr, WAL_HEADER_SIZE, wal_hdr.checksum, stop_at=bound)
@@ -656,7 +665,7 @@ class Database:
             self._sync()
             if self.pos == 0:
                 raise DatabaseError(f"{self.path}: nothing to snapshot yet")
-            latest: dict[int, int] = {}
+            latest = PageMap()
             wal_hdr = self._read_wal_header()
             pos = self._position(wal_hdr) if wal_hdr is not None else None
             if pos is not None:

@@ -134,6 +134,8 @@ def _lifecycle(conf: cfgmod.Config) -> LifecycleSettings:
         l0_retention=conf.l0_retention,
         l0_retention_check_interval=conf.l0_retention_check_interval,
         retention_enabled=conf.retention_enabled,
+        validation_interval=conf.validation_interval or 0.0,
+        verify_compaction=conf.verify_compaction,
     )
 
 

@@ -205,7 +205,7 @@ async def _replicate(
         beat = Heartbeat(conf.heartbeat_url, conf.heartbeat_interval, metrics.registry)
         background.append(asyncio.create_task(beat.run(store.statuses, stop)))
     try:
-        await store.run(stop, conf.shutdown_sync_timeout)
+        await store.run(stop, conf.shutdown_sync_timeout, conf.shutdown_sync_interval)
     finally:
         for task in background:
             task.cancel()

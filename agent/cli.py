@@ -140,13 +140,16 @@ def _client_for(args: argparse.Namespace, target: str) -> tuple[ReplicaClient, c
 # ---- commands ----------------------------------------------------------------------------------
 
 
-def _setup_logging(level: str, kind: str = "text") -> None:
+def _setup_logging(level: str, kind: str = "text", *, stderr: bool | None = None, source: bool = False) -> None:
+    """Log records to stderr (Lifeboat's default), or to stdout when the config says
+    `logging.stderr: false` (Litestream's default); `source` adds the file and line of each record."""
     level = os.environ.get("LOG_LEVEL", level).upper()
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(sys.stdout if stderr is False else sys.stderr)
+    where = " %(pathname)s:%(lineno)d" if source else ""
     if kind == "json":
-        handler.setFormatter(_JSONFormatter())
+        handler.setFormatter(_JSONFormatter(source=source))
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s{where} %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(getattr(logging, level, logging.INFO))
@@ -156,6 +159,10 @@ def _setup_logging(level: str, kind: str = "text") -> None:
 
 
 class _JSONFormatter(logging.Formatter):
+    def __init__(self, *, source: bool = False) -> None:
+        super().__init__()
+        self.source = source
+
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
@@ -163,6 +170,8 @@ class _JSONFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        if self.source:
+            out["source"] = {"file": record.pathname, "line": record.lineno, "function": record.funcName}
         for key in ("event", "db", "replica"):  # structured context from `extra=`
             if getattr(record, key, None) is not None:
                 out[key] = getattr(record, key)
@@ -195,7 +204,9 @@ def cmd_replicate(args: argparse.Namespace) -> int:
         exec_argv = parse_command(exec_cmd) if exec_cmd else None
     except ValueError as exc:
         raise CLIError(str(exc)) from None
-    _setup_logging(args.log_level or conf.logging_level, conf.logging_type)
+    _setup_logging(
+        args.log_level or conf.logging_level, conf.logging_type, stderr=conf.logging_stderr, source=conf.logging_source
+    )
     # Imported here: the long-running machinery (numpy, prometheus-client, the HTTP server) would
     # only slow down and enlarge the one-shot commands, restore in an init container above all.
     from . import replicate_cmd

@@ -69,6 +69,15 @@ IGNORED_REPLICA_KEYS = {
     "retention-check-interval": "a Litestream 0.3 setting, unused by 0.5",
 }
 IGNORED_GLOBAL_KEYS = {"validation-interval": IGNORED_REPLICA_KEYS["validation-interval"]}
+# Set at all: a warning (Litestream's meaning has no counterpart here).
+IGNORED_REPLICA_SETTINGS = {
+    "max-sync-ltx-files": "lifeboat uploads every pending L0 file, in order, on each sync",
+}
+# Set to true: an error (Litestream's behaviour is not implemented; the default is what runs).
+UNSUPPORTED_REPLICA_FLAGS = {
+    "auto-recover": "auto-recover is not supported: a missing local L0 file stops uploads and is named in "
+    "the log; run `lifeboat reset DB` to start a new snapshot",
+}
 IGNORED_DB_KEYS = {"max-checkpoint-page-count": "a Litestream 0.3 setting, unused by 0.5"}
 
 COMMON_REPLICA = {"type", "url", "path", "sync-interval", "max-sync-ltx-files", "auto-recover", "age"}
@@ -121,6 +130,26 @@ UNSUPPORTED_TYPES = {
     "oss": "Alibaba OSS replicas are not supported by lifeboat",
 }
 
+# The keys of the global blocks, and of a replica's `age:` block.
+SUBKEYS: dict[str, set[str]] = {
+    "socket": {"enabled", "path", "permissions"},
+    "levels": {"interval"},
+    "snapshot": {"interval", "retention"},
+    "validation": {"interval"},
+    "retention": {"enabled"},
+    "logging": {"level", "type", "stderr", "source"},
+    "age": {"identities", "recipients"},
+}
+# The keys of the global blocks, and of a replica's `age:` block.
+SUBKEYS: dict[str, set[str]] = {
+    "socket": {"enabled", "path", "permissions"},
+    "levels": {"interval"},
+    "snapshot": {"interval", "retention"},
+    "validation": {"interval"},
+    "retention": {"enabled"},
+    "logging": {"level", "type", "stderr", "source"},
+    "age": {"identities", "recipients"},
+}
 GLOBAL_KEYS = {
     "dbs",
     "addr",

@@ -100,7 +100,7 @@ class Config:
     verify_compaction: bool = False
     logging_level: str = "info"
     logging_type: str = "text"
-    logging_stderr: bool = False
+    logging_stderr: bool | None = None  # None: stderr (Lifeboat's default); False: stdout, as Litestream
     logging_source: bool = False
     shutdown_sync_timeout: float = 30.0
     shutdown_sync_interval: float = 0.5

@@ -23,6 +23,7 @@ from .config_keys import (
     IGNORED_DB_KEYS,
     IGNORED_GLOBAL_KEYS,
     IGNORED_REPLICA_KEYS,
+    IGNORED_REPLICA_SETTINGS,
     LOG_LEVELS,
     LTX_PAGE_ENCODINGS,
     MAX_LEVELS,
@@ -30,7 +31,9 @@ from .config_keys import (
     MIN_PART_SIZE,
     REPLICA_KEYS,
     REPLICA_ONLY,
+    SUBKEYS,
     SUPPORTED_TYPES,
+    UNSUPPORTED_REPLICA_FLAGS,
     UNSUPPORTED_TYPES,
     YAML11_SHORT_BOOLS,
 )
@@ -49,6 +52,7 @@ class _Parser:
     def __init__(self, source: str) -> None:
         self.source = source
         self.secrets: set[str] = set()
+        self.applicable: set[str] = set()  # replica keys that apply to some configured replica
 
     # -- errors and warnings ------------------------------------------------------------------
 
@@ -251,7 +255,7 @@ class _Parser:
 
     def check_age(self, value: Any, path: str) -> None:
         node = self.mapping(value, path)
-        self.check_keys(node, path, {"identities", "recipients"}, {})
+        self.check_keys(node, path, SUBKEYS["age"], {})
         if any(not self.is_null(v) and v != [] for v in node.values()):
             raise self.error(
                 path,
@@ -296,9 +300,11 @@ class _Parser:
                 )
 
         applicable = COMMON_REPLICA | BACKEND_KEYS[kind]
+        self.applicable |= applicable
         for k in own:
             if k not in applicable:
                 self.warn(_join(path, k), f"does not apply to a {kind} replica; ignored")
+        self.check_unsupported(own, path, mapping_node)
 
         # Top-level defaults, only for settings this backend uses (Litestream's SetDefaults).
         settings = dict(own)
@@ -360,6 +366,7 @@ class _Parser:
         if url is not None:
             exclusive = {"path"} | ({"bucket"} if kind in ("s3", "gs", "abs") else set())
             exclusive |= {"host"} if kind == "sftp" else set()
+            exclusive |= {"bucket"} if kind == "nats" and parsed is not None and parsed.path.strip("/") else set()
             for k in sorted(exclusive):
                 if settings.get(k):
                     raise self.error(
@@ -380,6 +387,16 @@ class _Parser:
             max_sync_ltx_files=max_files,
             auto_recover=auto_recover,
         )
+
+    def check_unsupported(self, settings: Mapping[str, Any], path: str, node: Any) -> None:
+        """Replica settings whose Litestream behaviour Lifeboat does not have: a warning, or an error
+        when the setting asks for that behaviour."""
+        for k, why in IGNORED_REPLICA_SETTINGS.items():
+            if k in settings:
+                self.warn(_join(path, k), f"ignored ({why})")
+        for k, why in UNSUPPORTED_REPLICA_FLAGS.items():
+            if settings.get(k):
+                raise self.error(_join(path, k), why, node.get(k) if isinstance(node, dict) else None)
 
     def check_required(self, kind: str, s: Mapping[str, Any], parsed: Any, path: str, node: Any) -> None:
         if kind == "file":
@@ -406,7 +423,7 @@ class _Parser:
 
     def snapshot(self, node: Any, path: str) -> dict[str, float]:
         snap = self.mapping(node, path)
-        self.check_keys(snap, path, {"interval", "retention"}, {})
+        self.check_keys(snap, path, SUBKEYS["snapshot"], {})
         out: dict[str, float] = {}
         for k in ("interval", "retention"):
             if k in snap and not self.is_null(snap[k]):
@@ -535,7 +552,7 @@ class _Parser:
 
         if "socket" in get:
             sock = self.mapping(get["socket"], "socket")
-            self.check_keys(sock, "socket", {"enabled", "path", "permissions"}, {})
+            self.check_keys(sock, "socket", SUBKEYS["socket"], {})
             if not self.is_null(sock.get("enabled")):
                 cfg.socket_enabled = self.as_bool(sock["enabled"], "socket.enabled")
             if not self.is_null(sock.get("path")):
@@ -557,7 +574,7 @@ class _Parser:
             for i, lvl in enumerate(levels):
                 lp = f"levels[{i}]"
                 m = self.mapping(lvl, lp, "a mapping {interval: ...}")
-                self.check_keys(m, lp, {"interval"}, {})
+                self.check_keys(m, lp, SUBKEYS["levels"], {})
                 if self.is_null(m.get("interval")):
                     raise self.error(lp, "interval: is required", lvl)
                 cfg.levels.append(self.as_duration(m["interval"], f"{lp}.interval"))
@@ -568,12 +585,12 @@ class _Parser:
             cfg.snapshot_retention = snap.get("retention", cfg.snapshot_retention)
         if "validation" in get:
             val = self.mapping(get["validation"], "validation")
-            self.check_keys(val, "validation", {"interval"}, {})
+            self.check_keys(val, "validation", SUBKEYS["validation"], {})
             if not self.is_null(val.get("interval")):
                 cfg.validation_interval = self.as_duration(val["interval"], "validation.interval")
         if "retention" in get:
             ret = self.mapping(get["retention"], "retention", "a mapping {enabled: true|false}")
-            self.check_keys(ret, "retention", {"enabled"}, {})
+            self.check_keys(ret, "retention", SUBKEYS["retention"], {})
             if not self.is_null(ret.get("enabled")):
                 cfg.retention_enabled = self.as_bool(ret["enabled"], "retention.enabled")
         if "l0-retention" in get:
@@ -598,7 +615,7 @@ class _Parser:
 
         if "logging" in get:
             lg = self.mapping(get["logging"], "logging")
-            self.check_keys(lg, "logging", {"level", "type", "stderr", "source"}, {})
+            self.check_keys(lg, "logging", SUBKEYS["logging"], {})
             if not self.is_null(lg.get("level")):
                 level = self.convert("str", lg["level"], "logging.level").lower()
                 if level and level not in LOG_LEVELS:
@@ -626,6 +643,7 @@ class _Parser:
 
         # Inline replica defaults.
         defaults = self.replica_settings(top, "", top_level=True)
+        self.check_unsupported(defaults, "", top)
 
         # Databases.
         dbs = get.get("dbs")
@@ -649,6 +667,9 @@ class _Parser:
             if snap:
                 snaps.append((f"{dp}.snapshot", snap))
             cfg.dbs.append(dbc)
+
+        for k in sorted(set(defaults) - self.applicable):
+            self.warn(k, "does not apply to any configured replica; ignored")
 
         # Per-database snapshot settings: Litestream promotes them to the global setting, so they
         # must agree with each other and with an explicit global snapshot block.

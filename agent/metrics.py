@@ -59,6 +59,12 @@ class Metrics:
             "litestream_compaction_verify_error_count", "Number of post-compaction verification failures", ["db"],
             registry=r,
         )
+        self.validation_errors = Gauge(
+            "lifeboat_validation_errors",
+            "TXID gaps, overlaps and unsorted files in the replica's levels at the last validation check",
+            ["db"],
+            registry=r,
+        )
         self.replica_ops = Counter(
             "litestream_replica_operation",
             "The number of replica operations performed",
@@ -116,6 +122,7 @@ class Metrics:
         for g in (self.sync_errors, self.sync_count, self.sync_seconds, self.disk_full, self.total_wal_bytes):
             g.labels(db)
         self.compaction_verify_errors.labels(db)
+        self.validation_errors.labels(db)
         for mode in CHECKPOINT_MODES:
             for g in (self.checkpoint_count, self.checkpoint_errors, self.checkpoint_seconds):
                 g.labels(db, mode)
@@ -165,6 +172,8 @@ class Metrics:
             self.checkpoint_blocked.labels(db).set(fields["seconds"])
         elif event == "compaction_verify_error":
             self.compaction_verify_errors.labels(db).inc()
+        elif event == "validation":
+            self.validation_errors.labels(db).set(fields["problems"])
         elif event == "snapshot":
             self.snapshot_seen(db, time.time())
         elif event == "uploaded":
@@ -197,7 +206,9 @@ class Metrics:
             self.replica_errors.labels(rtype, op, type(error).__name__).inc()
 
 
-_DEBUG_FIELDS = ("txids", "wal_bytes", "seconds", "mode", "level", "inputs", "txid", "lag", "deleted", "what")
+_DEBUG_FIELDS = (
+    "txids", "wal_bytes", "seconds", "mode", "level", "inputs", "txid", "lag", "deleted", "what", "problems",
+)
 
 
 def log_event(event: str, fields: dict[str, Any]) -> None:

@@ -86,9 +86,12 @@ class Replica:
             self.stats.last_error = None
             return uploaded
 
-    async def sync_with_retry(self, stop: asyncio.Event | None = None, deadline: float | None = None) -> None:
-        """`sync`, retrying failures with exponential backoff and full jitter until it succeeds."""
-        delay = 0.05
+    async def sync_with_retry(
+        self, stop: asyncio.Event | None = None, deadline: float | None = None, interval: float | None = None
+    ) -> None:
+        """`sync`, retrying failures until it succeeds: every `interval` seconds when given (the
+        final sync's `shutdown-sync-interval`), otherwise with exponential backoff and full jitter."""
+        delay = 0.05 if interval is None else interval
         while True:
             try:
                 await self.sync()
@@ -101,5 +104,8 @@ class Replica:
                     raise
                 if stop is not None and stop.is_set():
                     raise
+                if interval is not None:
+                    await asyncio.sleep(interval)
+                    continue
                 await asyncio.sleep(random.uniform(0, delay))
                 delay = min(delay * 2, 10.0)

@@ -134,6 +134,8 @@ def _lifecycle(conf: cfgmod.Config) -> LifecycleSettings:
         l0_retention=conf.l0_retention,
         l0_retention_check_interval=conf.l0_retention_check_interval,
         retention_enabled=conf.retention_enabled,
+        validation_interval=conf.validation_interval or 0.0,
+        verify_compaction=conf.verify_compaction,
     )
 
 
@@ -203,7 +205,7 @@ async def _replicate(
         beat = Heartbeat(conf.heartbeat_url, conf.heartbeat_interval, metrics.registry)
         background.append(asyncio.create_task(beat.run(store.statuses, stop)))
     try:
-        await store.run(stop, conf.shutdown_sync_timeout)
+        await store.run(stop, conf.shutdown_sync_timeout, conf.shutdown_sync_interval)
     finally:
         for task in background:
             task.cancel()

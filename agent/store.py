@@ -159,10 +159,12 @@ class DatabaseRunner:
         self.hook("checkpoint", {"db": self.db.path, "mode": mode, "seconds": time.monotonic() - t0})
         return more.txids
 
-    async def upload(self, stop: asyncio.Event | None = None, deadline: float | None = None) -> None:
-        """Ship every local L0 file the replica lacks (retrying transient failures)."""
+    async def upload(
+        self, stop: asyncio.Event | None = None, deadline: float | None = None, interval: float | None = None
+    ) -> None:
+        """Ship every local L0 file the replica lacks (retrying failures, every `interval` if given)."""
         before = self.replica.pos
-        await self.replica.sync_with_retry(stop, deadline)
+        await self.replica.sync_with_retry(stop, deadline, interval)
         if self.replica.pos:
             self._shipped.set()
         now = time.time()
@@ -189,23 +191,24 @@ class DatabaseRunner:
             loops.append(self._lifecycle(stop))
         await run_until(stop, loops)
 
-    async def final_sync(self, timeout: float) -> None:
-        """Capture what the application committed last and make it durable in the replica."""
+    async def final_sync(self, timeout: float, interval: float | None = None) -> None:
+        """Capture what the application committed last and make it durable in the replica, retrying
+        every `interval` seconds until `timeout`."""
         await self.capture()
-        await self.upload(deadline=time.monotonic() + timeout)
+        await self.upload(deadline=time.monotonic() + timeout, interval=interval)
 
     @property
     def lost_lease(self) -> bool:
         """The lease was taken over, or its renewal broke: this database stopped replicating."""
         return self.lease.lost is not None
 
-    async def shutdown(self, timeout: float) -> None:
+    async def shutdown(self, timeout: float, interval: float | None = None) -> None:
         """Final sync (only with the lease proven ours afresh), release the lease, close."""
         try:
             if not self.lost_lease and self.opened:
                 # Another agent may have taken over since the last renewal: our tail is not its history.
                 await self.lease.renew()
-                await self.final_sync(timeout)
+                await self.final_sync(timeout, interval)
         except Exception as exc:  # report every database's failure, not just the first
             log.error("%s: final sync failed: %s", self.db.path, exc)
         try:
@@ -403,13 +406,14 @@ class Store:
         for runner in self.runners:
             await runner.open()
 
-    async def run(self, stop: asyncio.Event, shutdown_timeout: float = 30.0) -> None:
-        """Replicate until `stop`, then give every database a final sync."""
+    async def run(self, stop: asyncio.Event, shutdown_timeout: float = 30.0, shutdown_interval: float = 0.5) -> None:
+        """Replicate until `stop`, then give every database a final sync (`shutdown-sync-timeout`,
+        retried every `shutdown-sync-interval`)."""
         try:
             await asyncio.gather(*(r.run(stop) for r in self.runners))
         finally:
             for r in self.runners:
-                await r.shutdown(shutdown_timeout)
+                await r.shutdown(shutdown_timeout, shutdown_interval)
 
     async def sync_once(self, *, force_snapshot: bool = False, enforce_retention: bool = False) -> None:
         """One capture and upload of every database (`replicate -once`), optionally a snapshot

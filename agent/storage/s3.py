@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import os
 import posixpath
 import re
@@ -95,6 +96,8 @@ class S3Options:
     sse_customer_algorithm: str = ""
     sse_customer_key: str = field(default="", repr=False)
     sse_kms_key_id: str = ""
+    sign_payload: bool = True  # SigV4 over the payload's SHA-256; false: UNSIGNED-PAYLOAD (HTTPS only)
+    require_content_md5: bool = True  # Content-MD5 on DeleteObjects, which some stores demand
     access_key_id: str = field(default="", repr=False)
     secret_access_key: str = field(default="", repr=False)
 
@@ -145,6 +148,8 @@ def from_settings(settings: Mapping[str, Any]) -> S3ReplicaClient:
             sse_customer_algorithm=str(opts.get("sse-customer-algorithm") or ("AES256" if sse_key else "")),
             sse_customer_key=str(sse_key or ""),
             sse_kms_key_id=str(opts.get("sse-kms-key-id") or ""),
+            sign_payload=_flag(opts.get("sign-payload", True)),
+            require_content_md5=_flag(opts.get("require-content-md5", True)),
             access_key_id=str(
                 opts.get("access-key-id")
                 or os.environ.get("AWS_ACCESS_KEY_ID")
@@ -159,6 +164,13 @@ def from_settings(settings: Mapping[str, Any]) -> S3ReplicaClient:
             ),
         ),
     )
+
+
+def _add_content_md5(request: Any, **_: Any) -> None:
+    """Content-MD5 on a DeleteObjects request, as Litestream sends it: botocore sends only a CRC32,
+    which stores from before S3's flexible checksums (older MinIO, B2) reject."""
+    body = request.body if isinstance(request.body, bytes) else str(request.body or "").encode()
+    request.headers["Content-MD5"] = base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode()
 
 
 def translate(exc: BaseException, what: str) -> StorageError:
@@ -252,7 +264,10 @@ class S3ReplicaClient(BlobReplicaClient):
         opts = self.options
         config = Config(
             region_name=opts.region or DEFAULT_REGION,
-            s3={"addressing_style": "path" if opts.force_path_style else "auto"},
+            s3={
+                "addressing_style": "path" if opts.force_path_style else "auto",
+                "payload_signing_enabled": opts.sign_payload,
+            },
             # aws-chunked payload checksums break S3-compatible stores (Litestream #912, #918).
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
@@ -270,6 +285,8 @@ class S3ReplicaClient(BlobReplicaClient):
         client = session.client("s3", endpoint_url=opts.endpoint or None, config=config, verify=not opts.skip_verify)
         for op in ("PutObject", "CompleteMultipartUpload"):
             client.meta.events.register(f"before-parameter-build.s3.{op}", _create_only)
+        if opts.require_content_md5:
+            client.meta.events.register("before-sign.s3.DeleteObjects", _add_content_md5)
         return client
 
     def _sse(self) -> dict[str, Any]:

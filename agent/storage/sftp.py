@@ -75,7 +75,19 @@ def from_settings(settings: Mapping[str, Any]) -> SFTPReplicaClient:
         insecure_ignore_host_key=_flag(
             settings.get("insecure-ignore-host-key", query.get("insecureIgnoreHostKey", False))
         ),
+        concurrent_writes=_flag(settings.get("concurrent-writes", query.get("concurrentWrites", True))),
     )
+
+
+def _put(sftp: Any, src: BinaryIO, path: str, *, pipelined: bool) -> int:
+    """Copy `src` to `path`; returns the size the server reports. paramiko's `putfo` always pipelines."""
+    if pipelined:
+        return int(sftp.putfo(src, path).st_size)
+    with sftp.open(path, "wb") as f:
+        f.set_pipelined(False)
+        while chunk := src.read(CHUNK):
+            f.write(chunk)
+    return int(sftp.stat(path).st_size)
 
 
 def translate(exc: BaseException, what: str) -> StorageError:
@@ -109,6 +121,7 @@ class SFTPReplicaClient:
         key_path: str = "",
         host_key: str = "",
         insecure_ignore_host_key: bool = False,
+        concurrent_writes: bool = True,
     ) -> None:
         self.host = host
         self.port = port
@@ -119,6 +132,9 @@ class SFTPReplicaClient:
         self._key_path = key_path
         self._host_key = host_key
         self._insecure = insecure_ignore_host_key
+        # Pipelined writes (many requests in flight, acknowledged later): Litestream's
+        # `concurrent-writes`. Some servers need them off to keep a file's writes in order.
+        self.concurrent_writes = concurrent_writes
         self._transport: Any = None
         self._connect_lock = threading.Lock()
 
@@ -267,7 +283,7 @@ class SFTPReplicaClient:
             _makedirs(sftp, posixpath.dirname(path))
             tmp = f"{path}.{uuid.uuid4().hex}.tmp"
             try:
-                size = sftp.putfo(src, tmp).st_size
+                size = _put(sftp, src, tmp, pipelined=self.concurrent_writes)
                 # Whole-second mtime, as SFTP v3 carries it (Litestream's Chtimes gets the same).
                 stamp = int(created.timestamp())
                 sftp.utime(tmp, (stamp, stamp))

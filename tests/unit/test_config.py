@@ -238,7 +238,7 @@ def test_file_replica_example_parses_with_defaults() -> None:
     assert (c.l0_retention, c.l0_retention_check_interval) == (300.0, 15.0)
     assert c.retention_enabled is True
     assert c.validation_interval is None
-    assert (c.logging_level, c.logging_type, c.logging_stderr) == ("info", "text", False)
+    assert (c.logging_level, c.logging_type, c.logging_stderr) == ("info", "text", None)
     assert (c.shutdown_sync_timeout, c.shutdown_sync_interval) == (30.0, 0.5)
     assert (c.heartbeat_url, c.heartbeat_interval, c.exec) == (None, 300.0, None)
     # DB defaults.

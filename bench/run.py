@@ -344,7 +344,9 @@ class DirWatch:
                 except TimeoutError:
                     continue
                 name = str(event.name) if event.name is not None else ""
-                if name.endswith(".ltx") and (event.mask & (Mask.MOVED_TO | Mask.CLOSE_WRITE)):
+                # A rename (MOVED_TO) or a link(2) of a finished temp file (CREATE) publishes a
+                # whole file at once; CLOSE_WRITE covers a tool writing the final name directly.
+                if name.endswith(".ltx") and (event.mask & (Mask.MOVED_TO | Mask.CLOSE_WRITE | Mask.CREATE)):
                     self.seen.setdefault(name, time.time())
 
     def stop(self) -> dict[str, float]:

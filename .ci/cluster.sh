@@ -46,6 +46,7 @@ die() { log "$*"; exit 1; }
 
 # Lean, reproducible builds; the module checksum database is not reachable here, the proxy is.
 go_build() { GOFLAGS=-mod=mod GOWORK=off GOSUMDB=off nice "$GO" build -trimpath -ldflags='-s -w' "$@"; }
+# (a later -ldflags replaces the default one)
 
 module_dir() {  # the module's directory in the module cache (downloaded if needed)
   GOWORK=off GOSUMDB=off "$GO" mod download -json "$1" |
@@ -71,7 +72,15 @@ build_kubernetes() {
     touch "$src/.prepared"
   fi
   mkdir -p "$K8S_BIN"
-  (cd "$src" && go_build -o "$K8S_BIN/" "${missing[@]}")
+  # The version Kubernetes' own build stamps in (helm checks a chart's kubeVersion against it).
+  local minor=${K8S_VERSION#v1.}
+  minor=${minor%%.*}
+  local pkg stamp=""
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    stamp+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+    stamp+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+  done
+  (cd "$src" && go_build -ldflags="-s -w$stamp" -o "$K8S_BIN/" "${missing[@]}")
 }
 
 build_etcd() {
@@ -217,6 +226,8 @@ readyz() {
     "https://127.0.0.1:$API_PORT/readyz" >/dev/null
 }
 
+untainted() { [[ -z $(kubectl_ get node "$1" -o jsonpath='{.spec.taints}') ]]; }
+
 running() { local c; for c in "${COMPONENTS[@]}"; do pid_of "$c" >/dev/null || return 1; done; }
 
 start() {
@@ -238,7 +249,8 @@ start() {
     --initial-cluster="lifeboat=http://127.0.0.1:$ETCD_PEER_PORT" \
     --unsafe-no-fsync --quota-backend-bytes=$((1 << 30))
   # Webhook Services resolve through their EndpointSlices (--enable-aggregator-routing), so a test
-  # can route a Service to a process on this host with an EndpointSlice to 127.0.0.1.
+  # can route a Service to a process on this host with an EndpointSlice to the host's own address
+  # (an EndpointSlice may not hold a loopback address).
   launch kube-apiserver "$K8S_BIN/kube-apiserver" \
     --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
     --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$API_PORT" \
@@ -255,7 +267,7 @@ start() {
     --bind-address=127.0.0.1 --secure-port=0 \
     --service-account-private-key-file="$pki/sa.key" --root-ca-file="$pki/ca.crt" \
     --cluster-signing-cert-file="$pki/ca.crt" --cluster-signing-key-file="$pki/ca.key" \
-    --controllers='*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-service-lb-controller,-route'
+    --controllers='*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller,-route'
   launch kube-scheduler "$K8S_BIN/kube-scheduler" \
     --kubeconfig="$KUBECONFIG_FILE" --authentication-kubeconfig="$KUBECONFIG_FILE" \
     --authorization-kubeconfig="$KUBECONFIG_FILE" --leader-elect=false \
@@ -276,6 +288,8 @@ metadata:
     type: kwok
 EOF
   wait_for "node kwok-node-0 Ready" 60 kubectl_ wait --for=condition=Ready node/kwok-node-0 --timeout=1s
+  # The node lifecycle controller lifts the not-ready taint the API server put on the new Node.
+  wait_for "node kwok-node-0 untainted" 60 untainted kwok-node-0
   wait_for "the default ServiceAccount" 60 kubectl_ get serviceaccount default -n default
   log "control plane ready in $((SECONDS - t0))s"
   echo "$KUBECONFIG_FILE"

@@ -37,9 +37,10 @@ class Container:
     """One container of the pod, mapped onto this machine."""
 
     name: str
-    argv: list[str]
+    argv: list[str]  # Lifeboat's own containers only; empty for the app's
     env: dict[str, str]
     mounts: dict[str, Path]  # mountPath in the container → local directory
+    args: list[str]  # the spec's args, paths rewritten
 
     def local(self, path: str) -> Path:
         """Where a path the container sees lives here (the longest mount prefix wins)."""
@@ -119,13 +120,12 @@ class Pod:
                 mounts[mount["mountPath"]] = local
                 for key, text in self.configmaps[cm_volumes[mount["name"]]].items():
                     (local / key).write_text(yaml.safe_dump(_rewrite(yaml.safe_load(text), mounts)))
-        argv: list[str] = []
-        if _is_ours(spec):  # the app container is the test's own writer process
-            argv = [*LIFEBOAT, *_rewrite(list(spec.get("args") or []), mounts)]
+        args = _rewrite(list(spec.get("args") or []), mounts)
+        argv = [*LIFEBOAT, *args] if _is_ours(spec) else []  # the app is the test's own writer process
         env = _rewrite(_env(spec, self.secrets, self.root), mounts)
         if "/tmp" in mounts:
             env["TMPDIR"] = str(mounts["/tmp"])
-        return Container(spec["name"], argv, env, mounts)
+        return Container(spec["name"], argv, env, mounts, args)
 
     def container(self, name: str) -> Container:
         for spec in self.manifest["spec"].get("initContainers", []) + self.manifest["spec"]["containers"]:

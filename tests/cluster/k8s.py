@@ -255,6 +255,8 @@ def pod_inputs(cluster: Cluster, pod: dict[str, Any]) -> tuple[dict[str, dict[st
     secret_names |= {v["valueFrom"]["secretKeyRef"]["name"] for c in specs for v in c.get("env") or []
                      if "secretKeyRef" in (v.get("valueFrom") or {})}
     configmap_names = {v["configMap"]["name"] for v in pod["spec"].get("volumes") or [] if "configMap" in v}
+    for name in configmap_names:  # a kubelet, too, waits for a ConfigMap volume's ConfigMap
+        wait_until(lambda n=name: cluster.exists("configmap", n, namespace), 60, f"ConfigMap {name}")
     return ({name: cluster.secret_data(namespace, name) for name in secret_names},
             {name: cluster.get("configmap", name, namespace=namespace)["data"] for name in configmap_names})
 

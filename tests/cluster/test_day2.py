@@ -195,3 +195,68 @@ def test_restore_into_another_pvc_leaves_the_app_alone(app: dict[str, Any], tmp_
     status = wait_until(lambda: finished(cluster, "side"), 90, "the restore to finish")
     assert status["phase"] == "Succeeded", status
     assert rows(disk / "app.db") == app["rows"]
+
+
+def configmap_text(cluster: Cluster, replica: str) -> str:
+    return cluster.get("configmap", f"{replica}-lifeboat", namespace=NAMESPACE)["data"]["lifeboat.yml"]
+
+
+def test_paused_reaches_the_agent_config_and_back(app: dict[str, Any]) -> None:
+    cluster: Cluster = app["cluster"]
+    patch = '{"spec": {"paused": %s}}'
+    cluster.kubectl("patch", "sqlitereplica", REPLICA, "-n", NAMESPACE, "--type=merge", "-p", patch % "true")
+    wait_until(lambda: "paused: true" in configmap_text(cluster, REPLICA), 30, "paused in the agent config")
+    cluster.kubectl("patch", "sqlitereplica", REPLICA, "-n", NAMESPACE, "--type=merge", "-p", patch % "false")
+    wait_until(lambda: "paused" not in configmap_text(cluster, REPLICA), 30, "paused gone from the agent config")
+
+
+def condition(cluster: Cluster, replica: str, type_: str) -> dict[str, Any]:
+    status = cluster.get("sqlitereplica", replica, namespace=NAMESPACE).get("status") or {}
+    return next((c for c in status.get("conditions") or [] if c["type"] == type_), {})
+
+
+def test_pods_from_before_the_webhook_are_reported_then_recreated_injected(app: dict[str, Any]) -> None:
+    """Drift: a Deployment whose pods started while no webhook existed (deleted here, as before an install)."""
+    cluster: Cluster = app["cluster"]
+    replica, *_ = [m for m in manifests("day2/legacy") if m["kind"] == "SQLiteReplica"]
+    replica["metadata"]["name"] = "legacy"
+    deployment = next(m for m in manifests("day2/legacy") if m["kind"] == "Deployment")
+    deployment["metadata"]["name"] = "legacy"
+    template = deployment["spec"]["template"]
+    deployment["spec"]["selector"]["matchLabels"] = template["metadata"]["labels"] = {
+        "app": "legacy", "lifeboat.dev/replica": "legacy"}
+    template["spec"]["volumes"] = [{"name": "data", "emptyDir": {}}]
+    cluster.apply(replica)
+
+    webhook = cluster.get("mutatingwebhookconfiguration", "lifeboat")
+    for key in ("resourceVersion", "uid", "creationTimestamp", "generation", "managedFields"):
+        webhook["metadata"].pop(key, None)
+    cluster.kubectl("delete", "mutatingwebhookconfiguration", "lifeboat")
+    try:
+        cluster.apply(deployment)
+        (old,) = wait_until(lambda: running_pods(cluster, "app=legacy"), 90, "the legacy pod Running")
+    finally:
+        cluster.apply(webhook)
+    assert "initContainers" not in old["spec"]
+
+    def reported() -> dict[str, Any] | None:
+        found = condition(cluster, "legacy", "Injected")
+        return found if found.get("status") == "False" else None
+
+    verdict = wait_until(reported, 60, "Injected=False")
+    assert verdict["reason"] == "UninjectedPods"
+    assert old["metadata"]["name"] in verdict["message"]
+    assert "spec.recreateUninjected: true" in verdict["message"]
+    assert running_pods(cluster, "app=legacy")[0]["metadata"]["uid"] == old["metadata"]["uid"], "deleted unasked"
+
+    cluster.kubectl("patch", "sqlitereplica", "legacy", "-n", NAMESPACE, "--type=merge",
+                    "-p", '{"spec": {"recreateUninjected": true}}')
+
+    def recreated() -> dict[str, Any] | None:
+        pods = running_pods(cluster, "app=legacy")
+        return pods[0] if len(pods) == 1 and pods[0]["metadata"]["uid"] != old["metadata"]["uid"] else None
+
+    new = wait_until(recreated, 90, "the ReplicaSet's new pod")
+    assert [c["name"] for c in new["spec"]["initContainers"]] == [injection.RESTORE_CONTAINER,
+                                                                  injection.AGENT_CONTAINER]
+    wait_until(lambda: condition(cluster, "legacy", "Injected").get("status") == "True", 60, "Injected=True")

@@ -7,6 +7,7 @@
 #                          print the kubeconfig path (already running: print it and do nothing else)
 #   .ci/cluster.sh env     print `export KUBECONFIG=...`
 #   .ci/cluster.sh stop    stop exactly the processes `start` started (their PID files)
+#   .ci/cluster.sh restart-apiserver   stop kube-apiserver alone and start it again on the same etcd
 #
 # Environment:
 #   LIFEBOAT_K8S_CACHE     binary cache (default: ~/.cache/lifeboat-k8s), outside the repository
@@ -230,6 +231,31 @@ untainted() { [[ -z $(kubectl_ get node "$1" -o jsonpath='{.spec.taints}') ]]; }
 
 running() { local c; for c in "${COMPONENTS[@]}"; do pid_of "$c" >/dev/null || return 1; done; }
 
+start_apiserver() {
+  local pki=$STATE/pki
+  # Webhook Services resolve through their EndpointSlices (--enable-aggregator-routing), so a test
+  # can route a Service to a process on this host with an EndpointSlice to the host's own address
+  # (an EndpointSlice may not hold a loopback address).
+  launch kube-apiserver "$K8S_BIN/kube-apiserver" \
+    --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
+    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$API_PORT" \
+    --tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key" \
+    --client-ca-file="$pki/ca.crt" \
+    --service-account-issuer=https://kubernetes.default.svc \
+    --service-account-key-file="$pki/sa.pub" --service-account-signing-key-file="$pki/sa.key" \
+    --service-cluster-ip-range=10.96.0.0/16 --authorization-mode=Node,RBAC \
+    --enable-aggregator-routing=true --endpoint-reconciler-type=none --allow-privileged=true
+  wait_for "kube-apiserver /readyz" 120 readyz
+}
+
+# The API server alone goes down and comes back on the same etcd (clients see their watches break).
+restart_apiserver() {
+  running || die "not running (start first)"
+  stop_component kube-apiserver
+  start_apiserver
+  log "kube-apiserver restarted"
+}
+
 start() {
   mkdir -p "$STATE"
   if running && readyz; then
@@ -248,19 +274,7 @@ start() {
     --initial-advertise-peer-urls="http://127.0.0.1:$ETCD_PEER_PORT" \
     --initial-cluster="lifeboat=http://127.0.0.1:$ETCD_PEER_PORT" \
     --unsafe-no-fsync --quota-backend-bytes=$((1 << 30))
-  # Webhook Services resolve through their EndpointSlices (--enable-aggregator-routing), so a test
-  # can route a Service to a process on this host with an EndpointSlice to the host's own address
-  # (an EndpointSlice may not hold a loopback address).
-  launch kube-apiserver "$K8S_BIN/kube-apiserver" \
-    --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
-    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$API_PORT" \
-    --tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key" \
-    --client-ca-file="$pki/ca.crt" \
-    --service-account-issuer=https://kubernetes.default.svc \
-    --service-account-key-file="$pki/sa.pub" --service-account-signing-key-file="$pki/sa.key" \
-    --service-cluster-ip-range=10.96.0.0/16 --authorization-mode=Node,RBAC \
-    --enable-aggregator-routing=true --endpoint-reconciler-type=none --allow-privileged=true
-  wait_for "kube-apiserver /readyz" 120 readyz
+  start_apiserver
   launch kube-controller-manager "$K8S_BIN/kube-controller-manager" \
     --kubeconfig="$KUBECONFIG_FILE" --authentication-kubeconfig="$KUBECONFIG_FILE" \
     --authorization-kubeconfig="$KUBECONFIG_FILE" --leader-elect=false \
@@ -295,24 +309,27 @@ EOF
   echo "$KUBECONFIG_FILE"
 }
 
+stop_component() {  # by its PID file, and only if that PID is still the process we started
+  local pid
+  if pid=$(pid_of "$1"); then
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do [[ -d /proc/$pid ]] || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+    log "stopped $1 ($pid)"
+  fi
+  rm -f "$STATE/$1.pid"
+}
+
 stop() {
-  local c pid i
-  for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
-    c=${COMPONENTS[i]}
-    if pid=$(pid_of "$c"); then
-      kill "$pid" 2>/dev/null || true
-      for _ in $(seq 50); do [[ -d /proc/$pid ]] || break; sleep 0.1; done
-      kill -9 "$pid" 2>/dev/null || true
-      log "stopped $c ($pid)"
-    fi
-    rm -f "$STATE/$c.pid"
-  done
+  local i
+  for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do stop_component "${COMPONENTS[i]}"; done
 }
 
 case ${1:-} in
   build) build ;;
   start) start ;;
   stop) stop ;;
+  restart-apiserver) restart_apiserver ;;
   env) echo "export KUBECONFIG=$KUBECONFIG_FILE" ;;
-  *) die "usage: $0 build|start|stop|env" ;;
+  *) die "usage: $0 build|start|stop|env|restart-apiserver" ;;
 esac

@@ -3,7 +3,8 @@
 The session uses the control plane that is running (`scripts/test.sh` starts one); without one it starts
 its own and stops it afterwards. A running control plane that already holds a release from an earlier
 session is restarted empty first, and left running. No go: the tests are skipped (the binaries are built
-from Go modules).
+from Go modules). A cold build takes long (about 20 minutes on two busy cores): `scripts/test.sh` runs
+`.ci/cluster.sh build` before pytest, whose per-test timeout would otherwise cut it short.
 """
 
 from __future__ import annotations

@@ -145,13 +145,14 @@ class Operator:
     kubeconfig: Path  # the ServiceAccount's
     workdir: Path
     args: list[str]
+    replica: str = "a"  # names its EndpointSlice: each replica adds its own endpoint to the Service
     webhook_port: int = field(default_factory=free_port)
     address: str = field(default_factory=host_address)
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
 
     @classmethod
-    def from_chart(cls, cluster: Cluster, workdir: Path) -> Operator:
+    def from_chart(cls, cluster: Cluster, workdir: Path, replica: str = "a") -> Operator:
         """The Deployment's command and args, with local ports and a local certificate directory."""
         deployment = cluster.get("deployment", RELEASE, namespace=OPERATOR_NAMESPACE)
         (container,) = deployment["spec"]["template"]["spec"]["containers"]
@@ -159,7 +160,7 @@ class Operator:
         account = deployment["spec"]["template"]["spec"]["serviceAccountName"]
         workdir.mkdir(parents=True, exist_ok=True)
         kubeconfig = cluster.service_account_kubeconfig(OPERATOR_NAMESPACE, account, workdir / "sa.kubeconfig")
-        return cls(cluster, kubeconfig, workdir, list(container["args"]))
+        return cls(cluster, kubeconfig, workdir, list(container["args"]), replica)
 
     @property
     def log(self) -> Path:
@@ -193,11 +194,19 @@ class Operator:
             sock.settimeout(0.5)
             return sock.connect_ex((self.address, self.webhook_port)) == 0
 
+    @property
+    def endpoint_slice(self) -> str:
+        return f"{SERVICE}-{self.replica}"
+
+    def unroute(self) -> None:
+        """Take this replica out of the Service (as a deleted pod leaves its EndpointSlice)."""
+        self.cluster.kubectl("delete", "endpointslice", self.endpoint_slice, "-n", OPERATOR_NAMESPACE)
+
     def _route_service(self) -> None:
         """An EndpointSlice of the webhook Service with one endpoint: this host and the operator's port."""
         self.cluster.apply({
             "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-            "metadata": {"name": f"{SERVICE}-local", "namespace": OPERATOR_NAMESPACE,
+            "metadata": {"name": self.endpoint_slice, "namespace": OPERATOR_NAMESPACE,
                          "labels": {"kubernetes.io/service-name": SERVICE}},
             "addressType": "IPv4",
             "endpoints": [{"addresses": [self.address], "conditions": {"ready": True}}],

@@ -52,3 +52,40 @@ def test_the_operator_misses_nothing_across_an_api_server_restart(operator: Oper
     cluster.apply(pod)
     injected = cluster.get("pod", "after-restart", namespace=NAMESPACE)
     assert injected["spec"]["initContainers"][0]["name"] == injection.RESTORE_CONTAINER
+
+
+def labelled_pod(name: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": NAMESPACE, "labels": {"lifeboat.dev/replica": "after"}},
+            "spec": {"containers": [{"name": "app", "image": "app:1",
+                                     "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
+                     "volumes": [{"name": "data", "emptyDir": {}}]}}
+
+
+def test_two_replicas_serve_the_webhook_and_make_one_restore_job(
+    operator: Operator, tmp_path_factory: Any
+) -> None:
+    """A second replica shares the first one's generated certificate and serves alone when the first goes."""
+    cluster = operator.cluster
+    second = Operator.from_chart(cluster, tmp_path_factory.mktemp("operator-b"), replica="b")
+    second.start()
+    try:
+        operator.stop()
+        operator.unroute()
+        try:
+            cluster.apply(labelled_pod("by-the-second"))
+            pod = cluster.get("pod", "by-the-second", namespace=NAMESPACE)
+            assert pod["spec"]["initContainers"][0]["name"] == injection.RESTORE_CONTAINER
+        finally:
+            operator.start()
+        cluster.apply({"apiVersion": "lifeboat.dev/v1alpha1", "kind": "SQLiteRestore",
+                       "metadata": {"name": "once", "namespace": NAMESPACE},
+                       "spec": {"replica": "after", "target": {"pvc": "scratch"}}})
+        job = wait_until(lambda: (cluster.get("sqliterestore", "once", namespace=NAMESPACE).get("status") or {})
+                         .get("job"), 60, "the restore Job")
+        jobs = cluster.get("jobs", namespace=NAMESPACE, selector="lifeboat.dev/restore=once")["items"]
+        assert [j["metadata"]["name"] for j in jobs] == [job]
+        assert second.proc is not None and second.proc.poll() is None, second.tail()
+    finally:
+        second.stop()
+        second.unroute()

@@ -62,7 +62,7 @@ def test_defaults_are_applied_by_the_api_server(api: Cluster) -> None:
 
 
 def test_sqliterestore_printer_columns_are_served(api: Cluster) -> None:
-    """(SQLiteReplica's columns are checked with the operator's values in test_pod_flow.)"""
+    """(SQLiteReplica's columns are checked with the operator's values in test_cluster_pod_flow.)"""
     api.apply(restore(target={"pvc": "scratch"}))
     try:
         (row,) = table(api.kubectl("get", "sqlrestore", "-n", NAMESPACE).stdout)

@@ -45,9 +45,13 @@ COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
 log() { echo "cluster: $*" >&2; }
 die() { log "$*"; exit 1; }
 
-# Lean, reproducible builds; the module checksum database is not reachable here, the proxy is.
-go_build() { GOFLAGS=-mod=mod GOWORK=off GOSUMDB=off nice "$GO" build -trimpath -ldflags='-s -w' "$@"; }
-# (a later -ldflags replaces the default one)
+# Lean, reproducible builds: go_build EXTRA_LDFLAGS ARGS... The module checksum database is not
+# reachable here (the proxy is): go.sum files still pin what they list.
+go_build() {
+  local ldflags="-s -w $1"
+  shift
+  GOFLAGS=-mod=mod GOWORK=off GOSUMDB=off nice "$GO" build -trimpath -ldflags="$ldflags" "$@"
+}
 
 module_dir() {  # the module's directory in the module cache (downloaded if needed)
   GOWORK=off GOSUMDB=off "$GO" mod download -json "$1" |
@@ -81,7 +85,7 @@ build_kubernetes() {
     stamp+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
     stamp+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
   done
-  (cd "$src" && go_build -ldflags="-s -w$stamp" -o "$K8S_BIN/" "${missing[@]}")
+  (cd "$src" && go_build "$stamp" -o "$K8S_BIN/" "${missing[@]}")
 }
 
 build_etcd() {
@@ -105,14 +109,14 @@ GO
     (cd "$src" && "$GO" mod init lifeboat.local/etcd >/dev/null 2>&1 &&
       GOSUMDB=off "$GO" get "go.etcd.io/etcd/server/v3@$ETCD_VERSION" >/dev/null)
   fi
-  (cd "$src" && go_build -o "$ETCD_BIN" .)
+  (cd "$src" && go_build "" -o "$ETCD_BIN" .)
 }
 
 build_kwok() {
   [[ -x $KWOK_BIN ]] && return 0
   log "building kwok $KWOK_VERSION"
   mkdir -p "$(dirname "$KWOK_BIN")"
-  (cd "$(module_dir "sigs.k8s.io/kwok@$KWOK_VERSION")" && go_build -o "$KWOK_BIN" ./cmd/kwok)
+  (cd "$(module_dir "sigs.k8s.io/kwok@$KWOK_VERSION")" && go_build "" -o "$KWOK_BIN" ./cmd/kwok)
 }
 
 build() {
@@ -153,7 +157,10 @@ extendedKeyUsage=serverAuth"
     rm -f ./*.csr ./*.ext ca.srl
     touch .done
   )
-  local b64
+}
+
+kubeconfig() {
+  local pki=$STATE/pki
   b64() { base64 -w0 <"$1"; }
   cat >"$KUBECONFIG_FILE" <<EOF
 apiVersion: v1
@@ -266,6 +273,7 @@ start() {
   build
   local t0=$SECONDS pki=$STATE/pki
   certs
+  kubeconfig
   kwok_config
   rm -rf "$STATE/etcd"  # every start is a fresh, empty cluster
   launch etcd "$ETCD_BIN" --name=lifeboat --data-dir="$STATE/etcd" \

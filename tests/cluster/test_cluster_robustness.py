@@ -7,7 +7,9 @@ afterwards, both reach their ConfigMaps; the webhook keeps injecting. Two replic
 
 from __future__ import annotations
 
+import json
 import subprocess
+import threading
 from typing import Any
 
 from k8s import REPO, Cluster, Operator, wait_until
@@ -94,3 +96,37 @@ def test_two_replicas_serve_the_webhook_and_make_one_restore_job(
     finally:
         second.stop()
         second.unroute()
+
+
+def test_status_writes_racing_the_operator_lose_none_of_its_verdicts(operator: Operator) -> None:
+    """Another writer keeps changing the status while the spec changes: the operator's patches (guarded
+    by resourceVersion) conflict, are retried, and the conditions end at the new generation."""
+    cluster = operator.cluster
+    cluster.kubectl("create", "namespace", NAMESPACE, check=False)
+    cluster.apply(replica("raced", "1s"))
+    wait_until(lambda: "sync-interval: 1s" in config(cluster, "raced"), 60, "the first ConfigMap")
+    stop = threading.Event()
+
+    def other_writer() -> None:
+        count = 0
+        while not stop.is_set():
+            count += 1
+            cluster.kubectl("patch", "sqlitereplica", "raced", "-n", NAMESPACE, "--subresource=status",
+                            "--type=merge", "-p", json.dumps({"status": {"lagSeconds": count}}), check=False)
+
+    writer = threading.Thread(target=other_writer)
+    writer.start()
+    try:
+        cluster.apply(replica("raced", "7s"))
+        wait_until(lambda: "sync-interval: 7s" in config(cluster, "raced"), 60, "the change reconciled")
+    finally:
+        stop.set()
+        writer.join()
+
+    def settled() -> bool:
+        obj = cluster.get("sqlitereplica", "raced", namespace=NAMESPACE)
+        conditions = {c["type"]: c for c in obj["status"].get("conditions") or []}
+        ready = conditions.get("ConfigReady") or {}
+        return ready.get("status") == "True" and ready.get("observedGeneration") == obj["metadata"]["generation"]
+
+    wait_until(settled, 60, "ConfigReady at the new generation")

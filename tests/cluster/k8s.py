@@ -132,11 +132,6 @@ class Cluster:
         return path
 
 
-def pod_containers(pod: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(init containers, containers) of a pod."""
-    return pod["spec"].get("initContainers") or [], pod["spec"]["containers"]
-
-
 @dataclass
 class Operator:
     """``lifeboat-operator`` as a local process, started with the chart Deployment's own arguments."""

@@ -459,3 +459,15 @@ async def restore_deleted(body: kopf.Body, namespace: str, memo: kopf.Memo, logg
         logger.warning("Deleted during %s: scaling %s %s back to %d.", status["phase"], recorded["kind"],
                        recorded["name"], recorded["replicas"])
         await memo.kube.scale(recorded["kind"], namespace, recorded["name"], recorded["replicas"])
+
+
+@kopf.on.validate(specs.GROUP, specs.VERSION, PLURAL, id="validate-restore", operations=["CREATE"])
+async def validate_restore(spec: kopf.Spec, **_: Any) -> None:
+    """Refuse at ``kubectl apply`` a SQLiteRestore that would fail at once (its target CEL cannot type).
+
+    CREATE only: the spec is not meant to change afterwards, and kopf's own annotation updates must
+    never be refused.
+    """
+    found = problems(spec)
+    if found:
+        raise kopf.AdmissionError("; ".join(found))

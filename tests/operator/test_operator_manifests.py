@@ -103,12 +103,15 @@ def test_mutating_webhook_is_fail_closed_scoped_and_fast(rendered: list[dict[str
         "name": service["metadata"]["name"], "namespace": RELEASE_NAMESPACE, "path": "/inject", "port": 443}
 
 
-def test_validating_webhook_covers_sqlitereplicas(rendered: list[dict[str, Any]]) -> None:
-    (hook,) = only(rendered, "ValidatingWebhookConfiguration")["webhooks"]
+def test_validating_webhooks_cover_sqlitereplicas_and_sqliterestores(rendered: list[dict[str, Any]]) -> None:
+    replicas, restores = only(rendered, "ValidatingWebhookConfiguration")["webhooks"]
 
-    assert hook["clientConfig"]["service"]["path"] == "/validate"
-    assert hook["rules"][0]["apiGroups"] == [spec.GROUP] and hook["rules"][0]["resources"] == [spec.PLURAL]
-    assert set(hook["rules"][0]["operations"]) == {"CREATE", "UPDATE"}
+    assert replicas["clientConfig"]["service"]["path"] == "/validate"
+    assert replicas["rules"][0]["apiGroups"] == [spec.GROUP] and replicas["rules"][0]["resources"] == [spec.PLURAL]
+    assert set(replicas["rules"][0]["operations"]) == {"CREATE", "UPDATE"}
+    assert restores["clientConfig"]["service"]["path"] == "/validate-restore"
+    assert restores["rules"][0]["resources"] == ["sqliterestores"]
+    assert restores["rules"][0]["operations"] == ["CREATE"]
 
 
 def test_webhook_paths_are_the_operators_handler_ids(rendered: list[dict[str, Any]]) -> None:

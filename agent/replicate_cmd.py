@@ -11,12 +11,15 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from . import config as cfgmod
 from . import ltx
 from .child import Child
+from .cli import agent_version
 from .compaction import LifecycleSettings
+from .control import ControlServer
 from .db import DatabaseOptions
 from .heartbeat import Heartbeat
 from .metrics import Metrics
@@ -151,7 +154,7 @@ async def _replicate(
     metrics = Metrics()
     for spec in specs:
         spec.client = metrics.instrument(spec.client, spec.path, conf.l0_retention)
-    store = Store(specs, hook=metrics.observe)
+    store = Store(specs, hook=metrics.observe, on_add=lambda r: metrics.register(r.db.path, r.replica.client.type))
     for r in store.runners:
         metrics.register(r.db.path, r.replica.client.type)
     if once:
@@ -166,6 +169,7 @@ async def _replicate(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     server = None
+    control: ControlServer | None = None
     child: Child | None = None
     if conf.addr:
         server = await serve(conf.addr, store, metrics)
@@ -179,11 +183,16 @@ async def _replicate(
         # Litestream, wait for it instead of exiting.
         if await _wait_for_databases(store, stop):
             await store.open()
+        if conf.socket_enabled and not stop.is_set():
+            control = ControlServer(store, _registered_spec(conf, metrics), f"v{agent_version()}")
+            await control.listen(conf.socket_path, conf.socket_permissions)
         if exec_argv and child is None and not stop.is_set():
             child = await _start_child(exec_argv, stop)
     except BaseException:
         if server is not None:
             server.close()
+        if control is not None:
+            await control.close()
         await store.close()
         if child is not None:
             await child.terminate()
@@ -191,6 +200,8 @@ async def _replicate(
     if stop.is_set() and not all(r.opened for r in store.runners):
         if server is not None:
             server.close()
+        if control is not None:
+            await control.close()
         await store.close()
         return child.exit_code() if child is not None and child.proc.returncode is not None else 0
     for r in store.runners:
@@ -209,11 +220,25 @@ async def _replicate(
             task.cancel()
         if server is not None:
             server.close()
+        if control is not None:
+            await control.close()
         if child is not None:
             await child.terminate()  # replication stopped first (lost lease): the child goes too
     if store.lost_lease or child is None:
         return 1 if store.lost_lease else 0
     return child.exit_code()
+
+
+def _registered_spec(conf: cfgmod.Config, metrics: Metrics) -> Callable[[str, str], DatabaseSpec]:
+    """How a database registered at runtime (`register -replica URL DB`) is replicated: the
+    config's defaults for everything but its replica URL."""
+
+    def make(path: str, url: str) -> DatabaseSpec:
+        client = metrics.instrument(new_client({"url": url}), path, conf.l0_retention)
+        return DatabaseSpec(path, client, DatabaseOptions(), lifecycle=_lifecycle(conf),
+                            replica_settings={"url": url}, dynamic=True)
+
+    return make
 
 
 async def _start_child(argv: list[str], stop: asyncio.Event) -> Child:

@@ -21,6 +21,7 @@ from .cli import agent_version
 from .compaction import LifecycleSettings
 from .control import ControlServer
 from .db import DatabaseOptions
+from .dirwatch import DirectoryMonitor, DirectorySource
 from .heartbeat import Heartbeat
 from .metrics import Metrics
 from .restore import NoBackupError, restore
@@ -46,6 +47,9 @@ def run(
     `exec_argv` child runs; the exit code (the child's, with `exec_argv`)."""
     _limit_malloc_arenas()
     specs = _specs(conf)
+    sources = _directory_sources(conf)
+    if once:  # one pass over what is there now
+        specs += [_spec(conf, src.config_for(p), dynamic=True) for src in sources for p in src.find()]
     for db, spec in zip(conf.dbs, specs, strict=True):
         if (restore_if_db_not_exists or db.restore_if_db_not_exists) and not os.path.exists(db.path):
             try:
@@ -56,7 +60,7 @@ def run(
     return asyncio.run(
         _replicate(
             conf, specs, once=once, force_snapshot=force_snapshot, enforce_retention=enforce_retention, expand=expand,
-            exec_argv=exec_argv,
+            exec_argv=exec_argv, sources=sources,
         )
     )
 
@@ -88,17 +92,31 @@ def _limit_malloc_arenas(arenas: int = 2) -> None:
 
 
 def _specs(conf: cfgmod.Config) -> list[DatabaseSpec]:
-    specs = []
-    for db in conf.dbs:
-        if db.replica is None:
-            raise ConfigError(f"{conf.source}: database {db.path} has no replica")
-        specs.append(
-            DatabaseSpec(
-                db.path, new_client(db.replica.settings), _db_options(db), db.monitor_interval,
-                db.replica.sync_interval, _lifecycle(conf), dict(db.replica.settings),
+    return [_spec(conf, db) for db in conf.dbs]
+
+
+def _spec(conf: cfgmod.Config, db: cfgmod.DBConfig, *, dynamic: bool = False) -> DatabaseSpec:
+    if db.replica is None:
+        raise ConfigError(f"{conf.source}: database {db.path} has no replica")
+    return DatabaseSpec(
+        db.path, new_client(db.replica.settings), _db_options(db), db.monitor_interval,
+        db.replica.sync_interval, _lifecycle(conf), dict(db.replica.settings), dynamic=dynamic,
+    )
+
+
+def _directory_sources(conf: cfgmod.Config) -> list[DirectorySource]:
+    """The `dir:` entries, checked as Litestream checks them at start-up."""
+    sources = []
+    for entry in conf.directories:
+        if not os.path.isdir(entry.path):
+            raise ConfigError(f"{conf.source}: dir {entry.path}: not a directory")
+        source = DirectorySource(entry)
+        if not entry.watch and not source.find():
+            raise ConfigError(
+                f"{conf.source}: no SQLite databases found in directory {entry.path} with pattern {entry.pattern}"
             )
-        )
-    return specs
+        sources.append(source)
+    return sources
 
 
 async def _watch_config(path: str, expand: bool, store: Store, stop: asyncio.Event) -> None:
@@ -149,6 +167,7 @@ async def _replicate(
     enforce_retention: bool = False,
     expand: bool = True,
     exec_argv: list[str] | None = None,
+    sources: list[DirectorySource] | None = None,
 ) -> int:
     ltx.use_block_encoding(conf.ltx_page_encoding == "block")
     metrics = Metrics()
@@ -210,6 +229,9 @@ async def _replicate(
     background = []
     if conf.source != "<args>":
         background.append(asyncio.create_task(_watch_config(conf.source, expand, store, stop)))
+    for source in sources or []:
+        monitor = DirectoryMonitor(source, store, _instrumented(conf, metrics))
+        background.append(asyncio.create_task(monitor.run(stop)))
     if conf.heartbeat_url:
         beat = Heartbeat(conf.heartbeat_url, conf.heartbeat_interval, metrics.registry)
         background.append(asyncio.create_task(beat.run(store.statuses, stop)))
@@ -227,6 +249,17 @@ async def _replicate(
     if store.lost_lease or child is None:
         return 1 if store.lost_lease else 0
     return child.exit_code()
+
+
+def _instrumented(conf: cfgmod.Config, metrics: Metrics) -> Callable[[cfgmod.DBConfig], DatabaseSpec]:
+    """How a database found under a `dir:` entry is replicated, its replica calls counted."""
+
+    def make(db: cfgmod.DBConfig) -> DatabaseSpec:
+        spec = _spec(conf, db, dynamic=True)
+        spec.client = metrics.instrument(spec.client, spec.path, conf.l0_retention)
+        return spec
+
+    return make
 
 
 def _registered_spec(conf: cfgmod.Config, metrics: Metrics) -> Callable[[str, str], DatabaseSpec]:

@@ -429,6 +429,8 @@ class Store:
         self._open_concurrency = open_concurrency
         self._opening: asyncio.Semaphore | None = None
         self._stop: asyncio.Event | None = None
+        self._closed = False  # `run` has ended: nothing starts any more
+        self._adding: set[str] = set()
         self._running: dict[str, tuple[asyncio.Event, asyncio.Task[None]]] = {}
 
     @property
@@ -460,21 +462,26 @@ class Store:
             await stop.wait()
         finally:
             self._stop = None
+            self._closed = True
             await asyncio.gather(*(self._halt(p) for p in list(self._running)))
 
     async def add(self, spec: DatabaseSpec) -> DatabaseRunner:
         """Open a new database (its initial snapshot included) and replicate it; `ValueError` if the
         store already has one at that path. A failure to open leaves the store unchanged."""
-        if spec.path in self._runners:
+        if spec.path in self._runners or spec.path in self._adding:
             raise ValueError(f"{spec.path}: database already registered")
         runner = DatabaseRunner(spec, self.hook)
-        self._runners[spec.path] = runner  # claimed at once: a second add of the same path fails
+        self._adding.add(spec.path)  # claimed at once; listed only once open
         try:
             await self._open_runner(runner)
+            if self._closed:
+                raise RuntimeError(f"{spec.path}: the agent is shutting down")
         except BaseException:
-            del self._runners[spec.path]
             await _discard(runner)
             raise
+        finally:
+            self._adding.discard(spec.path)
+        self._runners[spec.path] = runner
         self.on_add(runner)
         if self._stop is not None:
             self._launch(runner)

@@ -26,7 +26,7 @@ from .db import Database, DatabaseOptions, SyncResult
 from .lease import FencedClient, Lease
 from .replica import Replica
 from .storage import ReplicaClient, StorageError, format_timestamp
-from .watch import poll_wal, watch_wal
+from .watch import SharedWatcher, poll_wal, watch_wal
 
 log = logging.getLogger("lifeboat.store")
 
@@ -54,8 +54,9 @@ class DatabaseSpec:
 class DatabaseRunner:
     """Follows one database and ships it to its replica."""
 
-    def __init__(self, spec: DatabaseSpec, hook: Hook | None = None) -> None:
+    def __init__(self, spec: DatabaseSpec, hook: Hook | None = None, watcher: SharedWatcher | None = None) -> None:
         self.spec = spec
+        self.watcher = watcher
         self.db = Database(spec.path, spec.options)
         self.lease = Lease(spec.client)
         # Every writer of the replica (uploads, compaction, snapshots, retention) goes through the fence.
@@ -178,7 +179,7 @@ class DatabaseRunner:
         loops = [
             self._capture_loop(stop),
             self._upload_loop(stop),
-            watch_wal(self.db.wal_path, self._changed.set, stop),
+            (self.watcher.watch if self.watcher else watch_wal)(self.db.wal_path, self._changed.set, stop),
             poll_wal(self.db.wal_path, self.spec.monitor_interval, self._changed.set,
                      lambda: self.db.checkpoint_mode_due() is not None, stop),
             self._follow_file(stop),
@@ -420,7 +421,8 @@ class Store:
         on_add: Callable[[DatabaseRunner], None] | None = None,
     ) -> None:
         self.hook = hook
-        self._runners = {s.path: DatabaseRunner(s, hook) for s in specs}
+        self.watcher = SharedWatcher()
+        self._runners = {s.path: DatabaseRunner(s, hook, self.watcher) for s in specs}
         self.restart_required: list[str] = []
         self.started_at = time.time()
         self.shutdown_timeout = 30.0
@@ -464,13 +466,14 @@ class Store:
             self._stop = None
             self._closed = True
             await asyncio.gather(*(self._halt(p) for p in list(self._running)))
+            self.watcher.close()
 
     async def add(self, spec: DatabaseSpec) -> DatabaseRunner:
         """Open a new database (its initial snapshot included) and replicate it; `ValueError` if the
         store already has one at that path. A failure to open leaves the store unchanged."""
         if spec.path in self._runners or spec.path in self._adding:
             raise ValueError(f"{spec.path}: database already registered")
-        runner = DatabaseRunner(spec, self.hook)
+        runner = DatabaseRunner(spec, self.hook, self.watcher)
         self._adding.add(spec.path)  # claimed at once; listed only once open
         try:
             await self._open_runner(runner)
@@ -509,7 +512,7 @@ class Store:
         old = self._lookup(path)
         if path in self._running:
             return False
-        runner = DatabaseRunner(old.spec, self.hook)
+        runner = DatabaseRunner(old.spec, self.hook, self.watcher)
         await self._open_runner(runner)
         self._runners[path] = runner
         if self._stop is not None:

@@ -4,6 +4,7 @@ each to `<replica>/<relative path>`, restorable one by one by the real `litestre
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import tempfile
@@ -125,6 +126,9 @@ def test_fifty_databases_in_one_agent(tmp_path: Path, sock_dir: Path) -> None:
     cfg = _config(tmp_path, data, _file_replica(replica), watch=True, sock=sock)
     with Agent.lifeboat("-config", str(cfg), log=tmp_path / "agent.log") as agent:
         wait_for(lambda: sock.exists() and len(_listed(sock)) == 50, 120, what="50 databases")
+        # One inotify instance for every WAL and one for the directory tree, not one per database:
+        # the kernel allows 128 per user by default.
+        assert _inotify_instances(agent.proc.pid) <= 2
         for i, db in enumerate(paths):
             write_batch(db, 100 + i)
         for db in paths:
@@ -133,6 +137,11 @@ def test_fifty_databases_in_one_agent(tmp_path: Path, sock_dir: Path) -> None:
     for i, db in enumerate(paths):
         rel = db.relative_to(data).as_posix()
         assert _restore_batches(tmp_path, file_url(replica / rel)) == {i, 100 + i}, rel
+
+
+def _inotify_instances(pid: int) -> int:
+    fds = Path(f"/proc/{pid}/fd")
+    return sum(1 for fd in fds.iterdir() if os.readlink(fd) == "anon_inode:inotify")
 
 
 def _moto_bucket() -> str:

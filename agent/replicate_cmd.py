@@ -48,8 +48,6 @@ def run(
     _limit_malloc_arenas()
     specs = _specs(conf)
     sources = _directory_sources(conf)
-    if once:  # one pass over what is there now
-        specs += [_spec(conf, src.config_for(p), dynamic=True) for src in sources for p in src.find()]
     for db, spec in zip(conf.dbs, specs, strict=True):
         if (restore_if_db_not_exists or db.restore_if_db_not_exists) and not os.path.exists(db.path):
             try:
@@ -57,6 +55,8 @@ def run(
                 log.info("restored %s from %r", db.path, spec.client)
             except NoBackupError:
                 log.info("no backup for %s: starting fresh", db.path)
+    if once:  # one pass over the databases under each `dir:` as they are now
+        specs += [_spec(conf, src.config_for(p), dynamic=True) for src in sources for p in src.find()]
     return asyncio.run(
         _replicate(
             conf, specs, once=once, force_snapshot=force_snapshot, enforce_retention=enforce_retention, expand=expand,

@@ -184,3 +184,16 @@ def test_directory_mode_on_s3(tmp_path: Path, sock_dir: Path, monkeypatch: pytes
         rel = db.relative_to(data).as_posix()
         got = _restore_batches(tmp_path, f"s3://{bucket}/tenants/{rel}?endpoint={S3_ENDPOINT}&forcePathStyle=true")
         assert got == ({9} if db == late else {i}), rel
+
+
+def test_once_with_meta_dir(tmp_path: Path) -> None:
+    data, replica, meta = tmp_path / "data", tmp_path / "replica", tmp_path / "meta"
+    db = data / "team" / "a.db"
+    db.parent.mkdir(parents=True)
+    create_db(db)
+    write_batch(db, 1)
+    cfg = _config(tmp_path, data, _file_replica(replica), watch=False, extra=f"    meta-dir: {meta}\n")
+    ok(lifeboat("replicate", "-once", "-config", str(cfg)))
+    assert (meta / "team" / "a.db-litestream" / "ltx" / "0").is_dir()
+    assert not (data / "team" / ".a.db-litestream").exists()
+    assert _restore_batches(tmp_path, file_url(replica / "team" / "a.db")) == {1}

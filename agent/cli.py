@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from . import config as cfgmod
+from .config_model import DEFAULT_SOCKET_PATH
 from .db import DatabaseError, default_meta_dir
 from .ltx import LTXError
 from .progress import Progress
@@ -38,7 +39,8 @@ class CLIError(Exception):
     """A failure reported as one line on stderr with exit code 1."""
 
 
-def _version() -> str:
+def agent_version() -> str:
+    """The installed version of lifeboat."""
     try:
         return version("sqlite-lifeboat")
     except PackageNotFoundError:
@@ -98,9 +100,38 @@ def _build_parser() -> argparse.ArgumentParser:
         _flag(rs, name, action="store_true")
     rs.add_argument("db")
 
+    _control_parsers(sub)
+
     ver = sub.add_parser("version", help="print the version")
     _flag(ver, "verbose", action="store_true")
     return root
+
+
+CONTROL_COMMANDS = {  # command: (help, default -timeout in seconds)
+    "sync": ("sync a database now, optionally until its replica has it (control socket)", 30),
+    "info": ("show the running agent's version, pid, uptime (control socket)", 10),
+    "list": ("list the running agent's databases (control socket)", 10),
+    "start": ("start replicating a stopped database (control socket)", 30),
+    "stop": ("stop replicating a database, after a final sync (control socket)", 30),
+    "register": ("add a database to the running agent (control socket)", 30),
+    "unregister": ("remove a database from the running agent, after a final sync (control socket)", 30),
+}
+
+
+def _control_parsers(sub: Any) -> None:
+    for name, (text, timeout) in CONTROL_COMMANDS.items():
+        p = sub.add_parser(name, help=text)
+        _flag(p, "socket", default=DEFAULT_SOCKET_PATH)
+        _flag(p, "timeout", type=int, default=timeout)
+        _flag(p, "json", action="store_true")
+        if name == "sync":
+            _flag(p, "wait", action="store_true")
+        if name == "register":
+            _flag(p, "replica", default="")
+        if name == "unregister":
+            _flag(p, "dry-run", action="store_true")
+        if name not in ("info", "list"):
+            p.add_argument("db", metavar="DB_PATH")
 
 
 # ---- configuration helpers ---------------------------------------------------------------------
@@ -420,8 +451,73 @@ def cmd_reset(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_control(args: argparse.Namespace) -> int:
+    """`sync`, `info`, `list`, `start`, `stop`, `register`, `unregister`: one request to a running
+    agent's control socket, printed as Litestream prints it (or as JSON with -json)."""
+    from .control import ClientError, request
+
+    if args.timeout <= 0:
+        raise CLIError("timeout must be greater than 0")
+    cmd = args.command
+    db = os.path.abspath(os.path.expanduser(args.db)) if hasattr(args, "db") else None
+    if cmd == "register" and not args.replica:
+        raise CLIError("-replica is required (e.g. -replica s3://bucket/prefix)")
+    if cmd == "unregister" and args.dry_run:
+        print(f"Dry run: unregister request preview\n  database: {db}\n  socket: {args.socket}\n"
+              f"  timeout: {args.timeout}s\nNo unregister request was sent.")
+        return 0
+    body: dict[str, Any] | None = None
+    if cmd == "register":
+        body = {"path": db, "replica_url": args.replica}
+    elif db is not None:
+        body = {"path": db, "timeout": args.timeout}
+        if cmd == "sync":
+            body["wait"] = args.wait
+    started = time.monotonic()
+    try:
+        answer = request(args.socket, "GET" if body is None else "POST", f"/{cmd}", body, args.timeout)
+    except ClientError as exc:
+        raise CLIError(f"{cmd} failed: {exc}") from None
+    out = _control_result(args, answer, int((time.monotonic() - started) * 1000))
+    if args.json:
+        print(json.dumps(out, indent=2))
+    elif cmd == "info":
+        print(f"lifeboat {out['version']}\n  PID:        {out['pid']}\n  Uptime:     {out['uptime_seconds']}s\n"
+              f"  Started at: {out['started_at']}\n  Databases:  {out['database_count']}")
+    elif cmd == "list":
+        for d in out["databases"]:
+            print(f"{d['path']} [{d['status']}] (last sync: {d.get('last_sync_at') or 'never'})")
+        if not out["databases"]:
+            print("No databases configured")
+    else:
+        for key, value in out.items():
+            shown = "already registered" if key == "status" and value == "already_registered" else value
+            print(f"{key}: {shown}")
+    return 0
+
+
+def _control_result(args: argparse.Namespace, answer: dict[str, Any], duration_ms: int) -> dict[str, Any]:
+    """Litestream's confirmation for each command, built from the agent's answer."""
+    cmd = args.command
+    if cmd in ("info", "list"):
+        return answer
+    if cmd == "sync":
+        out = {"db_path": answer.get("path"), "txid": answer.get("txid")}
+        if args.wait:
+            out["replica_txid"] = answer.get("replicated_txid")
+        return {**out, "duration_ms": duration_ms}
+    out = {"status": answer.get("status"), "db_path": answer.get("path")}
+    if cmd in ("start", "stop"):
+        out |= {"state": "running" if cmd == "start" else "stopped", "txid": answer.get("txid")}
+    elif cmd == "register":
+        out["replica"] = args.replica
+    else:
+        out["final_txid"] = answer.get("txid")
+    return {**out, "socket": args.socket}
+
+
 def cmd_version(args: argparse.Namespace) -> int:
-    print(f"lifeboat v{_version()}")
+    print(f"lifeboat v{agent_version()}")
     return 0
 
 
@@ -434,6 +530,7 @@ COMMANDS = {
     "status": cmd_status,
     "reset": cmd_reset,
     "version": cmd_version,
+    **dict.fromkeys(CONTROL_COMMANDS, cmd_control),
 }
 
 

@@ -75,6 +75,12 @@ class DBConfig:
     max_sync_wal_bytes: int = 64 * 1024 * 1024
     restore_if_db_not_exists: bool = False
     replica: ReplicaConfig | None = None
+    # Directory replication (`dir:`): `path` is then the directory and these say which files in it
+    # are databases; each one found is replicated with the other settings of this entry.
+    pattern: str | None = None
+    recursive: bool = False
+    watch: bool = False
+    meta_dir_root: str | None = None  # `meta-dir:`
 
     def meta_dir(self) -> str:
         """`meta-path`, else Litestream's `<dir>/.<basename>-litestream` (shared with the Go binary)."""
@@ -89,6 +95,7 @@ class Config:
     """The whole agent configuration (Litestream's `Config`), defaults filled in."""
 
     dbs: list[DBConfig] = field(default_factory=list)
+    directories: list[DBConfig] = field(default_factory=list)  # `dir:` entries (see DBConfig.pattern)
     addr: str | None = None
     levels: list[float] = field(default_factory=lambda: [30.0, 300.0, 3600.0])
     snapshot_interval: float = DAY

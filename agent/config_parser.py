@@ -440,19 +440,22 @@ class _Parser:
         has_path, has_dir = "path" in get, "dir" in get
         if has_path and has_dir:
             raise self.error(path, "cannot specify both path: and dir:", db)
-        recursive = "recursive" in get and self.as_bool(get["recursive"], _join(path, "recursive"))
-        if has_dir or "pattern" in get or "meta-dir" in get or recursive:
-            raise self.error(
-                _join(path, "dir") if has_dir else path, "directory replication (dir:) is not supported", db
-            )
-        if "watch" in get and self.as_bool(get["watch"], _join(path, "watch")):
-            raise self.error(_join(path, "watch"), "watch: can only be enabled with dir:", get["watch"])
-        if not has_path:
-            raise self.error(path, "a database needs a path:", db)
-        raw_path = self.convert("str", get["path"], _join(path, "path"))
+        if not has_dir:
+            for key in ("pattern", "meta-dir"):
+                if key in get:
+                    raise self.error(_join(path, key), f"{key}: can only be used with dir:", get[key])
+            for key in ("recursive", "watch"):
+                if key in get and self.as_bool(get[key], _join(path, key)):
+                    raise self.error(_join(path, key), f"{key}: can only be enabled with dir:", get[key])
+        if not (has_path or has_dir):
+            raise self.error(path, "a database needs a path: (or dir: and pattern:)", db)
+        key = "dir" if has_dir else "path"
+        raw_path = self.convert("str", get[key], _join(path, key))
         if not raw_path.strip():
-            raise self.error(_join(path, "path"), "must not be empty", get["path"])
+            raise self.error(_join(path, key), "must not be empty", get[key])
         dbc = DBConfig(path=expand_path(raw_path))
+        if has_dir:
+            self.directory(dbc, get, path)
 
         if "meta-path" in get:
             meta = self.convert("str", get["meta-path"], _join(path, "meta-path"))
@@ -508,6 +511,26 @@ class _Parser:
         if dbc.replica is None:
             raise self.error(path, "no replica configured (replica: with a url:)", db)
         return dbc, snap
+
+    def directory(self, dbc: DBConfig, get: Mapping[str, Any], path: str) -> None:
+        """`dir:` with `pattern:` (required, as in Litestream), `recursive:`, `watch:`, `meta-dir:`."""
+        if "pattern" not in get:
+            raise self.error(_join(path, "pattern"), "pattern: is required with dir: (e.g. pattern: '*.db')", None)
+        pattern = self.convert("str", get["pattern"], _join(path, "pattern"))
+        if not pattern or "/" in pattern:
+            raise self.error(_join(path, "pattern"), "must be a file name pattern such as '*.db'", get["pattern"])
+        dbc.pattern = pattern
+        if "recursive" in get:
+            dbc.recursive = self.as_bool(get["recursive"], _join(path, "recursive"))
+        if "watch" in get:
+            dbc.watch = self.as_bool(get["watch"], _join(path, "watch"))
+        if "meta-dir" in get:
+            if "meta-path" in get:
+                raise self.error(
+                    _join(path, "meta-dir"), "cannot specify both meta-path: and meta-dir:", get["meta-dir"]
+                )
+            meta_dir = self.convert("str", get["meta-dir"], _join(path, "meta-dir"))
+            dbc.meta_dir_root = expand_path(meta_dir) if meta_dir else None
 
     # -- whole file ---------------------------------------------------------------------------
 
@@ -660,6 +683,11 @@ class _Parser:
             if dbc.path in seen_paths:
                 raise self.error(f"{dp}.path", f"{dbc.path} is already configured in {seen_paths[dbc.path]}", node)
             seen_paths[dbc.path] = dp
+            if dbc.pattern is not None:
+                cfg.directories.append(dbc)
+                if snap:
+                    snaps.append((f"{dp}.snapshot", snap))
+                continue
             meta = dbc.meta_dir()
             if meta in seen_meta:
                 raise self.error(f"{dp}.meta-path", f"{meta} is already used by {seen_meta[meta]}", node)

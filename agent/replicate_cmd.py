@@ -11,13 +11,17 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from . import config as cfgmod
 from . import ltx
 from .child import Child
+from .cli import agent_version
 from .compaction import LifecycleSettings
+from .control import ControlServer
 from .db import DatabaseOptions
+from .dirwatch import DirectoryMonitor, DirectorySource
 from .heartbeat import Heartbeat
 from .metrics import Metrics
 from .restore import NoBackupError, restore
@@ -43,6 +47,7 @@ def run(
     `exec_argv` child runs; the exit code (the child's, with `exec_argv`)."""
     _limit_malloc_arenas()
     specs = _specs(conf)
+    sources = _directory_sources(conf)
     for db, spec in zip(conf.dbs, specs, strict=True):
         if (restore_if_db_not_exists or db.restore_if_db_not_exists) and not os.path.exists(db.path):
             try:
@@ -50,10 +55,12 @@ def run(
                 log.info("restored %s from %r", db.path, spec.client)
             except NoBackupError:
                 log.info("no backup for %s: starting fresh", db.path)
+    if once:  # one pass over the databases under each `dir:` as they are now
+        specs += [_spec(conf, src.config_for(p), dynamic=True) for src in sources for p in src.find()]
     return asyncio.run(
         _replicate(
             conf, specs, once=once, force_snapshot=force_snapshot, enforce_retention=enforce_retention, expand=expand,
-            exec_argv=exec_argv,
+            exec_argv=exec_argv, sources=sources,
         )
     )
 
@@ -85,17 +92,31 @@ def _limit_malloc_arenas(arenas: int = 2) -> None:
 
 
 def _specs(conf: cfgmod.Config) -> list[DatabaseSpec]:
-    specs = []
-    for db in conf.dbs:
-        if db.replica is None:
-            raise ConfigError(f"{conf.source}: database {db.path} has no replica")
-        specs.append(
-            DatabaseSpec(
-                db.path, new_client(db.replica.settings), _db_options(db), db.monitor_interval,
-                db.replica.sync_interval, _lifecycle(conf), dict(db.replica.settings),
+    return [_spec(conf, db) for db in conf.dbs]
+
+
+def _spec(conf: cfgmod.Config, db: cfgmod.DBConfig, *, dynamic: bool = False) -> DatabaseSpec:
+    if db.replica is None:
+        raise ConfigError(f"{conf.source}: database {db.path} has no replica")
+    return DatabaseSpec(
+        db.path, new_client(db.replica.settings), _db_options(db), db.monitor_interval,
+        db.replica.sync_interval, _lifecycle(conf), dict(db.replica.settings), dynamic=dynamic,
+    )
+
+
+def _directory_sources(conf: cfgmod.Config) -> list[DirectorySource]:
+    """The `dir:` entries, checked as Litestream checks them at start-up."""
+    sources = []
+    for entry in conf.directories:
+        if not os.path.isdir(entry.path):
+            raise ConfigError(f"{conf.source}: dir {entry.path}: not a directory")
+        source = DirectorySource(entry)
+        if not entry.watch and not source.find():
+            raise ConfigError(
+                f"{conf.source}: no SQLite databases found in directory {entry.path} with pattern {entry.pattern}"
             )
-        )
-    return specs
+        sources.append(source)
+    return sources
 
 
 async def _watch_config(path: str, expand: bool, store: Store, stop: asyncio.Event) -> None:
@@ -148,12 +169,13 @@ async def _replicate(
     enforce_retention: bool = False,
     expand: bool = True,
     exec_argv: list[str] | None = None,
+    sources: list[DirectorySource] | None = None,
 ) -> int:
     ltx.use_block_encoding(conf.ltx_page_encoding == "block")
     metrics = Metrics()
     for spec in specs:
         spec.client = metrics.instrument(spec.client, spec.path, conf.l0_retention)
-    store = Store(specs, hook=metrics.observe)
+    store = Store(specs, hook=metrics.observe, on_add=lambda r: metrics.register(r.db.path, r.replica.client.type))
     for r in store.runners:
         metrics.register(r.db.path, r.replica.client.type)
     if once:
@@ -168,6 +190,7 @@ async def _replicate(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     server = None
+    control: ControlServer | None = None
     child: Child | None = None
     if conf.addr:
         server = await serve(conf.addr, store, metrics)
@@ -181,11 +204,16 @@ async def _replicate(
         # Litestream, wait for it instead of exiting.
         if await _wait_for_databases(store, stop):
             await store.open()
+        if conf.socket_enabled and not stop.is_set():
+            control = ControlServer(store, _registered_spec(conf, metrics), f"v{agent_version()}")
+            await control.listen(conf.socket_path, conf.socket_permissions)
         if exec_argv and child is None and not stop.is_set():
             child = await _start_child(exec_argv, stop)
     except BaseException:
         if server is not None:
             server.close()
+        if control is not None:
+            await control.close()
         await store.close()
         if child is not None:
             await child.terminate()
@@ -193,6 +221,8 @@ async def _replicate(
     if stop.is_set() and not all(r.opened for r in store.runners):
         if server is not None:
             server.close()
+        if control is not None:
+            await control.close()
         await store.close()
         return child.exit_code() if child is not None and child.proc.returncode is not None else 0
     for r in store.runners:
@@ -201,6 +231,9 @@ async def _replicate(
     background = []
     if conf.source != "<args>":
         background.append(asyncio.create_task(_watch_config(conf.source, expand, store, stop)))
+    for source in sources or []:
+        monitor = DirectoryMonitor(source, store, _instrumented(conf, metrics))
+        background.append(asyncio.create_task(monitor.run(stop)))
     if conf.heartbeat_url:
         beat = Heartbeat(conf.heartbeat_url, conf.heartbeat_interval, metrics.registry)
         background.append(asyncio.create_task(beat.run(store.statuses, stop)))
@@ -211,11 +244,36 @@ async def _replicate(
             task.cancel()
         if server is not None:
             server.close()
+        if control is not None:
+            await control.close()
         if child is not None:
             await child.terminate()  # replication stopped first (lost lease): the child goes too
     if store.lost_lease or child is None:
         return 1 if store.lost_lease else 0
     return child.exit_code()
+
+
+def _instrumented(conf: cfgmod.Config, metrics: Metrics) -> Callable[[cfgmod.DBConfig], DatabaseSpec]:
+    """How a database found under a `dir:` entry is replicated, its replica calls counted."""
+
+    def make(db: cfgmod.DBConfig) -> DatabaseSpec:
+        spec = _spec(conf, db, dynamic=True)
+        spec.client = metrics.instrument(spec.client, spec.path, conf.l0_retention)
+        return spec
+
+    return make
+
+
+def _registered_spec(conf: cfgmod.Config, metrics: Metrics) -> Callable[[str, str], DatabaseSpec]:
+    """How a database registered at runtime (`register -replica URL DB`) is replicated: the
+    config's defaults for everything but its replica URL."""
+
+    def make(path: str, url: str) -> DatabaseSpec:
+        client = metrics.instrument(new_client({"url": url}), path, conf.l0_retention)
+        return DatabaseSpec(path, client, DatabaseOptions(), lifecycle=_lifecycle(conf),
+                            replica_settings={"url": url}, dynamic=True)
+
+    return make
 
 
 async def _start_child(argv: list[str], stop: asyncio.Event) -> Child:

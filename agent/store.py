@@ -26,7 +26,7 @@ from .db import Database, DatabaseOptions, SyncResult
 from .lease import FencedClient, Lease
 from .replica import Replica
 from .storage import ReplicaClient, StorageError, format_timestamp
-from .watch import poll_wal, watch_wal
+from .watch import SharedWatcher, poll_wal, watch_wal
 
 log = logging.getLogger("lifeboat.store")
 
@@ -36,6 +36,7 @@ Hook = Callable[[str, dict[str, Any]], None]
 # commit yet) is then looked at every UNPUBLISHED_CAP seconds until it commits.
 UNPUBLISHED_RECHECKS = (0.002, 0.008, 0.032, 0.128)
 UNPUBLISHED_CAP = 1.0
+OPEN_CONCURRENCY = 8  # databases opened (and snapshotted) at once when added while running
 
 
 @dataclass
@@ -49,13 +50,15 @@ class DatabaseSpec:
     sync_interval: float = 1.0
     lifecycle: LifecycleSettings | None = None
     replica_settings: dict[str, Any] = field(default_factory=dict)  # what the client was built from
+    dynamic: bool = False  # added while running (register, directory mode): not the config's to change
 
 
 class DatabaseRunner:
     """Follows one database and ships it to its replica."""
 
-    def __init__(self, spec: DatabaseSpec, hook: Hook | None = None) -> None:
+    def __init__(self, spec: DatabaseSpec, hook: Hook | None = None, watcher: SharedWatcher | None = None) -> None:
         self.spec = spec
+        self.watcher = watcher
         self.db = Database(spec.path, spec.options)
         self.lease = Lease(spec.client)
         # Every writer of the replica (uploads, compaction, snapshots, retention) goes through the fence.
@@ -73,6 +76,7 @@ class DatabaseRunner:
         # TXIDs would otherwise acknowledge rows against a position the replica passed long ago).
         self.opened = False
         self.paused = False
+        self.disabled = False  # stopped by the store (control socket `stop`, unregister, shutdown)
         self.last_error: str | None = None
         self.seen_at: dict[int, float] = {}
         self._changed = asyncio.Event()
@@ -181,7 +185,7 @@ class DatabaseRunner:
         loops = [
             self._capture_loop(stop),
             self._upload_loop(stop),
-            watch_wal(self.db.wal_path, self._changed.set, stop),
+            (self.watcher.watch if self.watcher else watch_wal)(self.db.wal_path, self._changed.set, stop),
             poll_wal(self.db.wal_path, self.spec.monitor_interval, self._changed.set,
                      lambda: self.db.checkpoint_mode_due() is not None, stop),
             self._follow_file(stop),
@@ -350,7 +354,7 @@ class DatabaseRunner:
         elif self.replica.pos >= self.db.pos:
             lag = 0.0
         out.update(
-            state="stopped" if self.lost_lease else "paused" if self.paused else "replicating",
+            state="stopped" if self.lost_lease or self.disabled else "paused" if self.paused else "replicating",
             txid=self.db.pos,
             remote_txid=self.replica.pos,
             lag_seconds=None if lag is None else round(lag, 3),
@@ -390,16 +394,72 @@ def _disk_full_error(exc: BaseException) -> bool:
     return False
 
 
+async def _discard(runner: DatabaseRunner) -> None:
+    """Release what a runner that failed to open may hold (its lease, connections, database)."""
+    with contextlib.suppress(Exception):
+        await runner.lease.release()
+    with contextlib.suppress(Exception):
+        await runner.replica.client.close()
+    runner.db.close()
+
+
 def _rfc3339(ts: float | None) -> str | None:
     return None if ts is None else format_timestamp(datetime.fromtimestamp(ts, UTC))
 
 
-class Store:
-    """Every database of one agent process."""
+class DatabaseNotFound(LookupError):
+    """No database of the store at that path."""
 
-    def __init__(self, specs: list[DatabaseSpec], hook: Hook | None = None) -> None:
-        self.runners = [DatabaseRunner(s, hook) for s in specs]
+
+class DatabaseNotOpen(RuntimeError):
+    """The database is registered but stopped."""
+
+
+@dataclass
+class SyncOutcome:
+    """What a requested sync did: whether it captured anything, and both positions after it."""
+
+    changed: bool
+    txid: int
+    replicated_txid: int
+
+
+class Store:
+    """Every database of one agent process. Databases can be added, removed, stopped and started
+    while it runs (the control socket, directory mode); each running one has its own stop event."""
+
+    def __init__(
+        self, specs: list[DatabaseSpec], hook: Hook | None = None, *, open_concurrency: int = OPEN_CONCURRENCY,
+        on_add: Callable[[DatabaseRunner], None] | None = None,
+    ) -> None:
+        self.hook = hook
+        self.watcher = SharedWatcher()
+        self._runners = {s.path: DatabaseRunner(s, hook, self.watcher) for s in specs}
         self.restart_required: list[str] = []
+        self.started_at = time.time()
+        self.shutdown_timeout = 30.0
+        self.shutdown_interval = 0.5
+        self.on_add = on_add or (lambda runner: None)
+        # Opening a database writes its initial snapshot: with hundreds discovered at once, a few at a time.
+        self._open_concurrency = open_concurrency
+        self._opening: asyncio.Semaphore | None = None
+        self._stop: asyncio.Event | None = None
+        self._closed = False  # `run` has ended: nothing starts any more
+        self._adding: set[str] = set()
+        self._running: dict[str, tuple[asyncio.Event, asyncio.Task[None]]] = {}
+
+    @property
+    def runners(self) -> list[DatabaseRunner]:
+        """The databases, running or stopped, in the order they were added."""
+        return list(self._runners.values())
+
+    def find(self, path: str) -> DatabaseRunner | None:
+        """The database at `path` (absolute), if the store has it."""
+        return self._runners.get(path)
+
+    def is_running(self, path: str) -> bool:
+        """Whether the database at `path` is open and being replicated."""
+        return path in self._running
 
     async def open(self) -> None:
         """Open every database and replica; the first failure stops start-up with its message."""
@@ -409,11 +469,121 @@ class Store:
     async def run(self, stop: asyncio.Event, shutdown_timeout: float = 30.0, shutdown_interval: float = 0.5) -> None:
         """Replicate until `stop`, then give every database a final sync (`shutdown-sync-timeout`,
         retried every `shutdown-sync-interval`)."""
+        self._stop = stop
+        self.shutdown_timeout = shutdown_timeout
+        self.shutdown_interval = shutdown_interval
+        for r in self.runners:
+            if r.opened:
+                self._launch(r)
         try:
-            await asyncio.gather(*(r.run(stop) for r in self.runners))
+            await stop.wait()
         finally:
-            for r in self.runners:
-                await r.shutdown(shutdown_timeout, shutdown_interval)
+            self._stop = None
+            self._closed = True
+            await asyncio.gather(*(self._halt(p) for p in list(self._running)))
+            self.watcher.close()
+
+    async def add(self, spec: DatabaseSpec) -> DatabaseRunner:
+        """Open a new database (its initial snapshot included) and replicate it; `ValueError` if the
+        store already has one at that path. A failure to open leaves the store unchanged."""
+        if spec.path in self._runners or spec.path in self._adding:
+            raise ValueError(f"{spec.path}: database already registered")
+        runner = DatabaseRunner(spec, self.hook, self.watcher)
+        self._adding.add(spec.path)  # claimed at once; listed only once open
+        try:
+            await self._open_runner(runner)
+            if self._closed:
+                raise RuntimeError(f"{spec.path}: the agent is shutting down")
+        except BaseException:
+            await _discard(runner)
+            raise
+        finally:
+            self._adding.discard(spec.path)
+        self._runners[spec.path] = runner
+        self.on_add(runner)
+        if self._stop is not None:
+            self._launch(runner)
+        return runner
+
+    async def remove(self, path: str, timeout: float | None = None) -> DatabaseRunner | None:
+        """Stop following the database at `path` (a final sync first) and forget it; the runner
+        removed, or None when there was none."""
+        runner = self._runners.get(path)
+        if runner is None:
+            return None
+        await self._halt(path, timeout)
+        self._runners.pop(path, None)
+        return runner
+
+    async def stop_db(self, path: str, timeout: float | None = None) -> bool:
+        """Stop replicating a database but keep it registered; False if it was not running."""
+        if self._lookup(path) is None or path not in self._running:
+            return False
+        await self._halt(path, timeout)
+        return True
+
+    async def start_db(self, path: str) -> bool:
+        """Start a stopped database again (a fresh open and catch-up); False if it was running."""
+        old = self._lookup(path)
+        if path in self._running:
+            return False
+        runner = DatabaseRunner(old.spec, self.hook, self.watcher)
+        await self._open_runner(runner)
+        self._runners[path] = runner
+        if self._stop is not None:
+            self._launch(runner)
+        return True
+
+    async def sync_db(self, path: str, *, wait: bool, timeout: float) -> SyncOutcome:
+        """Capture the database now; with `wait`, return only once the replica holds what was captured."""
+        runner = self._lookup(path)
+        if path not in self._running:
+            raise DatabaseNotOpen(f"database not open: {path}")
+        before = runner.db.pos
+        await runner.capture()
+        if wait and runner.replica.pos < runner.db.pos:
+            target = runner.db.pos
+            await asyncio.wait_for(runner.upload(deadline=time.monotonic() + timeout), timeout)
+            if runner.replica.pos < target:
+                raise TimeoutError(f"{path}: replica at txid {runner.replica.pos}, not yet {target}")
+        return SyncOutcome(runner.db.pos > before, runner.db.pos, runner.replica.pos)
+
+    def _lookup(self, path: str) -> DatabaseRunner:
+        runner = self._runners.get(path)
+        if runner is None:
+            raise DatabaseNotFound(f"database not found: {path}")
+        return runner
+
+    async def _open_runner(self, runner: DatabaseRunner) -> None:
+        if self._opening is None:
+            self._opening = asyncio.Semaphore(self._open_concurrency)
+        async with self._opening:
+            await runner.open()
+            await runner.capture()
+
+    def _launch(self, runner: DatabaseRunner) -> None:
+        if runner.db.path in self._running:
+            return  # added while `run` was starting: launched once
+        stop = asyncio.Event()
+        task = asyncio.create_task(self._serve(runner, stop))
+        self._running[runner.db.path] = (stop, task)
+
+    async def _serve(self, runner: DatabaseRunner, stop: asyncio.Event) -> None:
+        await runner.run(stop)
+        if runner.lost_lease and self._stop is not None:
+            # A takeover ends the runner's loops; the agent stops as a whole and reports it.
+            self._stop.set()
+
+    async def _halt(self, path: str, timeout: float | None = None) -> None:
+        entry = self._running.pop(path, None)
+        if entry is None:
+            return
+        stop, task = entry
+        stop.set()
+        await asyncio.gather(task, return_exceptions=True)
+        runner = self._runners[path]
+        await runner.shutdown(self.shutdown_timeout if timeout is None else timeout, self.shutdown_interval)
+        runner.disabled = True
 
     async def sync_once(self, *, force_snapshot: bool = False, enforce_retention: bool = False) -> None:
         """One capture and upload of every database (`replicate -once`), optionally a snapshot
@@ -447,8 +617,9 @@ class Store:
     def reconfigure(self, specs: list[DatabaseSpec], paused: bool) -> list[str]:
         """Apply a reloaded configuration to running databases; remember what needs a restart."""
         by_path = {s.path: s for s in specs}
-        reasons = [f"{p}: database added" for p in by_path.keys() - {r.db.path for r in self.runners}]
-        for r in self.runners:
+        configured = [r for r in self.runners if not r.spec.dynamic]
+        reasons = [f"{p}: database added" for p in by_path.keys() - {r.db.path for r in configured}]
+        for r in configured:
             spec = by_path.get(r.db.path)
             if spec is None:
                 reasons.append(f"{r.db.path}: database removed")

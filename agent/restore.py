@@ -166,8 +166,8 @@ async def list_levels(client: ReplicaClient, use_metadata: bool = False) -> dict
     return {lvl: files for lvl, files in enumerate(results) if files}
 
 
-async def _download(client: ReplicaClient, info: FileInfo, dest: Path, transfer: Transfer, report: Report) -> None:
-    """Fetch one file into `dest`. A broken stream resumes by range where it stopped (at once: it
+async def download(client: ReplicaClient, info: FileInfo, dest: Path, transfer: Transfer, report: Report) -> None:
+    """Fetch one replica file into `dest`. A broken stream resumes by range where it stopped (at once: it
     made progress); a failure with no progress is retried with backoff, and surfaces when the tries
     run out. One reset connection costs one request, never the multi-GB download before it."""
     name = f"level {info.level} file {info.name}"
@@ -305,12 +305,14 @@ async def restore(
     integrity_check: str = "none",
     if_exists: IfExists = IfExists.FAIL,
     progress: Report | None = None,
+    before_install: Callable[[Path], None] | None = None,
 ) -> RestoreResult | None:
     """Restore the replica into `output`: latest, or as of txid/timestamp.
 
     An existing output is handled per `if_exists` (None: skipped). Whatever the policy, an existing
     database is only ever replaced by the final rename of a verified restore: any failure before
-    leaves it, and its -wal/-shm, as they were. `progress` is called as the downloads advance.
+    leaves it, and its -wal/-shm, as they were. `progress` is called as the downloads advance;
+    `before_install` on the verified file just before it takes the output's name.
     """
     out = Path(output).absolute()
     if not check_output(out, if_exists):
@@ -323,6 +325,8 @@ async def restore(
             check = await asyncio.to_thread(_integrity_check, tmp, integrity_check)
             if check not in ("ok", "skipped"):
                 raise RestoreError(f"{out}: integrity check failed: {check}")
+            if before_install is not None:
+                await asyncio.to_thread(before_install, tmp)
             # Again: the output may have appeared during the download.
             if not check_output(out, if_exists):
                 _remove(tmp)
@@ -376,7 +380,7 @@ async def _download_all(
 
     async def fetch(info: FileInfo, dest: Path) -> None:
         async with sem:
-            await _download(client, info, dest, transfer, report)
+            await download(client, info, dest, transfer, report)
 
     # Every download runs to its end before the first error is raised: none is left writing into
     # the work directory while a new plan downloads there, or cancelled mid-read at shutdown.

@@ -32,7 +32,7 @@ from pathlib import Path
 from . import ltx
 from .progress import Transfer
 from .restore import MAX_LEVEL, IfExists, Report, RestoreError, download, list_levels, restore
-from .storage import SNAPSHOT_LEVEL, FileInfo, ReplicaClient
+from .storage import SNAPSHOT_LEVEL, FileInfo, ReplicaClient, StorageError
 from .storage.file import fsync_dir
 
 log = logging.getLogger("lifeboat")
@@ -270,7 +270,7 @@ class Follower:
             try:
                 await self.poll()
                 errors = 0
-            except (RestoreError, OSError, ltx.LTXError) as exc:
+            except (RestoreError, StorageError, OSError, ltx.LTXError) as exc:
                 errors += 1
                 log.error("follow: error applying updates: %s (consecutive_errors=%d)", exc, errors)
             if self.txid > before and self.last_created is not None:

@@ -337,7 +337,7 @@ async def restore_and_follow(
     else:
         result = await restore(
             client, str(output), parallelism=parallelism, integrity_check=integrity_check, if_exists=if_exists,
-            progress=progress, before_install=to_rollback_mode,
+            progress=progress, before_install=to_rollback_mode, legacy_v3=False,
         )
         assert result is not None  # only IfExists.SKIP skips, and an existing output resumes instead
         txid = result.txid

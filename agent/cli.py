@@ -22,7 +22,9 @@ from typing import Any, TypeVar
 
 from . import config as cfgmod
 from .config_model import DEFAULT_SOCKET_PATH
+from .config_values import parse_duration
 from .db import DatabaseError, default_meta_dir
+from .follow import restore_and_follow
 from .ltx import LTXError
 from .progress import Progress
 from .restore import IfExists, NoBackupError, RestoreError, UnservableTargetError, list_levels, plan, restore
@@ -72,7 +74,8 @@ def _build_parser() -> argparse.ArgumentParser:
     for name in ("config", "o", "txid", "timestamp", "integrity-check"):
         _flag(res, name)
     _flag(res, "parallelism", type=int, default=8)
-    for name in ("no-expand-env", "if-db-not-exists", "if-replica-exists", "dry-run", "force", "json"):
+    _flag(res, "follow-interval", default="1s")
+    for name in ("no-expand-env", "if-db-not-exists", "if-replica-exists", "dry-run", "force", "json", "f"):
         _flag(res, name, action="store_true")
     res.add_argument("target", metavar="DB_PATH|REPLICA_URL")
 
@@ -263,10 +266,22 @@ def cmd_restore(args: argparse.Namespace) -> int:
     if check not in ("none", "quick", "full"):
         raise CLIError(f"invalid -integrity-check {args.integrity_check!r}: expected none, quick or full")
     out = os.path.abspath(output)
+    if args.f:
+        _check_follow_flags(args)
     if args.dry_run:
         return _run_with(client, _dry_run(client, txid, ts, args.json))
     # -if-db-not-exists first, as Litestream: with both flags an existing database is kept.
     if_exists = IfExists.SKIP if args.if_db_not_exists else IfExists.REPLACE if args.force else IfExists.FAIL
+    if args.f:
+        _setup_logging("INFO")
+        _run_with(
+            client,
+            restore_and_follow(
+                client, Path(out), interval=parse_duration(args.follow_interval, allow_zero=False),
+                if_exists=if_exists, parallelism=args.parallelism, integrity_check=check,
+            ),
+        )
+        return 0
     started = time.monotonic()
     bar = Progress()
     try:
@@ -304,6 +319,16 @@ def cmd_restore(args: argparse.Namespace) -> int:
     else:
         print(f"restored {result.path} to txid {result.txid:016x} from {result.files} file(s)", file=sys.stderr)
     return 0
+
+
+def _check_follow_flags(args: argparse.Namespace) -> None:
+    for flag in ("txid", "timestamp", "dry_run"):
+        if getattr(args, flag):
+            raise CLIError(f"cannot use follow mode (-f) with -{flag.replace('_', '-')}")
+    try:
+        parse_duration(args.follow_interval, allow_zero=False)
+    except ValueError as exc:
+        raise CLIError(f"invalid -follow-interval {args.follow_interval!r}: {exc}") from None
 
 
 async def _dry_run(client: ReplicaClient, txid: int | None, ts: datetime | None, as_json: bool) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import logging
 import os
@@ -22,11 +23,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from . import ltx
+from . import ltx, restore_v3
 from .progress import Transfer
 from .sqlite import lock_pgno
 from .storage import SNAPSHOT_LEVEL, FileInfo, NotFound, ReplicaClient, Transient, format_timestamp
-from .storage.file import fsync_dir
+from .storage.file import FileReplicaClient, fsync_dir
 from .storage.retry import retry
 
 log = logging.getLogger("lifeboat")
@@ -166,8 +167,8 @@ async def list_levels(client: ReplicaClient, use_metadata: bool = False) -> dict
     return {lvl: files for lvl, files in enumerate(results) if files}
 
 
-async def _download(client: ReplicaClient, info: FileInfo, dest: Path, transfer: Transfer, report: Report) -> None:
-    """Fetch one file into `dest`. A broken stream resumes by range where it stopped (at once: it
+async def download(client: ReplicaClient, info: FileInfo, dest: Path, transfer: Transfer, report: Report) -> None:
+    """Fetch one replica file into `dest`. A broken stream resumes by range where it stopped (at once: it
     made progress); a failure with no progress is retried with backoff, and surfaces when the tries
     run out. One reset connection costs one request, never the multi-GB download before it."""
     name = f"level {info.level} file {info.name}"
@@ -305,37 +306,68 @@ async def restore(
     integrity_check: str = "none",
     if_exists: IfExists = IfExists.FAIL,
     progress: Report | None = None,
+    before_install: Callable[[Path], None] | None = None,
+    legacy_v3: bool = True,
 ) -> RestoreResult | None:
     """Restore the replica into `output`: latest, or as of txid/timestamp.
 
     An existing output is handled per `if_exists` (None: skipped). Whatever the policy, an existing
     database is only ever replaced by the final rename of a verified restore: any failure before
-    leaves it, and its -wal/-shm, as they were. `progress` is called as the downloads advance.
+    leaves it, and its -wal/-shm, as they were. `progress` is called as the downloads advance;
+    `before_install` on the verified file just before it takes the output's name. A latest-state
+    restore reads a Litestream 0.3 backup instead when it is newer than the LTX files, unless
+    `legacy_v3` is false.
     """
     out = Path(output).absolute()
     if not check_output(out, if_exists):
         return None
     tmp = out.with_name(out.name + ".tmp")
     with tempfile.TemporaryDirectory(prefix=".lifeboat-restore-", dir=out.parent) as work:
-        files, paths = await _fetch_plan(client, Path(work), txid, timestamp, parallelism, progress or _quiet)
+        legacy = await _newer_v3(client) if legacy_v3 and txid is None and timestamp is None else None
+        if legacy is None:
+            files, paths = await _fetch_plan(client, Path(work), txid, timestamp, parallelism, progress or _quiet)
         try:
-            await asyncio.to_thread(_apply, list(zip(files, paths, strict=True)), tmp)
+            if legacy is None:
+                await asyncio.to_thread(_apply, list(zip(files, paths, strict=True)), tmp)
+                result = RestoreResult(str(out), files[-1].max_txid, files[-1].created_at, len(files), "")
+            else:
+                log.info("restoring from the Litestream 0.3 backup (newer than any LTX file)")
+                await asyncio.to_thread(restore_v3.rebuild, legacy[0], legacy[1], tmp)
+                used = [legacy[0]] + [s for s in legacy[1] if s.generation == legacy[0].generation]
+                result = RestoreResult(str(out), 0, max(f.created_at for f in used), len(used), "")
             check = await asyncio.to_thread(_integrity_check, tmp, integrity_check)
             if check not in ("ok", "skipped"):
                 raise RestoreError(f"{out}: integrity check failed: {check}")
+            if before_install is not None:
+                await asyncio.to_thread(before_install, tmp)
             # Again: the output may have appeared during the download.
             if not check_output(out, if_exists):
                 _remove(tmp)
                 return None
             _install(tmp, out, Path(work))
-        except ltx.LTXError as exc:
+        except (ltx.LTXError, restore_v3.V3Error, sqlite3.DatabaseError) as exc:
             _remove(tmp)
             raise RestoreError(str(exc)) from None
         except BaseException:
             _remove(tmp)
             raise
-    last = files[-1]
-    return RestoreResult(str(out), last.max_txid, last.created_at, len(files), check)
+    return dataclasses.replace(result, integrity_check=check)
+
+
+async def _newer_v3(client: ReplicaClient) -> tuple[restore_v3.V3File, list[restore_v3.V3File]] | None:
+    """The newest 0.3 snapshot and the WAL segments, when the replica holds a 0.3 backup written
+    after its newest LTX file (Litestream's choice for a restore of the latest state)."""
+    if not isinstance(client, FileReplicaClient):
+        return None
+    snapshots, segments = await asyncio.to_thread(restore_v3.scan, client.root)
+    v3_time = restore_v3.updated_at(snapshots, segments)
+    if v3_time is None or not snapshots:
+        return None
+    levels = await list_levels(client)
+    ltx_time = max((f.created_at for files in levels.values() for f in files), default=None)
+    if ltx_time is not None and ltx_time >= v3_time:
+        return None
+    return max(snapshots, key=lambda f: f.created_at), segments
 
 
 def _install(tmp: Path, out: Path, aside: Path) -> None:
@@ -376,7 +408,7 @@ async def _download_all(
 
     async def fetch(info: FileInfo, dest: Path) -> None:
         async with sem:
-            await _download(client, info, dest, transfer, report)
+            await download(client, info, dest, transfer, report)
 
     # Every download runs to its end before the first error is raised: none is left writing into
     # the work directory while a new plan downloads there, or cancelled mid-read at shutdown.

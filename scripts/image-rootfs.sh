@@ -26,7 +26,11 @@ venv=$2
 
 "$venv/bin/pip" uninstall --quiet --yes pip setuptools
 find "$venv" -depth \( -name '*.pyi' -o -name tests -type d \) -exec rm -rf {} +
-find "$venv" -type f -name '*.so*' -exec strip --strip-unneeded {} +
+# Not the libraries auditwheel grafted (*.libs/) nor the modules it pointed at them (an RPATH): strip
+# breaks the layout patchelf left them ("ELF load command address/offset not page-aligned").
+find "$venv" -type f -name '*.so*' ! -path '*.libs/*' | while read -r so; do
+  readelf -d "$so" | grep -q -e '(RPATH)' -e '(RUNPATH)' || strip --strip-unneeded "$so"
+done
 if $sourceless; then
   # -P: the working directory (the build's source tree, with its operator/ folder) stays off sys.path.
   "$venv/bin/python" -P - "$venv" <<'PY'

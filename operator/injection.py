@@ -12,7 +12,7 @@ from typing import Any
 from lifeboat.operator import agent_config
 from lifeboat.operator import spec as specs
 
-DEFAULT_IMAGE = "ghcr.io/lifeboat-dev/lifeboat:0.1.0"
+DEFAULT_IMAGE = "ghcr.io/lifeboat-dev/lifeboat-agent:0.1.0"
 RESTORE_CONTAINER = "lifeboat-restore"
 AGENT_CONTAINER = "lifeboat-agent"
 CONFIG_VOLUME = "lifeboat-config"

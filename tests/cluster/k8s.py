@@ -76,7 +76,8 @@ class Cluster:
 
     def env(self) -> dict[str, str]:
         """The environment of a user whose kubectl and helm talk to this cluster."""
-        return {**os.environ, "KUBECONFIG": str(self.kubeconfig),
+        # README's install line names the images by $REGISTRY: the ones `.ci/image-smoke.sh` builds.
+        return {**os.environ, "KUBECONFIG": str(self.kubeconfig), "REGISTRY": "localhost/lifeboat",
                 "PATH": f"{KUBECTL.parent}:{HELM.parent}:{os.environ.get('PATH', '')}",
                 "HELM_CACHE_HOME": str(self.kubeconfig.parent / "helm-cache"),
                 "HELM_CONFIG_HOME": str(self.kubeconfig.parent / "helm-config")}
@@ -225,13 +226,13 @@ class Operator:
 
 
 def readme_kubernetes_commands() -> list[str]:
-    """The command lines of README's "On Kubernetes" shell block, without their comments."""
+    """The command lines of README's "On Kubernetes" shell block that installs the chart (the one
+    before it builds and pushes the images), without their comments."""
     text = (REPO / "README.md").read_text()
     section = text.split("## On Kubernetes", 1)[1]
-    block = re.search(r"```sh\n(.*?)```", section, re.S)
-    assert block, "README's Kubernetes section has no ```sh block"
-    return [line.split("#", 1)[0].strip() for line in block.group(1).splitlines()
-            if line.split("#", 1)[0].strip()]
+    blocks = [b for b in re.findall(r"```sh\n(.*?)```", section, re.S) if "helm install" in b]
+    assert blocks, "README's Kubernetes section has no ```sh block with helm install"
+    return [line.split("#", 1)[0].strip() for line in blocks[0].splitlines() if line.split("#", 1)[0].strip()]
 
 
 def example(name: str, directory: Path) -> Path:

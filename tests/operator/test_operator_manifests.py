@@ -202,6 +202,18 @@ def test_native_sidecar_value_reaches_the_operator() -> None:
         assert main.parse_args(args)[0].native_sidecar is expected
 
 
+def test_images_default_to_the_dockerfiles_operator_and_agent_targets() -> None:
+    pod = only(render(), "Deployment")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"] == "ghcr.io/lifeboat-dev/lifeboat-operator:0.1.0"
+    # The operator's own default and the chart's agree: injected pods run the agent's image.
+    assert main.parse_args(container["args"])[0].agent_image == injection.DEFAULT_IMAGE
+    assert injection.DEFAULT_IMAGE == "ghcr.io/lifeboat-dev/lifeboat-agent:0.1.0"
+    args = only(render("agent.image=registry.example/agent:1"), "Deployment")["spec"]["template"]["spec"][
+        "containers"][0]["args"]
+    assert main.parse_args(args)[0].agent_image == "registry.example/agent:1"
+
+
 def load_examples() -> dict[str, list[dict[str, Any]]]:
     return {name: [d for d in yaml.safe_load_all((REPO / "examples" / name).read_text()) if d]
             for name in ("replica.yaml", "app-deployment.yaml")}

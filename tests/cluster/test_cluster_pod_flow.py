@@ -92,7 +92,8 @@ def demo(operator: Operator, readme_commands: list[str], tmp_path_factory: pytes
 def test_readme_shows_the_commands_the_tests_run(readme_commands: list[str]) -> None:
     """The commands the fixtures run are README's, in README's order (parsed here, run by `demo`)."""
     assert readme_commands == readme_kubernetes_commands()
-    assert readme_commands[0].startswith("helm install lifeboat ./charts/lifeboat -n lifeboat-system --create-namespace")
+    install = "helm install lifeboat ./charts/lifeboat -n lifeboat-system --create-namespace"
+    assert readme_commands[0].startswith(install)
     assert "--set agent.image=$REGISTRY/lifeboat-agent:" in readme_commands[0]
     applied = " ".join(readme_commands[1:])
     assert "examples/replica.yaml" in applied and "examples/app-deployment.yaml" in applied

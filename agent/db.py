@@ -55,6 +55,9 @@ WAL_INDEX_HEADER_SIZE = 48  # struct WalIndexHdr, stored twice at the start of t
 INDEX_READ_ATTEMPTS = 20
 IN_FLUX = -1
 CKPT_INFO_OFFSET = 2 * WAL_INDEX_HEADER_SIZE  # struct WalCkptInfo follows the two index headers
+# In WalCkptInfo: nBackfill (4), aReadMark[5] (20), aLock[8] (8), then nBackfillAttempted (4).
+BACKFILL_ATTEMPTED_AT = 32
+CKPT_INFO_SIZE = 36
 BLOCKED_RETRY = 60.0  # seconds between retries of an unfinished checkpoint when checkpoint-interval is 0
 
 META_SUFFIX = "-litestream"
@@ -100,6 +103,7 @@ class _Index:
     max_frame: int  # frames SQLite considers committed
     backfilled: int  # nBackfill: frames already copied into the database file
     salt_bytes: bytes
+    attempted: int = 0  # nBackfillAttempted: set before a checkpoint starts copying frames
 
 
 @dataclass
@@ -439,14 +443,15 @@ class Database:
         if self._shm_fd < 0:
             return None
         for _ in range(INDEX_READ_ATTEMPTS):
-            head = os.pread(self._shm_fd, CKPT_INFO_OFFSET + 4, 0)
-            if len(head) < CKPT_INFO_OFFSET + 4:
+            head = os.pread(self._shm_fd, CKPT_INFO_OFFSET + CKPT_INFO_SIZE, 0)
+            if len(head) < CKPT_INFO_OFFSET + CKPT_INFO_SIZE:
                 return None
             first, second = head[:WAL_INDEX_HEADER_SIZE], head[WAL_INDEX_HEADER_SIZE:CKPT_INFO_OFFSET]
             if first == second and first[12] == 1:
                 (max_frame,) = struct.unpack_from("=I", first, 16)
                 (backfill,) = struct.unpack_from("=I", head, CKPT_INFO_OFFSET)
-                return _Index(max_frame, backfill, first[32:40])
+                (attempted,) = struct.unpack_from("=I", head, CKPT_INFO_OFFSET + BACKFILL_ATTEMPTED_AT)
+                return _Index(max_frame, backfill, first[32:40], attempted)
             time.sleep(0.0005)
         return IN_FLUX
 
@@ -658,27 +663,63 @@ class Database:
         """Write the database as of the current position as an L9 snapshot (`1-<pos>`).
 
         Syncs first, then reads the database file overlaid with the WAL up to the synced offset,
-        holding only the agent's own sync lock: the application keeps writing meanwhile, and
-        since no checkpoint of ours runs, the pages read stay consistent with that position.
+        holding only the agent's own sync lock, so the application keeps writing meanwhile. Pages
+        that no frame up to that offset carries come from the database file; anyone's checkpoint
+        may copy frames into it while we read, which is harmless for frames up to our offset (we
+        read those pages from the WAL) but not for later ones. So after the read the wal-index must
+        show the same generation with no copy attempted past our offset; otherwise the snapshot is
+        read again under a write barrier, where no frame past our offset can exist.
         """
         with self._lock:
-            self._sync()
-            if self.pos == 0:
-                raise DatabaseError(f"{self.path}: nothing to snapshot yet")
-            latest = PageMap()
-            wal_hdr = self._read_wal_header()
-            pos = self._position(wal_hdr) if wal_hdr is not None else None
-            if pos is not None:
-                latest = self._scan_wal(wal_hdr, WAL_HEADER_SIZE, wal_hdr.checksum, stop_at=pos.offset).latest
-            header = ltx.Header(
-                page_size=self.page_size,
-                commit=self.commit,
-                min_txid=1,
-                max_txid=self.pos,
-                timestamp=int(time.time() * 1000),
-            )
-            ltx.encode(header, self._full_pages(latest, self.commit), out)
+            header = self._snapshot_once(out, barrier=False)
+            if header is not None:
+                return header
+            log.info("%s: a checkpoint copied frames past the snapshot's position while it was read; "
+                     "reading it again under a write barrier", self.path)
+            assert self._wconn is not None
+            self._wconn.execute("BEGIN IMMEDIATE")
+            try:
+                header = self._snapshot_once(out, barrier=True)
+            finally:
+                self._wconn.execute("ROLLBACK")
+            assert header is not None
             return header
+
+    def _snapshot_once(self, out: BinaryIO, *, barrier: bool) -> ltx.Header | None:
+        self._sync()
+        if self.pos == 0:
+            raise DatabaseError(f"{self.path}: nothing to snapshot yet")
+        latest = PageMap()
+        wal_hdr = self._read_wal_header()
+        pos = self._position(wal_hdr) if wal_hdr is not None else None
+        salts, frames = None, 0
+        if pos is not None and wal_hdr is not None:
+            latest = self._scan_wal(wal_hdr, WAL_HEADER_SIZE, wal_hdr.checksum, stop_at=pos.offset).latest
+            salts, frames = pos.salts, (pos.offset - WAL_HEADER_SIZE) // wal_hdr.frame_size
+        header = ltx.Header(
+            page_size=self.page_size,
+            commit=self.commit,
+            min_txid=1,
+            max_txid=self.pos,
+            timestamp=int(time.time() * 1000),
+        )
+        out.seek(0)
+        out.truncate()
+        ltx.encode(header, self._full_pages(latest, self.commit), out)
+        return header if barrier or self._file_unchanged_past(salts, frames) else None
+
+    def _file_unchanged_past(self, salts: tuple[int, int] | None, frames: int) -> bool:
+        """Whether no checkpoint can have copied a frame past `frames` of generation `salts` (None:
+        no generation at our position) into the database file: nBackfillAttempted is set before a
+        copy starts and a WAL restart changes the salts."""
+        index = self._read_index()
+        if index is None:
+            return True  # no wal-index: exclusive locking mode, no other connection checkpoints
+        if not isinstance(index, _Index):
+            return False
+        if salts is None:
+            return index.attempted == 0
+        return index.salt_bytes == struct.pack(">2I", *salts) and index.attempted <= frames
 
     def _write_l0(self, header: ltx.Header, pages: Iterator[tuple[int, bytes | memoryview]]) -> None:
         path = self.l0_path(header.max_txid)

@@ -216,3 +216,55 @@ def test_restart_after_the_file_changed_writes_a_snapshot(tmp_path: Path, change
     finally:
         db.close()
         app.close()
+
+
+def test_snapshot_never_mixes_in_frames_copied_past_its_position(tmp_path: Path) -> None:
+    """An L9 snapshot reads the pages no frame carries from the database file. If our read pin sits
+    past our synced position (a start: the WAL grew while the agent was down) and the sync before the
+    snapshot stopped early (the wal-index in flux), anyone's checkpoint may copy those later frames into
+    the file while the snapshot reads it: the snapshot must then be read again, never mix states."""
+    from lifeboat.agent.db import SyncResult
+
+    path = tmp_path / "app.db"
+    app = _app(path)
+    app.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+    app.execute("CREATE TABLE u (id INTEGER PRIMARY KEY, v TEXT)")
+    app.executemany("INSERT INTO u (v) VALUES (?)", [("u" * 300,)] * 200)
+    app.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # u's pages now live in the database file only
+    db = Database(str(path))
+    db.open()
+    db.sync()
+    app.executemany("INSERT INTO t (v) VALUES (?)", [("t" * 300,)] * 50)
+    db.sync()
+    # The application then changes u's pages, and our read pin is renewed past our position.
+    app.execute("UPDATE u SET v = 'changed'")
+    db._end_read()
+    db._begin_read()
+    real_sync, calls = db._sync, [0]
+
+    def sync_stopping_early() -> SyncResult:
+        calls[0] += 1
+        if calls[0] == 1:  # as when the wal-index is in flux: nothing synced this time...
+            # ...and meanwhile the application's checkpoint copies every frame up to our pin.
+            assert app.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[2] > 0
+            return SyncResult()
+        return real_sync()
+
+    db._sync = sync_stopping_early  # type: ignore[method-assign]
+    snap = tmp_path / "snap.ltx"
+    with open(snap, "w+b") as out:
+        header = db.snapshot_to(out)
+    db.close()
+    # The snapshot is exactly the state the L0 files describe at its TXID.
+    assert header.max_txid == db.local_l0_txids()[-1]
+    expected = _from_l0_files(db, tmp_path / "chain.db")
+    with open(snap, "rb") as f, open(tmp_path / "snap.db", "wb") as o:
+        for pgno, data in ltx.Decoder(f, str(snap)).pages():
+            o.seek((pgno - 1) * header.page_size)
+            o.write(data)
+    conn = sqlite3.connect(f"file:{tmp_path / 'snap.db'}?mode=ro", uri=True)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert _rows(conn) == expected
+    finally:
+        conn.close()

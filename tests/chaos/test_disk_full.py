@@ -114,7 +114,7 @@ dbs:
 
     with Agent.lifeboat("-config", str(cfg), log=tmp_path / "agent.log") as agent:
         write(3)
-        wait(lambda: (st := status(port))["txid"] == st["remote_txid"] != 0, "first upload", agent)
+        wait(lambda: (st := status(port))["remote_txid"] and st["txid"] == st["remote_txid"], "first upload", agent)
         # The start-up snapshot (level 9) is written through the meta directory too: let it finish.
         wait(lambda: any((replica / "ltx" / "9").glob("*.ltx")), "start-up snapshot", agent)
         assert disk_full_gauge(port, db) == 0

@@ -251,15 +251,17 @@ def _free_port() -> int:
 
 
 def agent_status(port: int) -> dict[str, Any] | None:
-    """The first database of an agent's `/status`, or None while its HTTP port is not answering."""
+    """The first database of an agent's `/status`, or None while its HTTP port is not answering or
+    it is still opening its database (no positions yet)."""
     import json
     import urllib.request
 
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=2) as r:
-            return json.loads(r.read())["databases"][0]  # type: ignore[no-any-return]
+            db = json.loads(r.read())["databases"][0]
     except (OSError, ValueError):
         return None
+    return None if db["remote_txid"] is None else db  # type: ignore[no-any-return]
 
 
 def s3_config(path: Path, db: Path, port: int, endpoint: str, prefix: str) -> Path:

@@ -58,10 +58,13 @@ def manifests(prefix: str) -> list[dict[str, Any]]:
     ]
 
 
+def _s3() -> Any:
+    return boto3.client("s3", endpoint_url=S3_ENDPOINT, region_name="us-east-1",
+                        aws_access_key_id="test", aws_secret_access_key="test")
+
+
 def s3_keys(prefix: str) -> list[str]:
-    client = boto3.client("s3", endpoint_url=S3_ENDPOINT, region_name="us-east-1",
-                          aws_access_key_id="test", aws_secret_access_key="test")
-    return [o["Key"] for o in client.list_objects_v2(Bucket="backups", Prefix=prefix + "/").get("Contents", [])]
+    return [o["Key"] for o in _s3().list_objects_v2(Bucket="backups", Prefix=prefix + "/").get("Contents", [])]
 
 
 def running_pods(cluster: Cluster, selector: str) -> list[dict[str, Any]]:
@@ -78,6 +81,10 @@ def app(operator: Operator, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     """The Deployment Running, and its injected pod run once locally: the replica holds rows."""
     cluster = operator.cluster
     cluster.kubectl("create", "namespace", NAMESPACE)
+    client = _s3()
+    # These tests may run first on a fresh S3 server: the bucket is theirs to make.
+    if "backups" not in {b["Name"] for b in client.list_buckets()["Buckets"]}:
+        client.create_bucket(Bucket="backups")
     prefix = f"day2/{uuid.uuid4().hex}"
     cluster.apply(*manifests(prefix))
     (pod,) = wait_until(lambda: running_pods(cluster, f"app={APP}"), 120, "the app's pod Running")

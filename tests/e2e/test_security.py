@@ -189,7 +189,10 @@ def _s3_verify(monkeypatch: pytest.MonkeyPatch, settings: dict[str, Any]) -> Any
 
     def fake_client(self: Any, service: str, **kw: Any) -> object:
         captured.update(kw)
-        return object()
+        # The client registers its create-only hook on the event system; nothing else is used here.
+        from types import SimpleNamespace
+
+        return SimpleNamespace(meta=SimpleNamespace(events=SimpleNamespace(register=lambda *a, **k: None)))
 
     monkeypatch.setattr(boto3.session.Session, "client", fake_client)
     client = new_client({"access-key-id": KEY_ID, "secret-access-key": SECRET, **settings})

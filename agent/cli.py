@@ -22,8 +22,9 @@ from typing import Any, TypeVar
 
 from . import config as cfgmod
 from .config_model import DEFAULT_SOCKET_PATH
-from .config_values import parse_duration
+from .config_values import expand_path, parse_duration
 from .db import DatabaseError, default_meta_dir
+from .dirsource import all_databases, resolve
 from .follow import restore_and_follow
 from .ltx import LTXError
 from .progress import Progress
@@ -152,11 +153,11 @@ def _load(args: argparse.Namespace, required: bool = True) -> cfgmod.Config | No
 
 
 def _find_db(conf: cfgmod.Config, path: str) -> cfgmod.DBConfig:
-    want = os.path.abspath(os.path.expanduser(path))
-    for db in conf.dbs:
-        if db.path == want:
-            return db
-    raise CLIError(f"database not found in config {conf.source}: {want}")
+    """The database's own entry, or the one a `dir:` entry derives for a path under its directory."""
+    db = resolve(conf, path)
+    if db is None:
+        raise CLIError(f"database not found in config {conf.source}: {expand_path(path)}")
+    return db
 
 
 def _client_for(args: argparse.Namespace, target: str) -> tuple[ReplicaClient, cfgmod.DBConfig | None]:
@@ -426,7 +427,7 @@ def _print_rows(rows: list[dict[str, Any]], widths: dict[str, int], as_json: boo
 def cmd_databases(args: argparse.Namespace) -> int:
     conf = _load(args)
     assert conf is not None
-    rows = [{"path": db.path, "replica": db.replica.type if db.replica else None} for db in conf.dbs]
+    rows = [{"path": db.path, "replica": db.replica.type if db.replica else None} for db in all_databases(conf)]
     _print_rows(rows, {"path": 50, "replica": 0}, args.json)
     return 0
 
@@ -454,7 +455,7 @@ def _local_status(db: cfgmod.DBConfig) -> dict[str, Any]:
 def cmd_status(args: argparse.Namespace) -> int:
     conf = _load(args)
     assert conf is not None
-    dbs = [_find_db(conf, args.db)] if args.db else conf.dbs
+    dbs = [_find_db(conf, args.db)] if args.db else all_databases(conf)
     _print_rows([_local_status(db) for db in dbs], {"path": 50, "status": 18, "txid": 18, "wal_size": 0}, args.json)
     return 0
 
@@ -464,7 +465,8 @@ def cmd_reset(args: argparse.Namespace) -> int:
     meta_path = None
     conf = _load(args, required=False)
     if conf is not None:
-        meta_path = next((d.meta_path for d in conf.dbs if d.path == path), None)
+        db = resolve(conf, path)
+        meta_path = db.meta_path if db is not None else None
     if not os.path.exists(path):
         raise CLIError(f"{path}: database does not exist")
     target = Path(meta_path or default_meta_dir(path)) / "ltx"

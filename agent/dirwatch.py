@@ -11,22 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import fnmatch
 import logging
 import os
-import posixpath
-from collections.abc import Callable, Iterator
-from urllib.parse import urlsplit, urlunsplit
+from collections.abc import Callable
 
-from .config_model import META_DIR_SUFFIX, DBConfig, ReplicaConfig
+from .config_model import DBConfig
+from .dirsource import DirectorySource, is_sqlite_database
 from .store import DatabaseSpec, Store
 from .watch import INOTIFY_EVENT, INOTIFY_READ_SIZE
 
 log = logging.getLogger("lifeboat.dir")
 
-SQLITE_HEADER = b"SQLite format 3\0"
-SKIPPED_SUFFIXES = ("-wal", "-shm", "-journal")  # SQLite's companions of a database, never databases
 DEBOUNCE_SECONDS = 0.25  # as Litestream: a burst of events about one file is looked at once
 RESCAN_SECONDS = 30.0  # the safety net under inotify; the only detector without it
 REMOVE_TIMEOUT = 10.0  # final sync of a database whose file went away
@@ -35,97 +30,6 @@ REMOVE_TIMEOUT = 10.0  # final sync of a database whose file went away
 IN_MODIFY, IN_CLOSE_WRITE, IN_MOVED_FROM, IN_MOVED_TO = 0x2, 0x8, 0x40, 0x80
 IN_CREATE, IN_DELETE, IN_Q_OVERFLOW, IN_IGNORED, IN_ISDIR = 0x100, 0x200, 0x4000, 0x8000, 0x40000000
 WATCH_MASK = IN_MODIFY | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE
-
-
-def is_sqlite_database(path: str) -> bool:
-    """Whether the file starts with SQLite's header (a file just created, still empty, does not)."""
-    try:
-        with open(path, "rb") as f:
-            return f.read(len(SQLITE_HEADER)) == SQLITE_HEADER
-    except OSError:
-        return False
-
-
-class DirectorySource:
-    """Which files of one `dir:` entry are databases, and how each one is configured."""
-
-    def __init__(self, entry: DBConfig) -> None:
-        assert entry.pattern is not None
-        self.entry = entry
-        self.root = entry.path
-        self.pattern = entry.pattern
-
-    def wanted_name(self, name: str) -> bool:
-        """A file name the pattern selects (SQLite's -wal, -shm and -journal files never are)."""
-        return not name.endswith(SKIPPED_SUFFIXES) and fnmatch.fnmatchcase(name, self.pattern)
-
-    def skipped_dir(self, path: str) -> bool:
-        """Local replication state (`.<db>-litestream`, `meta-dir`) is never searched for databases."""
-        name = os.path.basename(path)
-        meta = self.entry.meta_dir_root
-        return (name.startswith(".") and name.endswith(META_DIR_SUFFIX)) or (
-            meta is not None and (path == meta or path.startswith(meta + os.sep))
-        )
-
-    def directories(self, top: str | None = None) -> Iterator[str]:
-        """`top` (the root by default) and, if recursive, every directory below it worth searching."""
-        top = top or self.root
-        yield top
-        if not self.entry.recursive:
-            return
-        for dirpath, dirnames, _files in os.walk(top):
-            dirnames[:] = sorted(d for d in dirnames if not self.skipped_dir(os.path.join(dirpath, d)))
-            for d in dirnames:
-                yield os.path.join(dirpath, d)
-
-    def find(self, top: str | None = None) -> list[str]:
-        """Every database under `top` (the root by default), sorted."""
-        found = []
-        for d in self.directories(top):
-            try:
-                entries = list(os.scandir(d))
-            except OSError:
-                continue  # removed meanwhile, or unreadable: nothing to replicate there
-            for e in entries:
-                if self.wanted_name(e.name) and e.is_file() and is_sqlite_database(e.path):
-                    found.append(e.path)
-        return sorted(found)
-
-    def config_for(self, db_path: str) -> DBConfig:
-        """The configuration of one database found under the directory (Litestream's derivation)."""
-        rel = os.path.relpath(db_path, self.root)
-        entry = self.entry
-        if entry.meta_dir_root:
-            meta = os.path.join(entry.meta_dir_root, rel + META_DIR_SUFFIX)
-        elif entry.meta_path:
-            head, tail = os.path.split(rel)
-            meta = os.path.join(entry.meta_path, head, f".{tail}{META_DIR_SUFFIX}")
-        else:
-            meta = None  # beside the database, as for any other
-        replica = None
-        if entry.replica is not None:
-            replica = dataclasses.replace(entry.replica, settings=replica_settings_for(entry.replica, rel))
-        return dataclasses.replace(
-            entry, path=db_path, meta_path=meta, replica=replica, pattern=None, recursive=False, watch=False,
-            meta_dir_root=None,
-        )
-
-
-def replica_settings_for(replica: ReplicaConfig, rel: str) -> dict[str, object]:
-    """The replica settings with the database's relative path appended to the URL's path, or to
-    `path:` when the replica is given by components."""
-    settings = dict(replica.settings)
-    rel = rel.replace(os.sep, "/")
-    if settings.get("url"):
-        u = urlsplit(str(settings["url"]))
-        joined = "/" + posixpath.join(u.path, rel).lstrip("/")
-        settings["url"] = urlunsplit(u._replace(path=joined))
-    elif replica.type == "file":
-        settings["path"] = os.path.join(str(settings.get("path") or ""), rel)
-    else:
-        base = str(settings.get("path") or "").strip("/")
-        settings["path"] = posixpath.join(base, rel) if base else rel
-    return settings
 
 
 class DirectoryMonitor:

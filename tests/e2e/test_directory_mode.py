@@ -197,3 +197,56 @@ def test_once_with_meta_dir(tmp_path: Path) -> None:
     assert (meta / "team" / "a.db-litestream" / "ltx" / "0").is_dir()
     assert not (data / "team" / ".a.db-litestream").exists()
     assert _restore_batches(tmp_path, file_url(replica / "team" / "a.db")) == {1}
+
+
+def test_one_shot_commands_resolve_a_database_under_a_configured_directory(tmp_path: Path) -> None:
+    """`restore`, `ltx`, `status`, `databases` and `reset` with -config see each database of a `dir:`
+    entry, configured as replication configures it: `<replica>/<relative path>`, `meta-dir`."""
+    data, replica, meta = tmp_path / "data", tmp_path / "replica", tmp_path / "meta"
+    (data / "team").mkdir(parents=True)
+    dbs = [data / "app.db", data / "team" / "b.db"]
+    for i, db in enumerate(dbs, 1):
+        create_db(db)
+        write_batch(db, i)
+    cfg = _config(tmp_path, data, _file_replica(replica), watch=False, extra=f"    meta-dir: {meta}\n")
+    ok(lifeboat("replicate", "-once", "-config", str(cfg)))
+
+    listed = json.loads(ok(lifeboat("databases", "-config", str(cfg), "-json")).stdout)
+    assert listed == [{"path": str(db), "replica": "file"} for db in dbs]
+    status = json.loads(ok(lifeboat("status", "-config", str(cfg), "-json")).stdout)
+    assert [(s["path"], s["status"]) for s in status] == [(str(db), "ok") for db in dbs]
+    one = json.loads(ok(lifeboat("status", "-config", str(cfg), "-json", str(dbs[1]))).stdout)
+    assert [s["path"] for s in one] == [str(dbs[1])] and one[0]["txid"] != f"{0:016x}"
+
+    ours = json.loads(ok(lifeboat("ltx", "-config", str(cfg), "-json", str(dbs[1]))).stdout)
+    theirs = json.loads(ok(litestream("ltx", "-json", file_url(replica / "team" / "b.db"))).stdout)
+    assert [(r["min_txid"], r["max_txid"]) for r in ours] == [(r["min_txid"], r["max_txid"]) for r in theirs]
+
+    dry = ok(lifeboat("reset", "-config", str(cfg), "-dry-run", str(dbs[1]))).stdout
+    assert str(meta / "team" / "b.db-litestream" / "ltx") in dry
+
+    want = rows(dbs[1])
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{dbs[1]}{suffix}").unlink(missing_ok=True)
+    ok(lifeboat("restore", "-config", str(cfg), str(dbs[1])))  # the output is the database's own path
+    assert rows(dbs[1]) == want == _litestream_rows(tmp_path, file_url(replica / "team" / "b.db"))
+
+    for outside in (tmp_path / "elsewhere.db", data / "app.sqlite", data / "team" / "b.db-wal"):
+        proc = lifeboat("restore", "-config", str(cfg), "-o", str(tmp_path / "x.db"), str(outside))
+        assert proc.returncode == 1 and f"database not found in config {cfg}: {outside}" in proc.stderr, proc.stderr
+
+
+def test_a_non_recursive_directory_does_not_own_its_subdirectories(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    create_db(data / "app.db")
+    cfg = _config(tmp_path, data, _file_replica(tmp_path / "replica"), watch=False, recursive=False)
+    ok(lifeboat("status", "-config", str(cfg), str(data / "app.db")))
+    proc = lifeboat("status", "-config", str(cfg), str(data / "team" / "b.db"))
+    assert proc.returncode == 1 and "database not found in config" in proc.stderr, proc.stderr
+
+
+def _litestream_rows(tmp_path: Path, url: str) -> list[tuple[object, ...]]:
+    out = tmp_path / f"litestream-{uuid.uuid4().hex[:8]}.db"
+    ok(litestream("restore", "-o", str(out), url))
+    return rows(out)

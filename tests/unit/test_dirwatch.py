@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lifeboat.agent.config_model import DBConfig, ReplicaConfig
-from lifeboat.agent.dirwatch import DirectorySource, is_sqlite_database
+from lifeboat.agent.dirsource import DirectorySource, is_sqlite_database
 
 
 def _entry(settings: dict[str, object], **kw: object) -> DBConfig:

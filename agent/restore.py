@@ -27,7 +27,7 @@ from . import ltx, restore_v3
 from .progress import Transfer
 from .sqlite import lock_pgno
 from .storage import SNAPSHOT_LEVEL, FileInfo, NotFound, ReplicaClient, Transient, format_timestamp
-from .storage.file import FileReplicaClient, fsync_dir
+from .storage.file import fsync_dir
 from .storage.retry import retry
 
 log = logging.getLogger("lifeboat")
@@ -332,8 +332,9 @@ async def restore(
                 result = RestoreResult(str(out), files[-1].max_txid, files[-1].created_at, len(files), "")
             else:
                 log.info("restoring from the Litestream 0.3 backup (newer than any LTX file)")
-                await asyncio.to_thread(restore_v3.rebuild, legacy[0], legacy[1], tmp)
-                used = [legacy[0]] + [s for s in legacy[1] if s.generation == legacy[0].generation]
+                used = restore_v3.needed(*legacy)
+                local = await _fetch_v3(client, used, Path(work), parallelism)
+                await asyncio.to_thread(restore_v3.rebuild, legacy[0], legacy[1], tmp, local)
                 result = RestoreResult(str(out), 0, max(f.created_at for f in used), len(used), "")
             check = await asyncio.to_thread(_integrity_check, tmp, integrity_check)
             if check not in ("ok", "skipped"):
@@ -345,7 +346,10 @@ async def restore(
                 _remove(tmp)
                 return None
             _install(tmp, out, Path(work))
-        except (ltx.LTXError, restore_v3.V3Error, sqlite3.DatabaseError) as exc:
+        except restore_v3.V3Error as exc:
+            _remove(tmp)
+            raise RestoreError(f"{client!r}: {exc}") from None
+        except (ltx.LTXError, sqlite3.DatabaseError) as exc:
             _remove(tmp)
             raise RestoreError(str(exc)) from None
         except BaseException:
@@ -357,9 +361,10 @@ async def restore(
 async def _newer_v3(client: ReplicaClient) -> tuple[restore_v3.V3File, list[restore_v3.V3File]] | None:
     """The newest 0.3 snapshot and the WAL segments, when the replica holds a 0.3 backup written
     after its newest LTX file (Litestream's choice for a restore of the latest state)."""
-    if not isinstance(client, FileReplicaClient):
+    if not isinstance(client, restore_v3.V3Readable):
         return None
-    snapshots, segments = await asyncio.to_thread(restore_v3.scan, client.root)
+    entries = await retry(client.v3_files, attempts=DOWNLOAD_ATTEMPTS, base=DOWNLOAD_BACKOFF, cap=DOWNLOAD_BACKOFF_CAP)
+    snapshots, segments = restore_v3.classify(entries)
     v3_time = restore_v3.updated_at(snapshots, segments)
     if v3_time is None or not snapshots:
         return None
@@ -368,6 +373,32 @@ async def _newer_v3(client: ReplicaClient) -> tuple[restore_v3.V3File, list[rest
     if ltx_time is not None and ltx_time >= v3_time:
         return None
     return max(snapshots, key=lambda f: f.created_at), segments
+
+
+async def _fetch_v3(
+    client: restore_v3.V3Readable, files: list[restore_v3.V3File], work: Path, parallelism: int
+) -> dict[str, Path]:
+    """Download the 0.3 files a rebuild applies into `work`; each key maps to its copy."""
+    sem = asyncio.Semaphore(max(1, parallelism))
+    local = {f.key: work / f"v3-{i:06d}" for i, f in enumerate(files)}
+
+    async def fetch(f: restore_v3.V3File) -> None:
+        async def attempt() -> int:
+            with open(local[f.key], "wb") as out:
+                async for chunk in client.open_v3_file(f.key):
+                    out.write(chunk)
+                return out.tell()
+
+        async with sem:
+            size = await retry(attempt, attempts=DOWNLOAD_ATTEMPTS, base=DOWNLOAD_BACKOFF, cap=DOWNLOAD_BACKOFF_CAP)
+        if size != f.size:
+            raise restore_v3.V3Error(f"{f.key}: downloaded {size} bytes, listing says {f.size}")
+
+    results = await asyncio.gather(*(fetch(f) for f in files), return_exceptions=True)
+    for result in results:  # every download ends before the work directory is removed
+        if isinstance(result, BaseException):
+            raise result
+    return local
 
 
 def _install(tmp: Path, out: Path, aside: Path) -> None:

@@ -8,17 +8,19 @@ index is rebuilt from its segments (gap-free from offset 0) and checkpointed int
 Litestream, a segment whose frames SQLite would skip (a bad salt or checksum past some point) is
 an error naming it, not a silently shorter restore: every frame of every WAL must be applied.
 
-Litestream reads this layout from file and S3 replicas; here from file replicas.
+A backend offers the layout by the two methods of `V3Readable` (file, S3, GCS and Azure Blob
+replicas do); the files a restore needs are downloaded first, then rebuilt locally.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import sqlite3
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import lz4.frame
 
@@ -27,51 +29,57 @@ from .sqlite import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE
 GENERATION = re.compile(r"^[0-9a-f]{16}$")
 SNAPSHOT = re.compile(r"^([0-9a-f]{8})\.snapshot\.lz4$")
 SEGMENT = re.compile(r"^([0-9a-f]{8})_([0-9a-f]{8,16})\.wal\.lz4$")
+GENERATIONS = "generations"
 
 
 class V3Error(RuntimeError):
     """A 0.3 replica that cannot be restored; the message names the file at fault."""
 
 
+@runtime_checkable
+class V3Readable(Protocol):
+    """A replica client that can list and read the 0.3 layout."""
+
+    async def v3_files(self) -> list[tuple[str, int, datetime]]:
+        """(key, size, created) of every object under `<replica>/generations/`; keys are relative
+        to the replica's root, `/`-separated (`generations/<id>/wal/<name>`)."""
+        ...
+
+    def open_v3_file(self, key: str) -> AsyncIterator[bytes]:
+        """Stream one object listed by `v3_files`. Raises NotFound."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class V3File:
     """A snapshot (offset None) or WAL segment of one generation."""
 
-    path: Path
+    key: str
     generation: str
     index: int
     offset: int | None
+    size: int
     created_at: datetime
 
 
-def _entries(directory: Path, pattern: re.Pattern[str], generation: str, snapshot: bool) -> list[V3File]:
-    out: list[V3File] = []
-    try:
-        entries = list(os.scandir(directory))
-    except FileNotFoundError:
-        return out
-    for entry in entries:
-        m = pattern.match(entry.name)
-        if m is None:
-            continue
-        created = datetime.fromtimestamp(entry.stat().st_mtime_ns / 1e9, tz=UTC)
-        offset = None if snapshot else int(m.group(2), 16)
-        out.append(V3File(Path(entry.path), generation, int(m.group(1), 16), offset, created))
-    return sorted(out, key=lambda f: (f.index, f.offset or 0))
-
-
-def scan(root: Path) -> tuple[list[V3File], list[V3File]]:
-    """Every generation's snapshots and WAL segments under `root/generations` (empty: no 0.3 backup)."""
+def classify(entries: Iterable[tuple[str, int, datetime]]) -> tuple[list[V3File], list[V3File]]:
+    """The snapshots and WAL segments among listing entries (other names are skipped), sorted by
+    (index, offset)."""
     snapshots: list[V3File] = []
     segments: list[V3File] = []
-    try:
-        generations = sorted(e.name for e in os.scandir(root / "generations") if e.is_dir())
-    except FileNotFoundError:
-        return snapshots, segments
-    for gen in filter(GENERATION.match, generations):
-        snapshots += _entries(root / "generations" / gen / "snapshots", SNAPSHOT, gen, True)
-        segments += _entries(root / "generations" / gen / "wal", SEGMENT, gen, False)
-    return snapshots, segments
+    for key, size, created in entries:
+        parts = key.split("/")
+        if len(parts) != 4 or parts[0] != GENERATIONS or not GENERATION.match(parts[1]):
+            continue
+        if parts[2] == "snapshots" and (m := SNAPSHOT.match(parts[3])):
+            snapshots.append(V3File(key, parts[1], int(m.group(1), 16), None, size, created))
+        elif parts[2] == "wal" and (m := SEGMENT.match(parts[3])):
+            segments.append(V3File(key, parts[1], int(m.group(1), 16), int(m.group(2), 16), size, created))
+    return sorted(snapshots, key=_order), sorted(segments, key=_order)
+
+
+def _order(f: V3File) -> tuple[str, int, int]:
+    return f.generation, f.index, f.offset or 0
 
 
 def updated_at(snapshots: list[V3File], segments: list[V3File]) -> datetime | None:
@@ -79,11 +87,16 @@ def updated_at(snapshots: list[V3File], segments: list[V3File]) -> datetime | No
     return max((f.created_at for f in snapshots + segments), default=None)
 
 
-def _decompress(src: Path) -> bytes:
+def needed(snapshot: V3File, segments: list[V3File]) -> list[V3File]:
+    """The snapshot and the WAL segments of its generation a rebuild from it applies."""
+    return [snapshot] + [s for s in segments if s.generation == snapshot.generation and s.index >= snapshot.index]
+
+
+def _decompress(f: V3File, local: Mapping[str, Path]) -> bytes:
     try:
-        return lz4.frame.decompress(src.read_bytes())
+        return lz4.frame.decompress(local[f.key].read_bytes())
     except RuntimeError as exc:  # lz4 reports a corrupt frame or a content checksum mismatch so
-        raise V3Error(f"{src}: corrupt LZ4 data ({exc})") from None
+        raise V3Error(f"{f.key}: corrupt LZ4 data ({exc})") from None
 
 
 def _checkpoint(db: Path, wal: bytes, name: str) -> None:
@@ -106,11 +119,12 @@ def _checkpoint(db: Path, wal: bytes, name: str) -> None:
         raise V3Error(f"{name}: SQLite accepts {done} of its {frames} WAL frames (bad checksum or salt)")
 
 
-def rebuild(snapshot: V3File, segments: list[V3File], tmp: Path) -> int:
+def rebuild(snapshot: V3File, segments: list[V3File], tmp: Path, local: Mapping[str, Path]) -> int:
     """Write the snapshot into `tmp` and apply the generation's later WAL indexes; returns the last
-    WAL index applied (the snapshot's own index when none)."""
-    tmp.write_bytes(_decompress(snapshot.path))
-    later = [s for s in segments if s.generation == snapshot.generation and s.index >= snapshot.index]
+    WAL index applied (the snapshot's own index when none). `local` maps each key of `needed` to
+    its downloaded copy."""
+    tmp.write_bytes(_decompress(snapshot, local))
+    later = needed(snapshot, segments)[1:]
     expected = snapshot.index
     wal = bytearray()
     name = ""
@@ -119,12 +133,12 @@ def rebuild(snapshot: V3File, segments: list[V3File], tmp: Path) -> int:
             if wal:
                 _checkpoint(tmp, bytes(wal), name)
             if seg.index != expected:
-                raise V3Error(f"{seg.path}: missing WAL index {expected:08x} before it")
+                raise V3Error(f"{seg.key}: missing WAL index {expected:08x} before it")
             expected += 1
             wal = bytearray()
         elif seg.index != expected - 1 or seg.offset != len(wal):
-            raise V3Error(f"{seg.path}: missing WAL segment: expected index {expected - 1:08x} offset {len(wal):08x}")
-        wal += _decompress(seg.path)
+            raise V3Error(f"{seg.key}: missing WAL segment: expected index {expected - 1:08x} offset {len(wal):08x}")
+        wal += _decompress(seg, local)
         name = f"WAL index {seg.index:08x} of generation {seg.generation}"
     if wal:
         _checkpoint(tmp, bytes(wal), name)

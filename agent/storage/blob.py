@@ -171,6 +171,30 @@ class BlobReplicaClient(abc.ABC):
             lambda: self._download(key, offset, size), lambda exc: self._translate(exc, f"{self.url}: {key}")
         )
 
+    # --- Litestream 0.3's layout `<path>/generations/...`, read by restore ----------------------
+
+    @property
+    def _v3_base(self) -> str:
+        """What precedes `generations/` in a 0.3 key (0.3 joined and cleaned the path: "" is the root)."""
+        return posixpath.normpath(posixpath.join(self.path, "generations"))[: -len("generations")]
+
+    async def v3_files(self) -> list[tuple[str, int, datetime]]:
+        """(key relative to the replica path, size, created) of every object under `generations/`."""
+        base = self._v3_base
+        prefix = base + "generations/"
+
+        def listing() -> list[tuple[str, int, datetime]]:
+            return [(key[len(base) :], size, created) for key, size, created in self._list(prefix, 0)]
+
+        return await self._run(f"list {prefix}", listing)
+
+    def open_v3_file(self, key: str) -> AsyncIterator[bytes]:
+        """Stream one object listed by `v3_files`."""
+        full = self._v3_base + key
+        return iterate_in_thread(
+            lambda: self._download(full, 0, None), lambda exc: self._translate(exc, f"{self.url}: {full}")
+        )
+
     async def write_ltx_file(self, level: int, min_txid: int, max_txid: int, src: BinaryIO) -> FileInfo:
         key = self.ltx_key(level, min_txid, max_txid)
         start = src.tell()

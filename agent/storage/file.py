@@ -52,6 +52,27 @@ def fsync_dir(path: str | Path) -> None:
         os.close(fd)
 
 
+async def _chunks(path: Path, offset: int, size: int | None) -> AsyncIterator[bytes]:
+    """The bytes of `path` from `offset` (`size` of them, or to the end), a chunk at a time."""
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise NotFound(f"{path}: no such file") from None
+    try:
+        f.seek(offset)
+        remaining = size
+        while remaining is None or remaining > 0:
+            n = CHUNK if remaining is None else min(CHUNK, remaining)
+            chunk = f.read(n)
+            if not chunk:
+                break
+            if remaining is not None:
+                remaining -= len(chunk)
+            yield chunk
+    finally:
+        f.close()
+
+
 class FileReplicaClient:
     """Replica in a local (or mounted) directory."""
 
@@ -94,27 +115,31 @@ class FileReplicaClient:
         out.sort(key=lambda f: (f.min_txid, f.max_txid))
         return out
 
-    async def open_ltx_file(
+    def open_ltx_file(
         self, level: int, min_txid: int, max_txid: int, offset: int = 0, size: int | None = None
     ) -> AsyncIterator[bytes]:
-        path = self.ltx_path(level, min_txid, max_txid)
-        try:
-            f = open(path, "rb")
-        except FileNotFoundError:
-            raise NotFound(f"{path}: no such LTX file") from None
-        try:
-            f.seek(offset)
-            remaining = size
-            while remaining is None or remaining > 0:
-                n = CHUNK if remaining is None else min(CHUNK, remaining)
-                chunk = f.read(n)
-                if not chunk:
-                    break
-                if remaining is not None:
-                    remaining -= len(chunk)
-                yield chunk
-        finally:
-            f.close()
+        return _chunks(self.ltx_path(level, min_txid, max_txid), offset, size)
+
+    async def v3_files(self) -> list[tuple[str, int, datetime]]:
+        """Every file under `<root>/generations/` (Litestream 0.3's layout), keys relative to the root."""
+
+        def walk() -> list[tuple[str, int, datetime]]:
+            out = []
+            for dirpath, _dirs, files in os.walk(self.root / "generations"):
+                for name in files:
+                    try:
+                        st = os.stat(os.path.join(dirpath, name))
+                    except FileNotFoundError:
+                        continue
+                    key = Path(dirpath, name).relative_to(self.root).as_posix()
+                    out.append((key, st.st_size, datetime.fromtimestamp(st.st_mtime_ns / 1e9, tz=UTC)))
+            return out
+
+        return await asyncio.to_thread(walk)
+
+    def open_v3_file(self, key: str) -> AsyncIterator[bytes]:
+        """Stream one file listed by `v3_files`."""
+        return _chunks(self.root / key, 0, None)
 
     async def write_ltx_file(self, level: int, min_txid: int, max_txid: int, src: BinaryIO) -> FileInfo:
         start = src.tell()

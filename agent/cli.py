@@ -25,6 +25,7 @@ from .config_model import DEFAULT_SOCKET_PATH
 from .config_values import expand_path, parse_duration
 from .db import DatabaseError, default_meta_dir
 from .dirsource import all_databases, resolve
+from .fdlimit import raise_open_file_limit
 from .follow import restore_and_follow
 from .ltx import LTXError
 from .progress import Progress
@@ -246,6 +247,7 @@ def cmd_replicate(args: argparse.Namespace) -> int:
     # only slow down and enlarge the one-shot commands, restore in an init container above all.
     from . import replicate_cmd
 
+    raise_open_file_limit()  # a thousand databases need thousands of descriptors
     return replicate_cmd.run(
         conf, once=args.once, force_snapshot=args.force_snapshot, enforce_retention=args.enforce_retention,
         restore_if_db_not_exists=args.restore_if_db_not_exists, expand=not args.no_expand_env, exec_argv=exec_argv,

@@ -13,10 +13,12 @@ import asyncio
 import contextlib
 import logging
 import os
+import resource
 from collections.abc import Callable
 
 from .config_model import DBConfig
 from .dirsource import DirectorySource, is_sqlite_database
+from .fdlimit import is_out_of_descriptors
 from .store import DatabaseSpec, Store
 from .watch import INOTIFY_EVENT, INOTIFY_READ_SIZE
 
@@ -92,7 +94,12 @@ class DirectoryMonitor:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # one bad file must not stop the others
-            log.error("%s: cannot replicate: %s", path, exc)
+            if is_out_of_descriptors(exc):
+                soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+                log.error("%s: cannot replicate: out of file descriptors (open file limit %d, a few per "
+                          "database): raise the nofile limit", path, soft)
+            else:
+                log.error("%s: cannot replicate: %s", path, exc)
         finally:
             self._adding.pop(path, None)
 

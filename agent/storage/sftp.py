@@ -253,7 +253,40 @@ class SFTPReplicaClient:
     def open_ltx_file(
         self, level: int, min_txid: int, max_txid: int, offset: int = 0, size: int | None = None
     ) -> AsyncIterator[bytes]:
-        path = self.ltx_path(level, min_txid, max_txid)
+        return self._read(self.ltx_path(level, min_txid, max_txid), offset, size)
+
+    async def v3_files(self) -> list[tuple[str, int, datetime]]:
+        """Every file of Litestream 0.3's `<path>/generations/<id>/{snapshots,wal}/`, keys relative
+        to the replica path."""
+        top = posixpath.join(self.path, "generations")
+
+        def listing(sftp: Any) -> list[tuple[str, int, datetime]]:
+            out: list[tuple[str, int, datetime]] = []
+            try:
+                generations = [a.filename for a in sftp.listdir_attr(top) if stat.S_ISDIR(a.st_mode or 0)]
+            except FileNotFoundError:
+                return out
+            for gen in generations:
+                for sub in ("snapshots", "wal"):
+                    try:
+                        attrs = sftp.listdir_attr(posixpath.join(top, gen, sub))
+                    except FileNotFoundError:
+                        continue
+                    out += [
+                        (f"generations/{gen}/{sub}/{a.filename}", a.st_size, datetime.fromtimestamp(a.st_mtime, tz=UTC))
+                        for a in attrs
+                        if stat.S_ISREG(a.st_mode or 0)
+                    ]
+            return out
+
+        return await self.run(listing, f": list {top}")
+
+    def open_v3_file(self, key: str) -> AsyncIterator[bytes]:
+        """Stream one file listed by `v3_files`."""
+        return self._read(posixpath.join(self.path, key), 0, None)
+
+    def _read(self, path: str, offset: int, size: int | None) -> AsyncIterator[bytes]:
+        """The bytes of the remote file `path` from `offset` (`size` of them, or to the end)."""
 
         def chunks() -> Iterator[bytes]:
             import paramiko

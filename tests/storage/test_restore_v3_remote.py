@@ -1,22 +1,28 @@
-"""Restore of a Litestream 0.3 replica (`generations/...`) from the object stores, chosen
+"""Restore of a Litestream 0.3 replica (`generations/...`) from S3, GCS, Azure Blob and SFTP, chosen
 automatically as from a file replica: the layout is uploaded as 0.3 wrote it, then restored through
 a config naming the replica."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from helpers import lifeboat, no_traceback, ok, rows
 from legacy_v3 import GEN, build_v3
 from replica_helpers import NewReplica, remote, write_yaml
 
-OBJECT_STORES = ["s3", "gs", "abs"]
+REMOTE_BACKENDS = ["s3", "gs", "abs", "sftp"]  # Litestream 0.3 had no NATS replica
 
 
 async def _upload_v3(block: dict[str, Any], root: Path) -> None:
-    """Every file of the 0.3 replica at `root` as an object under the replica's path."""
+    """Every file of the 0.3 replica at `root` as an object under the replica's path (for SFTP, into
+    the directory the local test server serves)."""
+    if str(block["url"]).startswith("sftp://"):
+        shutil.copytree(root, urlsplit(str(block["url"])).path)
+        return
     async with remote(block) as client:
         for f in sorted(p for p in root.rglob("*") if p.is_file()):
             key = client.path.strip("/") + "/" + f.relative_to(root).as_posix()
@@ -32,8 +38,8 @@ async def _replica_with_v3(new_replica: NewReplica, backend: str, tmp_path: Path
     return src, root, write_yaml(tmp_path / "litestream.yml", tmp_path / "out.db", block)
 
 
-@pytest.mark.parametrize("backend", OBJECT_STORES)
-async def test_v3_replica_restores_from_object_store(new_replica: NewReplica, backend: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", REMOTE_BACKENDS)
+async def test_v3_replica_restores_from_remote_backend(new_replica: NewReplica, backend: str, tmp_path: Path) -> None:
     src, _, cfg = await _replica_with_v3(new_replica, backend, tmp_path)
     out = tmp_path / "out.db"
     proc = ok(lifeboat("restore", "-integrity-check", "full", "-config", str(cfg), str(out)))

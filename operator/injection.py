@@ -2,6 +2,11 @@
 
 The admission webhook calls :func:`inject` on every labelled pod at CREATE; the function does no I/O,
 so the whole contract (ordering, volumes, security contexts, idempotence, denials) is unit-tested.
+
+Which user the injected containers run as: the app container's ``runAsUser``/``runAsGroup``, else the
+pod's, so the agent and the app own the database, its ``-wal`` and ``-shm`` alike. A uid the app takes
+from its image only is invisible here: the agent then runs as the image's 65532, and :func:`warnings`
+tells the user creating the pod to name the app's uid (kubectl prints it; the pod is still admitted).
 """
 
 import copy

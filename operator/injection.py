@@ -30,10 +30,10 @@ TMP_PATH = "/tmp"
 # The uid the image creates; used when neither the app container nor the pod names one.
 DEFAULT_UID = 65532
 # Limits for both CPU and memory: a namespace ResourceQuota on limits.cpu/limits.memory refuses
-# containers without them. The restore is the heavy one (decompressing, checking integrity).
+# containers without them. Half a CPU: below the maximum a LimitRange commonly sets per container.
 DEFAULT_RESOURCES: dict[str, dict[str, str]] = {
     "requests": {"cpu": "50m", "memory": "64Mi"},
-    "limits": {"cpu": "1", "memory": "256Mi"},
+    "limits": {"cpu": "500m", "memory": "256Mi"},
 }
 # Bidirectional propagation needs a privileged container; the injected ones never are. Seeing the
 # host's later mounts (HostToContainer) is all the agent needs to see the same files as the app.

@@ -330,24 +330,27 @@ def test_istio_native_sidecar_and_init_come_before_ours() -> None:
     assert init_names(result) == ["istio-init", "istio-proxy", "lifeboat-restore", "lifeboat-agent", "migrate"]
 
 
-def test_linkerd_init_comes_before_ours_also_without_native_sidecars() -> None:
+def test_without_a_native_sidecar_proxy_ours_run_before_the_mesh_redirects_traffic() -> None:
+    # The proxy is a regular container: after the iptables setup, the restore could reach no one.
     pod = make_pod(initContainers=[{"name": "linkerd-init", "image": "proxy-init"}])
+    pod["spec"]["containers"].append({"name": "linkerd-proxy", "image": "proxy"})
 
-    result = injection.inject(pod, make_replica(), native_sidecar=False)
+    assert init_names(injection.inject(pod, make_replica(), native_sidecar=False)) == [
+        "lifeboat-restore", "linkerd-init"]
+    assert init_names(injection.inject(pod, make_replica())) == ["lifeboat-restore", "lifeboat-agent", "linkerd-init"]
 
-    assert init_names(result) == ["linkerd-init", "lifeboat-restore"]
 
-
-def test_istio_cni_validation_and_linkerd_proxy_come_before_ours() -> None:
+def test_cni_validators_and_linkerd_native_proxy_come_before_ours() -> None:
     pod = make_pod(initContainers=[
         {"name": "linkerd-network-validator", "image": "cni"},
         {"name": "linkerd-proxy", "image": "proxy", "restartPolicy": "Always"},
     ])
 
     assert init_names(injection.inject(pod, make_replica()))[2:] == ["lifeboat-restore", "lifeboat-agent"]
-    cni = make_pod(initContainers=[{"name": "istio-validation", "image": "proxyv2"}])
-    assert init_names(injection.inject(cni, make_replica())) == [
-        "istio-validation", "lifeboat-restore", "lifeboat-agent"]
+    cni = make_pod(initContainers=[{"name": "istio-validation", "image": "proxyv2"},
+                                   {"name": "istio-proxy", "image": "proxyv2", "restartPolicy": "Always"}])
+    assert init_names(injection.inject(cni, make_replica(), native_sidecar=False)) == [
+        "istio-validation", "istio-proxy", "lifeboat-restore"]
 
 
 def test_agent_port_is_excluded_from_mesh_interception() -> None:

@@ -250,8 +250,13 @@ async def collect_status(
 
 @kopf.on.mutate("", "v1", "pods", id="inject", operations=["CREATE"],
                 labels={specs.REPLICA_LABEL: kopf.PRESENT})
-async def inject_pod(body: kopf.Body, namespace: str, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-    """Add the restore init container and the agent to a labelled pod, per its SQLiteReplica."""
+async def inject_pod(
+    body: kopf.Body, namespace: str, patch: kopf.Patch, memo: kopf.Memo, warnings: list[str], **_: Any
+) -> None:
+    """Add the restore init container and the agent to a labelled pod, per its SQLiteReplica.
+
+    A pod that cannot be injected is refused with HTTP 400 (the request is wrong, not the webhook).
+    """
     options: Options = memo.options
     replica_name = body.metadata.labels[specs.REPLICA_LABEL]
     replica = await memo.kube.replica(namespace, replica_name)
@@ -259,13 +264,14 @@ async def inject_pod(body: kopf.Body, namespace: str, patch: kopf.Patch, memo: k
         metrics.DENIALS.labels(namespace).inc()
         raise kopf.AdmissionError(
             f"pod label {specs.REPLICA_LABEL}={replica_name} names no SQLiteReplica in namespace "
-            f"{namespace}: create the SQLiteReplica first, or fix the label")
+            f"{namespace}: create the SQLiteReplica first, or fix the label", code=400)
     try:
         injected = injection.inject(body, replica, native_sidecar=options.native_sidecar,
                                     default_image=options.agent_image)
     except injection.InjectionError as exc:
         metrics.DENIALS.labels(namespace).inc()
-        raise kopf.AdmissionError(f"SQLiteReplica {replica_name}: {exc}") from exc
+        raise kopf.AdmissionError(f"SQLiteReplica {replica_name}: {exc}", code=400) from exc
+    warnings.extend(f"SQLiteReplica {replica_name}: {w}" for w in injection.warnings(body, replica))
 
     def replace(raw: MutableMapping[str, Any]) -> None:
         raw.clear()
@@ -281,4 +287,4 @@ async def validate_replica(spec: kopf.Spec, **_: Any) -> None:
     """Reject specs whose parts disagree (options of another scheme, two restore targets)."""
     found = specs.problems(spec)
     if found:
-        raise kopf.AdmissionError("; ".join(found))
+        raise kopf.AdmissionError("; ".join(found), code=400)

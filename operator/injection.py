@@ -2,14 +2,20 @@
 
 The admission webhook calls :func:`inject` on every labelled pod at CREATE; the function does no I/O,
 so the whole contract (ordering, volumes, security contexts, idempotence, denials) is unit-tested.
+
+Which user the injected containers run as: the app container's ``runAsUser``/``runAsGroup``, else the
+pod's, so the agent and the app own the database, its ``-wal`` and ``-shm`` alike. A uid the app takes
+from its image only is invisible here: the agent then runs as the image's 65532, and :func:`warnings`
+tells the user creating the pod to name the app's uid (kubectl prints it; the pod is still admitted).
 """
 
 import copy
 import posixpath
+import re
 from collections.abc import Mapping
 from typing import Any
 
-from lifeboat.operator import agent_config
+from lifeboat.operator import agent_config, mesh
 from lifeboat.operator import spec as specs
 
 DEFAULT_IMAGE = "ghcr.io/lifeboat-dev/lifeboat-agent:0.1.0"
@@ -20,12 +26,20 @@ TMP_VOLUME = "lifeboat-tmp"
 GCS_VOLUME = "lifeboat-gcs-credentials"
 GCS_MOUNT = "/var/run/secrets/lifeboat"
 METRICS_PORT_NAME = "lifeboat-http"
+TMP_PATH = "/tmp"
 # The uid the image creates; used when neither the app container nor the pod names one.
 DEFAULT_UID = 65532
+# Limits for both CPU and memory: a namespace ResourceQuota on limits.cpu/limits.memory refuses
+# containers without them. Half a CPU: below the maximum a LimitRange commonly sets per container.
 DEFAULT_RESOURCES: dict[str, dict[str, str]] = {
     "requests": {"cpu": "50m", "memory": "64Mi"},
-    "limits": {"memory": "256Mi"},
+    "limits": {"cpu": "500m", "memory": "256Mi"},
 }
+# Bidirectional propagation needs a privileged container; the injected ones never are. Seeing the
+# host's later mounts (HostToContainer) is all the agent needs to see the same files as the app.
+_UNPRIVILEGED_PROPAGATION = {"Bidirectional": "HostToContainer"}
+# $(NAME) in subPathExpr and env values; $$(NAME) is an escaped literal.
+_VARIABLE_REFERENCE = re.compile(r"(?<!\$)\$\(([^)]+)\)")
 
 
 class InjectionError(Exception):
@@ -59,13 +73,17 @@ def inject(
     _check_port_free(pod_spec, port)
 
     base = _base_container(pod_spec, app, spec, name, db_mount, default_image)
+    expansion = _expansion_env(app, db_mount)
+    if expansion:
+        base["env"] = expansion + base.get("env", [])
     restore = _restore_container(base, spec)
     agent = _agent_container(base, port)
 
     init_containers = pod_spec.setdefault("initContainers", [])
     native = agent_spec.get("nativeSidecar", native_sidecar)
     ours = ([restore] if restore else []) + ([{**agent, "restartPolicy": "Always"}] if native else [])
-    init_containers[:0] = ours
+    at = mesh.insertion_index(init_containers)
+    init_containers[at:at] = ours
     if not native:
         pod_spec["containers"].append(agent)
     if not init_containers:
@@ -74,11 +92,29 @@ def inject(
 
     annotations = result.setdefault("metadata", {}).setdefault("annotations", {})
     annotations[specs.INJECTED_ANNOTATION] = name
+    mesh.exclude_inbound_port(annotations, port)
     # Never override the app's own scrape settings: its metrics matter more than ours.
     annotations.setdefault("prometheus.io/scrape", "true")
     annotations.setdefault("prometheus.io/port", str(port))
     annotations.setdefault("prometheus.io/path", "/metrics")
     return result
+
+
+def warnings(pod: Mapping[str, Any], replica: Mapping[str, Any]) -> list[str]:
+    """What the user creating ``pod`` should hear about an injection that goes through.
+
+    An app whose uid comes only from its image (no ``runAsUser`` on the container or the pod) gets an
+    agent running as the image default 65532, which may create files the app cannot write.
+    """
+    if _already_injected(pod):
+        return []
+    pod_spec = pod.get("spec") or {}
+    app = _app_container(pod_spec, replica["spec"])
+    if _named_ids(pod_spec, app).get("runAsUser"):
+        return []
+    return [f"container {app['name']!r} and its pod set no securityContext.runAsUser: the lifeboat agent "
+            f"runs as uid {DEFAULT_UID} and may create database files the app cannot write; set runAsUser "
+            "(and runAsGroup) to the app image's uid/gid so the agent inherits them"]
 
 
 def _already_injected(pod: Mapping[str, Any]) -> bool:
@@ -134,10 +170,44 @@ def _database_mount(pod_spec: Mapping[str, Any], app: Mapping[str, Any], databas
             "the agent must write beside the database")
     if not any(v.get("name") == mount["name"] for v in pod_spec.get("volumes") or []):
         raise InjectionError(f"volume mount {mount['name']!r} for {database} names no volume of the pod")
+    path = posixpath.normpath(mount["mountPath"])
+    for reserved in (agent_config.CONFIG_DIR, GCS_MOUNT):
+        if path == reserved:
+            raise InjectionError(f"volume {mount['name']!r} holding {database} is mounted at {reserved}, "
+                                 "where the lifeboat containers mount their own files: move the database")
     # The same volume, at the same path, with the same subPath: the agent sees the file the app writes,
     # and keeps its meta directory beside it (so local state lives and dies with the database).
     keep = ("name", "mountPath", "subPath", "subPathExpr", "mountPropagation")
-    return {key: mount[key] for key in keep if key in mount}
+    copied = {key: mount[key] for key in keep if key in mount}
+    if "mountPropagation" in copied:
+        propagation = copied["mountPropagation"]
+        copied["mountPropagation"] = _UNPRIVILEGED_PROPAGATION.get(propagation, propagation)
+    return copied
+
+
+def _expansion_env(app: Mapping[str, Any], db_mount: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The app's env entries the mount's ``subPathExpr`` needs, directly or through other entries.
+
+    The kubelet expands ``subPathExpr`` with the container's own variables: without these, the agent
+    would mount another directory than the app's.
+    """
+    env = app.get("env") or []
+    wanted = set(_VARIABLE_REFERENCE.findall(db_mount.get("subPathExpr", "")))
+    needed: set[int] = set()
+    # An entry may refer to earlier ones ($(A) in B's value); the last definition of a name wins.
+    for index in range(len(env) - 1, -1, -1):
+        if env[index]["name"] in wanted:
+            wanted.discard(env[index]["name"])
+            needed.add(index)
+            wanted |= set(_VARIABLE_REFERENCE.findall(env[index].get("value", "")))
+    missing = sorted(wanted - {e["name"] for e in env})
+    if missing:
+        names = ", ".join(f"$({n})" for n in missing)
+        raise InjectionError(
+            f"volume mount {db_mount['name']!r} of container {app['name']!r}: subPathExpr refers to {names}, "
+            "not defined in the container's env (variables from envFrom are not given to the lifeboat "
+            "containers): define it in env")
+    return [copy.deepcopy(env[i]) for i in sorted(needed)]
 
 
 def _check_port_free(pod_spec: Mapping[str, Any], port: int) -> None:
@@ -159,14 +229,22 @@ def _security_context(pod_spec: Mapping[str, Any], app: Mapping[str, Any]) -> di
         "capabilities": {"drop": ["ALL"]},
         "seccompProfile": {"type": "RuntimeDefault"},
     }
+    context.update(_named_ids(pod_spec, app))
+    context.setdefault("runAsUser", DEFAULT_UID)
+    return context
+
+
+def _named_ids(pod_spec: Mapping[str, Any], app: Mapping[str, Any]) -> dict[str, int]:
+    """runAsUser and runAsGroup as the app container runs with them, where the pod spec names them
+    (the container's setting first, then the pod's); root (0) is never inherited."""
     app_context = app.get("securityContext") or {}
     pod_context = pod_spec.get("securityContext") or {}
+    named: dict[str, int] = {}
     for field in ("runAsUser", "runAsGroup"):
         value = app_context.get(field, pod_context.get(field))
         if value:
-            context[field] = value
-    context.setdefault("runAsUser", DEFAULT_UID)
-    return context
+            named[field] = value
+    return named
 
 
 def _base_container(
@@ -182,8 +260,10 @@ def _base_container(
     mounts: list[dict[str, Any]] = [
         dict(db_mount),
         {"name": CONFIG_VOLUME, "mountPath": agent_config.CONFIG_DIR, "readOnly": True},
-        {"name": TMP_VOLUME, "mountPath": "/tmp"},
     ]
+    # A database volume at /tmp is writable scratch space already; a second mount there is invalid.
+    if posixpath.normpath(db_mount["mountPath"]) != TMP_PATH:
+        mounts.append({"name": TMP_VOLUME, "mountPath": TMP_PATH})
     container: dict[str, Any] = {
         "image": agent_spec.get("image") or default_image,
         "imagePullPolicy": agent_spec.get("imagePullPolicy", "IfNotPresent"),

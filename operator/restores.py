@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import kopf
-from lifeboat.operator import agent_config, guards, injection, kube, metrics
+from lifeboat.operator import agent_config, guards, injection, kube, metrics, names
 from lifeboat.operator import spec as specs
 from lifeboat.operator import status as statuses
 
@@ -83,7 +83,8 @@ def _parse_time(value: str) -> datetime.datetime:
 
 
 def job_name(restore_name: str) -> str:
-    return f"{restore_name[:55]}-restore"
+    # The Job controller copies the Job's name into its pods' labels: at most 63 characters.
+    return names.bounded(restore_name, suffix="-restore")
 
 
 def restore_args(spec: Mapping[str, Any], database: str) -> list[str]:
@@ -158,7 +159,7 @@ def job_body(
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    labels = {"app.kubernetes.io/managed-by": "lifeboat-operator", RESTORE_LABEL: name}
+    labels = {"app.kubernetes.io/managed-by": "lifeboat-operator", RESTORE_LABEL: names.bounded(name)}
     pod: dict[str, Any] = {
         "restartPolicy": "Never",
         "containers": [container],
@@ -470,4 +471,4 @@ async def validate_restore(spec: kopf.Spec, **_: Any) -> None:
     """
     found = problems(spec)
     if found:
-        raise kopf.AdmissionError("; ".join(found))
+        raise kopf.AdmissionError("; ".join(found), code=400)

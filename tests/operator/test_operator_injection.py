@@ -169,6 +169,9 @@ def test_security_context_is_locked_down_and_follows_the_apps_user() -> None:
 def test_resources_default_and_from_spec() -> None:
     default = container(injection.inject(make_pod(), make_replica()), "lifeboat-agent")["resources"]
     assert default["requests"] == {"cpu": "50m", "memory": "64Mi"}
+    # A namespace ResourceQuota on limits.cpu and limits.memory admits only containers that set both.
+    assert set(default["limits"]) == {"cpu", "memory"}
+    assert container(injection.inject(make_pod(), make_replica()), "lifeboat-restore")["resources"] == default
 
     wanted = {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}}
     custom = container(injection.inject(make_pod(), make_replica(agent={"resources": wanted})), "lifeboat-agent")
@@ -203,3 +206,166 @@ def test_spec_container_picks_among_several() -> None:
     result = injection.inject(pod, make_replica(container="web"))
 
     assert container(result, "lifeboat-agent")["volumeMounts"][0]["subPath"] == "w"
+
+
+def test_database_volume_at_tmp_is_mounted_once() -> None:
+    pod = make_pod()
+    pod["spec"]["containers"][0]["volumeMounts"] = [{"name": "data", "mountPath": "/tmp/"}]
+
+    result = injection.inject(pod, make_replica(database="/tmp/app.db"))
+
+    for name in ("lifeboat-restore", "lifeboat-agent"):
+        paths = [m["mountPath"].rstrip("/") for m in container(result, name)["volumeMounts"]]
+        assert paths.count("/tmp") == 1, paths
+        assert container(result, name)["volumeMounts"][0]["name"] == "data"
+
+
+def test_database_volume_under_tmp_keeps_the_scratch_tmp() -> None:
+    pod = make_pod()
+    pod["spec"]["containers"][0]["volumeMounts"] = [{"name": "data", "mountPath": "/tmp/db"}]
+
+    mounts = container(injection.inject(pod, make_replica(database="/tmp/db/app.db")), "lifeboat-agent")["volumeMounts"]
+
+    assert [m["mountPath"] for m in mounts] == ["/tmp/db", "/etc/lifeboat", "/tmp"]
+
+
+def test_bidirectional_propagation_is_not_copied_onto_the_unprivileged_containers() -> None:
+    pod = make_pod()
+    pod["spec"]["containers"][0]["securityContext"] = {"privileged": True}
+    pod["spec"]["containers"][0]["volumeMounts"][0]["mountPropagation"] = "Bidirectional"
+
+    result = injection.inject(pod, make_replica())
+
+    for name in ("lifeboat-restore", "lifeboat-agent"):
+        assert container(result, name)["volumeMounts"][0]["mountPropagation"] == "HostToContainer"
+        assert "privileged" not in container(result, name)["securityContext"]
+    host = make_pod()
+    host["spec"]["containers"][0]["volumeMounts"][0]["mountPropagation"] = "HostToContainer"
+    agent = container(injection.inject(host, make_replica()), "lifeboat-agent")
+    assert agent["volumeMounts"][0]["mountPropagation"] == "HostToContainer"
+
+
+def test_subpathexpr_gets_the_variables_it_refers_to() -> None:
+    pod = make_pod()
+    app = pod["spec"]["containers"][0]
+    app["env"] = [
+        {"name": "UNRELATED", "value": "x"},
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "TENANT", "value": "t-$(POD_NAME)"},
+        {"name": "ESCAPED", "value": "$$(UNRELATED)"},
+    ]
+    app["volumeMounts"] = [{"name": "data", "mountPath": "/data", "subPathExpr": "$(TENANT)/$(ESCAPED)"}]
+
+    result = injection.inject(pod, make_replica())
+
+    for name in ("lifeboat-restore", "lifeboat-agent"):
+        agent = container(result, name)
+        assert agent["volumeMounts"][0]["subPathExpr"] == "$(TENANT)/$(ESCAPED)"
+        # In the app's order, so $(POD_NAME) is defined before TENANT's value refers to it.
+        assert agent["env"] == app["env"][1:]
+
+
+def test_subpathexpr_variables_come_before_the_credentials_variable() -> None:
+    pod = make_pod()
+    app = pod["spec"]["containers"][0]
+    app["env"] = [{"name": "SHARD", "value": "3"}]
+    app["volumeMounts"] = [{"name": "data", "mountPath": "/data", "subPathExpr": "s$(SHARD)"}]
+    replica = make_replica(replica={"url": "gs://bucket/app", "credentials": {"secretName": "gcs"}})
+
+    agent = container(injection.inject(pod, replica), "lifeboat-agent")
+
+    assert [e["name"] for e in agent["env"]] == ["SHARD", "GOOGLE_APPLICATION_CREDENTIALS"]
+
+
+def test_subpathexpr_variable_outside_env_is_denied() -> None:
+    pod = make_pod()
+    app = pod["spec"]["containers"][0]
+    app["envFrom"] = [{"configMapRef": {"name": "settings"}}]
+    app["volumeMounts"] = [{"name": "data", "mountPath": "/data", "subPathExpr": "$(TENANT)"}]
+
+    with pytest.raises(injection.InjectionError, match=r"subPathExpr refers to \$\(TENANT\), not defined"):
+        injection.inject(pod, make_replica())
+
+
+@pytest.mark.parametrize("path", ["/etc/lifeboat", "/var/run/secrets/lifeboat/"])
+def test_database_on_a_path_the_injected_containers_mount_is_denied(path: str) -> None:
+    pod = make_pod()
+    pod["spec"]["containers"][0]["volumeMounts"] = [{"name": "data", "mountPath": path}]
+
+    with pytest.raises(injection.InjectionError, match="where the lifeboat containers mount their own files"):
+        injection.inject(pod, make_replica(database=path.rstrip("/") + "/app.db"))
+
+
+def test_warning_when_the_apps_uid_comes_only_from_its_image() -> None:
+    (warning,) = injection.warnings(make_pod(), make_replica())
+    assert "container 'app' and its pod set no securityContext.runAsUser" in warning
+    assert "65532" in warning
+
+    assert injection.warnings(make_pod(securityContext={"runAsUser": 1000}), make_replica()) == []
+    named = make_pod()
+    named["spec"]["containers"][0]["securityContext"] = {"runAsUser": 1000}
+    assert injection.warnings(named, make_replica()) == []
+    # Reinvoked on a pod it injected already: no second warning.
+    assert injection.warnings(injection.inject(make_pod(), make_replica()), make_replica()) == []
+
+
+def test_container_uid_wins_over_the_pods() -> None:
+    pod = make_pod(securityContext={"runAsUser": 1000, "runAsGroup": 1000})
+    pod["spec"]["containers"][0]["securityContext"] = {"runAsUser": 2000}
+
+    context = container(injection.inject(pod, make_replica()), "lifeboat-agent")["securityContext"]
+
+    assert (context["runAsUser"], context["runAsGroup"]) == (2000, 1000)
+
+
+def test_istio_native_sidecar_and_init_come_before_ours() -> None:
+    pod = make_pod(initContainers=[
+        {"name": "istio-init", "image": "proxyv2"},
+        {"name": "istio-proxy", "image": "proxyv2", "restartPolicy": "Always"},
+        {"name": "migrate", "image": "app:1"},
+    ])
+
+    result = injection.inject(pod, make_replica())
+
+    assert init_names(result) == ["istio-init", "istio-proxy", "lifeboat-restore", "lifeboat-agent", "migrate"]
+
+
+def test_without_a_native_sidecar_proxy_ours_run_before_the_mesh_redirects_traffic() -> None:
+    # The proxy is a regular container: after the iptables setup, the restore could reach no one.
+    pod = make_pod(initContainers=[{"name": "linkerd-init", "image": "proxy-init"}])
+    pod["spec"]["containers"].append({"name": "linkerd-proxy", "image": "proxy"})
+
+    assert init_names(injection.inject(pod, make_replica(), native_sidecar=False)) == [
+        "lifeboat-restore", "linkerd-init"]
+    assert init_names(injection.inject(pod, make_replica())) == ["lifeboat-restore", "lifeboat-agent", "linkerd-init"]
+
+
+def test_cni_validators_and_linkerd_native_proxy_come_before_ours() -> None:
+    pod = make_pod(initContainers=[
+        {"name": "linkerd-network-validator", "image": "cni"},
+        {"name": "linkerd-proxy", "image": "proxy", "restartPolicy": "Always"},
+    ])
+
+    assert init_names(injection.inject(pod, make_replica()))[2:] == ["lifeboat-restore", "lifeboat-agent"]
+    cni = make_pod(initContainers=[{"name": "istio-validation", "image": "proxyv2"},
+                                   {"name": "istio-proxy", "image": "proxyv2", "restartPolicy": "Always"}])
+    assert init_names(injection.inject(cni, make_replica(), native_sidecar=False)) == [
+        "istio-validation", "istio-proxy", "lifeboat-restore"]
+
+
+def test_agent_port_is_excluded_from_mesh_interception() -> None:
+    annotations = injection.inject(make_pod(), make_replica(agent={"metricsPort": 9191}))["metadata"]["annotations"]
+
+    assert annotations["traffic.sidecar.istio.io/excludeInboundPorts"] == "9191"
+    assert annotations["config.linkerd.io/skip-inbound-ports"] == "9191"
+
+
+def test_mesh_exclusions_are_appended_to_the_apps() -> None:
+    pod = make_pod()
+    pod["metadata"]["annotations"] = {"traffic.sidecar.istio.io/excludeInboundPorts": "8081, 8082",
+                                      "config.linkerd.io/skip-inbound-ports": "9090"}
+
+    annotations = injection.inject(pod, make_replica())["metadata"]["annotations"]
+
+    assert annotations["traffic.sidecar.istio.io/excludeInboundPorts"] == "8081,8082,9090"
+    assert annotations["config.linkerd.io/skip-inbound-ports"] == "9090"

@@ -162,6 +162,13 @@ class Kube:
         return await self._call(self.custom.get_namespaced_custom_object,
                                 specs.GROUP, specs.VERSION, namespace, specs.PLURAL, name)
 
+    async def peering(self, group: str, version: str, plural: str, namespace: str | None,
+                      name: str) -> dict[str, Any] | None:
+        """A kopf peering object (cluster-wide when ``namespace`` is None), or None."""
+        if namespace is None:
+            return await self._call(self.custom.get_cluster_custom_object, group, version, plural, name)
+        return await self._call(self.custom.get_namespaced_custom_object, group, version, namespace, plural, name)
+
     async def set_ca_bundle(self, mutating: str, validating: str, ca_bundle_b64: str) -> None:
         """Point every webhook of the two configurations at this CA (operator-generated certificates)."""
         for read, patch, name in (

@@ -12,7 +12,7 @@ from typing import Any
 
 import kubernetes
 from kubernetes.client import ApiException
-from lifeboat.operator import guards
+from lifeboat.operator import guards, timeouts
 from lifeboat.operator import spec as specs
 
 # The client would otherwise label a dict body as a JSON patch (its first listed type).
@@ -48,7 +48,8 @@ class Kube:
     @staticmethod
     async def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any] | None:
         def call() -> dict[str, Any]:
-            response = fn(*args, _preload_content=False, **kwargs)
+            response = fn(*args, _preload_content=False, _request_timeout=(timeouts.CONNECT, timeouts.REQUEST),
+                          **kwargs)
             return json.loads(response.data or b"{}")
 
         try:

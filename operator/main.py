@@ -6,7 +6,7 @@ import pathlib
 from collections.abc import Sequence
 
 import kopf
-from lifeboat.operator import handlers, leadership
+from lifeboat.operator import handlers, leadership, timeouts
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[handlers.Options, argparse.Namespace]:
@@ -55,6 +55,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     options, args = parse_args(argv)
     kopf.configure(verbose=args.verbose)
     settings = kopf.OperatorSettings()
+    timeouts.apply(settings)
     # Every replica serves the webhook (a fail-closed webhook must outlive one replica); only the
     # elected one reconciles, so no two replicas act on one object with different copies of it.
     leadership.configure(settings, args.peering, clusterwide=not options.namespaces)

@@ -49,7 +49,7 @@ def configure(settings: kopf.OperatorSettings, name: str, clusterwide: bool) -> 
     settings.peering.stealth = True
 
 
-def peering_objects(name: str, namespaces: tuple[str, ...]) -> list[tuple[str, str | None]]:
+def peering_objects(namespaces: tuple[str, ...]) -> list[tuple[str, str | None]]:
     """(plural, namespace) of every peering object the operator needs: one cluster-wide, or one per namespace."""
     if not namespaces:
         return [("clusterkopfpeerings", None)]
@@ -59,7 +59,7 @@ def peering_objects(name: str, namespaces: tuple[str, ...]) -> list[tuple[str, s
 async def missing_peerings(lifeboat: kube.Kube, name: str, namespaces: tuple[str, ...]) -> list[str]:
     """The peering objects that do not exist, as "Kind namespace/name" (kopf would wait for them forever)."""
     missing = []
-    for plural, namespace in peering_objects(name, namespaces):
+    for plural, namespace in peering_objects(namespaces):
         if await lifeboat.peering(GROUP, VERSION, plural, namespace, name) is None:
             kind = "ClusterKopfPeering" if namespace is None else "KopfPeering"
             missing.append(f"{kind} {namespace}/{name}" if namespace else f"{kind} {name}")

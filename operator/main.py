@@ -53,7 +53,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[handlers.Options, arg
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of ``lifeboat-operator``."""
     options, args = parse_args(argv)
-    kopf.configure(verbose=args.verbose)
+    # Every line about an object starts with its [namespace/name]: which replica acted on what shows.
+    kopf.configure(verbose=args.verbose, log_prefix=True)
     settings = kopf.OperatorSettings()
     timeouts.apply(settings)
     # Every replica serves the webhook (a fail-closed webhook must outlive one replica); only the

@@ -64,8 +64,9 @@ def pair(operator: Operator, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     follower = Operator.from_chart(cluster, tmp_path_factory.mktemp("operator-follower"), replica="follower")
     follower.start()
     try:
-        wait_until(lambda: len(peers(operator)) == 2, 60, "both replicas in the peering object")
-        assert RESUMED not in follower.log.read_text(), follower.tail()
+        # Its watch of SQLiteReplicas starts (kopf logs "Starting…", or "Pausing…" when paused).
+        wait_until(lambda: "the watch-stream for sqlitereplicas" in follower.log.read_text(), 60,
+                   "the second replica's watch")
         yield operator, follower
     finally:
         follower.stop()
@@ -90,6 +91,8 @@ def test_one_replica_reconciles_and_both_admit(pair: tuple[Operator, Operator]) 
     assert any("Handler 'reconcile" in line for line in led) and any("Timer '" in line for line in led), led
     acted = acted_on(logged_since(follower, since), "solo")
     assert not acted, "the paused replica reconciled too:\n" + "\n".join(acted)
+    assert len(peers(leader)) == 2, peers(leader)
+    assert RESUMED not in logged_since(follower, since), follower.tail()
 
     # Each of them alone behind the webhook Service admits (and injects) a pod.
     for serving, other in ((follower, leader), (leader, follower)):

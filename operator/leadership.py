@@ -71,7 +71,9 @@ async def check_peering(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: A
     """Refuse to start without the peering objects: every replica would stay paused, silently."""
     if settings.peering.standalone:
         return
-    missing = await missing_peerings(memo.kube, settings.peering.name, memo.options.namespaces)
+    # Its own client: it must not depend on the order in which kopf runs the startup handlers.
+    lifeboat = kube.Kube(kube.load_api_client())
+    missing = await missing_peerings(lifeboat, settings.peering.name, memo.options.namespaces)
     if missing:
         raise kopf.PermanentError(
             f"peering object(s) missing: {', '.join(missing)}; the chart creates them (their CRDs are in "

@@ -57,12 +57,19 @@ def peering_objects(namespaces: tuple[str, ...]) -> list[tuple[str, str | None]]
 
 
 async def missing_peerings(lifeboat: kube.Kube, name: str, namespaces: tuple[str, ...]) -> list[str]:
-    """The peering objects that do not exist, as "Kind namespace/name" (kopf would wait for them forever)."""
+    """The peering objects that are absent or unreadable, as "Kind [namespace/]name (why)".
+
+    kopf would wait for them forever, paused, without a word.
+    """
     missing = []
     for plural, namespace in peering_objects(namespaces):
-        if await lifeboat.peering(GROUP, VERSION, plural, namespace, name) is None:
-            kind = "ClusterKopfPeering" if namespace is None else "KopfPeering"
-            missing.append(f"{kind} {namespace}/{name}" if namespace else f"{kind} {name}")
+        kind = "ClusterKopfPeering" if namespace is None else "KopfPeering"
+        where = f"{kind} {namespace}/{name}" if namespace else f"{kind} {name}"
+        try:
+            if await lifeboat.peering(GROUP, VERSION, plural, namespace, name) is None:
+                missing.append(f"{where} (not found)")
+        except kube.Forbidden:
+            missing.append(f"{where} (forbidden: RBAC grants the release's own object only)")
     return missing
 
 
@@ -76,5 +83,5 @@ async def check_peering(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: A
     missing = await missing_peerings(lifeboat, settings.peering.name, memo.options.namespaces)
     if missing:
         raise kopf.PermanentError(
-            f"peering object(s) missing: {', '.join(missing)}; the chart creates them (their CRDs are in "
-            "crds/: kubectl apply -f crds/), or name an existing one with --peering")
+            f"--peering: {', '.join(missing)}; the chart creates its own (their CRDs are in crds/: "
+            "kubectl apply -f crds/); every replica would stay paused without it")

@@ -9,12 +9,16 @@ dead leader's peering record expires, finish the restore with the same Job, and 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import inplace
 import pytest
-from k8s import RELEASE, Operator, wait_until
+from k8s import OPERATOR_NAMESPACE, RELEASE, Operator, wait_until
 from lifeboat.operator import injection, leadership
 
 NAMESPACE = "leader"
@@ -136,3 +140,18 @@ def test_the_other_replica_finishes_the_restore_the_dead_leader_started(pair: tu
     assert acted_on(logged_since(follower, since), "takeover"), "the follower did not finish the restore"
     wait_until(lambda: inplace.running_pods(cluster, NAMESPACE, f"app={inplace.APP}"), 90,
                "the app running again (injected by the follower)")
+
+
+def test_without_its_peering_object_the_operator_refuses_to_start(
+    operator: Operator, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Else it would wait, paused, for a peer record it can never write."""
+    lonely = Operator.from_chart(operator.cluster, tmp_path_factory.mktemp("operator-lonely"), replica="lonely")
+    argv = [str(Path(sys.executable).parent / "lifeboat-operator"), *lonely.args, "--peering=nowhere",
+            f"--webhook-addr={lonely.address}", f"--webhook-port={lonely.webhook_port}",
+            f"--tls-dir={lonely.workdir / 'tls'}", "--liveness-port=0", "--metrics-port=0"]
+    env = {**os.environ, "KUBECONFIG": str(lonely.kubeconfig), "POD_NAMESPACE": OPERATOR_NAMESPACE}
+    env.pop("KUBERNETES_SERVICE_HOST", None)
+    ran = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    assert ran.returncode != 0
+    assert "--peering: ClusterKopfPeering nowhere (forbidden" in ran.stdout + ran.stderr, ran.stderr[-3000:]

@@ -10,10 +10,11 @@ or load balancer gone without a FIN, an API server frozen mid-response):
   watch that has been silent for 70 s (API servers send a bookmark every minute), so a hung
   watch costs at most about a minute of latency, never a missed change: the resumed watch
   replays from the last resourceVersion, or kopf lists again after 410 Gone.
-* requests (kopf's patches, Events, and this package's reads, scales and Job creations): a
-  single call gets ``REQUEST`` seconds in all, far above a healthy API server's latency even
-  under load, but short enough that a hung call fails, is retried by kopf's backoff (handlers)
-  or the next timer round (restore steps), and does not hold a handler indefinitely.
+* requests (kopf's patches and Events; this package's reads, scales and Job creations): kopf's
+  get ``REQUEST`` seconds in all, this package's ``REQUEST`` seconds without a byte of answer (the
+  client library's read timeout). Far above a healthy API server's latency even under load, but
+  short enough that a hung call fails and is retried (kopf's backoff for handlers, the next round
+  for timers) instead of holding a handler indefinitely.
 * ``CONNECT``: TCP and TLS setup; an API server that cannot be reached in that long is down.
 """
 

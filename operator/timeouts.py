@@ -20,7 +20,7 @@ or load balancer gone without a FIN, an API server frozen mid-response):
 
 import kopf
 
-WATCH_SERVER = 120.0
+WATCH_SERVER = 120  # whole seconds: the API server parses timeoutSeconds as an integer
 WATCH_CLIENT = WATCH_SERVER + 30.0
 CONNECT = 10.0
 REQUEST = 30.0

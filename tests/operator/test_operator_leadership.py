@@ -24,6 +24,8 @@ def test_no_watch_nor_call_waits_unbounded() -> None:
     watching, networking = settings.watching, settings.networking
     assert None not in (watching.server_timeout, watching.client_timeout, watching.connect_timeout,
                         networking.request_timeout, networking.connect_timeout)
+    # kopf sends it as the watch's timeoutSeconds, which the API server parses as an integer ("120.0": 400).
+    assert isinstance(watching.server_timeout, int)
     # The server ends a watch cleanly before the client gives up on it.
     assert watching.client_timeout > watching.server_timeout
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import kubernetes
 from kubernetes.client import ApiException
-from lifeboat.operator import guards
+from lifeboat.operator import guards, timeouts
 from lifeboat.operator import spec as specs
 
 # The client would otherwise label a dict body as a JSON patch (its first listed type).
@@ -48,7 +48,8 @@ class Kube:
     @staticmethod
     async def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any] | None:
         def call() -> dict[str, Any]:
-            response = fn(*args, _preload_content=False, **kwargs)
+            response = fn(*args, _preload_content=False, _request_timeout=(timeouts.CONNECT, timeouts.REQUEST),
+                          **kwargs)
             return json.loads(response.data or b"{}")
 
         try:
@@ -161,6 +162,13 @@ class Kube:
         """The SQLiteReplica of that name, or None."""
         return await self._call(self.custom.get_namespaced_custom_object,
                                 specs.GROUP, specs.VERSION, namespace, specs.PLURAL, name)
+
+    async def peering(self, group: str, version: str, plural: str, namespace: str | None,
+                      name: str) -> dict[str, Any] | None:
+        """A kopf peering object (cluster-wide when ``namespace`` is None), or None."""
+        if namespace is None:
+            return await self._call(self.custom.get_cluster_custom_object, group, version, plural, name)
+        return await self._call(self.custom.get_namespaced_custom_object, group, version, namespace, plural, name)
 
     async def set_ca_bundle(self, mutating: str, validating: str, ca_bundle_b64: str) -> None:
         """Point every webhook of the two configurations at this CA (operator-generated certificates)."""

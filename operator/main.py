@@ -6,7 +6,7 @@ import pathlib
 from collections.abc import Sequence
 
 import kopf
-from lifeboat.operator import handlers
+from lifeboat.operator import handlers, leadership, timeouts
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[handlers.Options, argparse.Namespace]:
@@ -36,6 +36,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[handlers.Options, arg
     parser.add_argument("--metrics-port", type=int, default=8081,
                         help="serves the operator's own Prometheus /metrics; 0 disables")
     parser.add_argument("--liveness-port", type=int, default=8080, help="serves /healthz for the kubelet")
+    parser.add_argument("--peering", default="lifeboat",
+                        help="the kopf peering object through which the replicas elect the one that reconciles "
+                             "(ClusterKopfPeering, or a KopfPeering in each --namespace)")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     options = handlers.Options(
@@ -50,11 +53,15 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[handlers.Options, arg
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of ``lifeboat-operator``."""
     options, args = parse_args(argv)
-    kopf.configure(verbose=args.verbose)
-    # Standalone: every replica reconciles (handlers are idempotent) and serves the webhook, so a
-    # fail-closed webhook keeps working while one replica is down; no peering CRD is needed.
+    # Every line about an object starts with its [namespace/name]: which replica acted on what shows.
+    kopf.configure(verbose=args.verbose, log_prefix=True)
+    settings = kopf.OperatorSettings()
+    timeouts.apply(settings)
+    # Every replica serves the webhook (a fail-closed webhook must outlive one replica); only the
+    # elected one reconciles, so no two replicas act on one object with different copies of it.
+    leadership.configure(settings, args.peering, clusterwide=not options.namespaces)
     kopf.run(
-        standalone=True,
+        settings=settings,
         clusterwide=not options.namespaces,
         namespaces=list(options.namespaces),
         memo=kopf.Memo(options=options),

@@ -2,7 +2,8 @@
 come back 410 Gone: the new watch cache starts after the operator's resourceVersion).
 
 kopf must reconnect and miss nothing: a SQLiteReplica changed right after the restart, and one created
-afterwards, both reach their ConfigMaps; the webhook keeps injecting. Two replicas share the webhook.
+afterwards, both reach their ConfigMaps; the webhook keeps injecting; an in-place restore caught by the
+restart goes on with the Job it made. Two replicas share the webhook.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import subprocess
 import threading
 from typing import Any
 
+import inplace
 from k8s import REPO, Cluster, Operator, wait_until
 from lifeboat.operator import injection
 
@@ -31,6 +33,12 @@ def config(cluster: Cluster, name: str) -> str:
     return found.stdout if found.returncode == 0 else ""
 
 
+def restart_api_server() -> None:
+    restart = subprocess.run(["bash", str(REPO / ".ci" / "cluster.sh"), "restart-apiserver"],
+                             capture_output=True, text=True, timeout=300)
+    assert restart.returncode == 0, restart.stderr
+
+
 def test_the_operator_misses_nothing_across_an_api_server_restart(operator: Operator) -> None:
     cluster = operator.cluster
     cluster.kubectl("create", "namespace", NAMESPACE)
@@ -38,9 +46,7 @@ def test_the_operator_misses_nothing_across_an_api_server_restart(operator: Oper
     wait_until(lambda: "sync-interval: 1s" in config(cluster, "before"), 60, "the first ConfigMap")
 
     logged = len(operator.log.read_text())
-    restart = subprocess.run(["bash", str(REPO / ".ci" / "cluster.sh"), "restart-apiserver"],
-                             capture_output=True, text=True, timeout=300)
-    assert restart.returncode == 0, restart.stderr
+    restart_api_server()
 
     cluster.apply(replica("before", "2s"))  # a change right after the restart
     cluster.apply(replica("after", "3s"))  # and an object the operator never saw
@@ -130,3 +136,24 @@ def test_status_writes_racing_the_operator_lose_none_of_its_verdicts(operator: O
         return ready.get("status") == "True" and ready.get("observedGeneration") == obj["metadata"]["generation"]
 
     wait_until(settled, 60, "ConfigReady at the new generation")
+
+
+def test_a_restore_caught_by_an_api_server_restart_goes_on_with_its_one_job(operator: Operator) -> None:
+    """The watch of SQLiteRestores breaks and expires (410 Gone) while the app is down and the Job runs:
+    the operator lists again, keeps the Job it made (no second one), and scales the app back."""
+    cluster = operator.cluster
+    cluster.kubectl("create", "namespace", NAMESPACE, check=False)
+    inplace.deploy(cluster, NAMESPACE)
+    inplace.start_restore(cluster, NAMESPACE, "caught")
+    job_name = wait_until(lambda: inplace.status(cluster, NAMESPACE, "caught").get("job"), 120, "the restore Job")
+    (job,) = inplace.jobs(cluster, NAMESPACE, "caught")
+
+    logged = len(operator.log.read_text())
+    restart_api_server()
+    inplace.end_job(cluster, NAMESPACE, job_name)
+    status = inplace.finished(cluster, NAMESPACE, "caught")
+    assert status["phase"] == "Succeeded", status
+    assert inplace.replicas(cluster, NAMESPACE) == status["workload"]["replicas"] == 1
+    assert [j["metadata"]["uid"] for j in inplace.jobs(cluster, NAMESPACE, "caught")] == [job["metadata"]["uid"]]
+    assert "Restarting the watch-stream for sqliterestores" in operator.log.read_text()[logged:]
+    assert operator.proc is not None and operator.proc.poll() is None, operator.tail()

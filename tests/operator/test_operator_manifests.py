@@ -17,7 +17,8 @@ CHART = REPO / "charts" / "lifeboat"
 KUBERNETES_VERSIONS = ("1.29.0", "1.33.0")
 RELEASE_NAMESPACE = "lifeboat-system"
 # Kinds from other projects' CRDs, which kubernetes-validate has no schema for.
-FOREIGN_KINDS = {"cert-manager.io/v1": {"Certificate", "Issuer"}, "monitoring.coreos.com/v1": {"PrometheusRule"}}
+FOREIGN_KINDS = {"cert-manager.io/v1": {"Certificate", "Issuer"}, "monitoring.coreos.com/v1": {"PrometheusRule"},
+                 "kopf.dev/v1": {"ClusterKopfPeering", "KopfPeering"}}
 
 
 def tool(env: str, relative: str) -> pathlib.Path:
@@ -75,7 +76,8 @@ def test_helm_lint_strict() -> None:
 
 
 def test_chart_crd_is_identical_to_the_source_crd() -> None:
-    assert (CHART / "crds" / "sqlitereplicas.yaml").read_bytes() == (REPO / "crds" / "sqlitereplicas.yaml").read_bytes()
+    for name in ("sqlitereplicas.yaml", "kopfpeerings.yaml"):
+        assert (CHART / "crds" / name).read_bytes() == (REPO / "crds" / name).read_bytes(), name
 
 
 def test_every_rendered_object_is_valid_kubernetes(rendered: list[dict[str, Any]]) -> None:
@@ -193,6 +195,26 @@ def test_rbac_follows_watched_namespaces() -> None:
         selector["matchExpressions"]
     args = only(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert main.parse_args(args)[0].namespaces == ("apps", "web")
+
+
+@pytest.mark.parametrize(("values", "kind", "namespaces"), [
+    ((), "ClusterKopfPeering", {None}),
+    (("watchNamespaces={apps,web}",), "KopfPeering", {"apps", "web"}),
+])
+def test_the_replicas_elect_their_reconciler_through_the_charts_peering_objects(
+    values: tuple[str, ...], kind: str, namespaces: set[str | None]
+) -> None:
+    docs = render(*values)
+    (container,) = only(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    name = main.parse_args(container["args"])[1].peering
+    peerings = [d for d in docs if d["kind"] == kind]
+    assert {(d["metadata"]["name"], d["metadata"].get("namespace")) for d in peerings} == {
+        (name, namespace) for namespace in namespaces}
+    assert {"name": "POD_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in container["env"]
+    plural = f"{kind.lower()}s"
+    granted = {(verb, tuple(rule.get("resourceNames") or ())) for _, rule in rules_by_binding(docs)
+               if rule["apiGroups"] == ["kopf.dev"] and rule["resources"] == [plural] for verb in rule["verbs"]}
+    assert granted == {("list", ()), ("watch", ()), ("get", (name,)), ("patch", (name,))}
 
 
 def test_native_sidecar_value_reaches_the_operator() -> None:

@@ -1,0 +1,35 @@
+"""The operator's settings for peering and for waiting on the API server, as ``lifeboat-operator`` sets them."""
+
+import kopf
+from lifeboat.operator import leadership, timeouts
+
+
+def test_the_earlier_replica_has_the_higher_priority_and_none_tie() -> None:
+    assert leadership.seniority(1_000_000_000) > leadership.seniority(1_000_001_000)
+    assert leadership.seniority() != leadership.seniority(0)
+
+
+def test_peering_is_mandatory_by_seniority_with_a_short_lifetime() -> None:
+    settings = kopf.OperatorSettings()
+    leadership.configure(settings, "lb", clusterwide=False)
+    assert (settings.peering.name, settings.peering.mandatory, settings.peering.standalone) == ("lb", True, False)
+    assert settings.peering.namespaced
+    assert settings.peering.lifetime == leadership.LIFETIME
+    assert settings.peering.priority < 0
+
+
+def test_no_watch_nor_call_waits_unbounded() -> None:
+    settings = kopf.OperatorSettings()
+    timeouts.apply(settings)
+    watching, networking = settings.watching, settings.networking
+    assert None not in (watching.server_timeout, watching.client_timeout, watching.connect_timeout,
+                        networking.request_timeout, networking.connect_timeout)
+    # kopf sends it as the watch's timeoutSeconds, which the API server parses as an integer ("120.0": 400).
+    assert isinstance(watching.server_timeout, int)
+    # The server ends a watch cleanly before the client gives up on it.
+    assert watching.client_timeout > watching.server_timeout
+
+
+def test_peering_objects_follow_the_watched_namespaces() -> None:
+    assert leadership.peering_objects(()) == [("clusterkopfpeerings", None)]
+    assert leadership.peering_objects(("a", "b")) == [("kopfpeerings", "a"), ("kopfpeerings", "b")]

@@ -617,8 +617,9 @@ async def restore_deleted(body: kopf.Body, name: str, namespace: str, memo: kopf
     lifeboat: kube.Kube = memo.kube
     await lifeboat.delete_job(namespace, job_name(name))
     running = alive(await lifeboat.labelled_pods(namespace, JOB_NAME_LABEL, job_name(name)))
-    if running:
-        raise kopf.TemporaryError(f"waiting for the restore Job's pod(s) to stop: {', '.join(sorted(running))}",
+    # Read again: a timer round in flight when the deletion came may just have created the Job.
+    if running or await lifeboat.job(namespace, job_name(name)) is not None:
+        raise kopf.TemporaryError(f"waiting for the restore Job and its pod(s) to go: {', '.join(sorted(running))}",
                                   delay=INTERVAL)
     recorded = status.get("workload") or {}
     if recorded:

@@ -521,7 +521,7 @@ async def _observe(
             seen.nodes = [n for p in live if (n := (p.get("spec") or {}).get("nodeName"))]
             seen.claim = await _claim(lifeboat, namespace, seen)
         return seen
-    if in_place and phase != PENDING:
+    if in_place:
         seen.workload = await lifeboat.workload(recorded["kind"], namespace, recorded["name"])
     if in_place and phase in (SCALING_DOWN, RESTORING):
         pods = await lifeboat.labelled_pods(namespace, specs.REPLICA_LABEL, spec["replica"])

@@ -141,6 +141,8 @@ def test_the_job_runs_with_the_apps_identity_and_scheduling_on_its_node(kube: Cl
         "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]["matchExpressions"]
     assert term["matchFields"] == [{"key": "metadata.name", "operator": "In", "values": [NODE]}]
     assert pod["spec"]["nodeName"] == NODE
+    (container,) = spec["containers"]
+    assert (container["securityContext"]["runAsUser"], container["securityContext"]["runAsGroup"]) == (1000, 1000)
 
     kube.kubectl("annotate", "pod", pod["metadata"]["name"], "-n", NAMESPACE,
                     f"kwok.lifeboat.dev/message={RESULT}", "kwok.lifeboat.dev/exit-code=0")
@@ -152,8 +154,9 @@ def test_the_job_runs_with_the_apps_identity_and_scheduling_on_its_node(kube: Cl
 def test_a_restore_past_its_timeout_stops_the_job_then_scales_back(kube: Cluster) -> None:
     name = "slow"
     start_app(kube, replica(name), *claim_objects(name), deployment(name))
-    restore(kube, name, restoreTimeoutSeconds=5)
-    job_pod(kube, name)  # left running: the restore never ends by itself
+    restore(kube, name, restoreTimeoutSeconds=10)
+    # The Job's pod is left to run: nothing ends the restore but its timeout.
+    wait_until(lambda: status(kube, name).get("job"), 120, "the restore Job")
 
     done = wait_until(lambda: finished(kube, name), 120, "the restore to give up")
     assert done["phase"] == "Failed", done

@@ -175,9 +175,11 @@ def test_no_app_pod_starts_while_restoring_and_a_scale_up_stops_the_restore(kube
     stray = {"apiVersion": "v1", "kind": "Pod",
              "metadata": {"name": "stray", "namespace": NAMESPACE, "labels": {"lifeboat.dev/replica": name}},
              "spec": {"containers": [{"name": "app", "image": "app:1"}]}}
-    refused = kube.apply(stray, check=False)
+    # -v=6 logs the Status the API server answered with.
+    refused = kube.kubectl("create", "-f", "-", "-v=6", input=json.dumps(stray), check=False)
     assert refused.returncode != 0, "a pod of the replica was admitted during its in-place restore"
-    assert "Forbidden" in refused.stderr and f"SQLiteRestore {name}" in refused.stderr, refused.stderr
+    assert "\"code\": 403" in refused.stderr and f"SQLiteRestore {name} is restoring" in refused.stderr, \
+        refused.stderr
 
     # As GitOps self-heal or an autoscaler would: the restore stops rather than race the app.
     kube.kubectl("scale", "deployment", name, "-n", NAMESPACE, "--replicas=1")

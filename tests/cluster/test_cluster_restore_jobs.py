@@ -131,7 +131,6 @@ def test_the_job_runs_with_the_apps_identity_and_scheduling_on_its_node(kube: Cl
     restore(kube, name, restoreTimeoutSeconds=900)
     pod = job_pod(kube, name)
     job = kube.get("job", status(kube, name)["job"], namespace=NAMESPACE)
-    assert job["spec"]["activeDeadlineSeconds"] == 900
     spec = job["spec"]["template"]["spec"]
     for key in ("serviceAccountName", "imagePullSecrets", "nodeSelector", "tolerations", "priorityClassName",
                 "securityContext"):
@@ -141,11 +140,12 @@ def test_the_job_runs_with_the_apps_identity_and_scheduling_on_its_node(kube: Cl
         "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]["matchExpressions"]
     assert term["matchFields"] == [{"key": "metadata.name", "operator": "In", "values": [NODE]}]
     assert pod["spec"]["nodeName"] == NODE
+    assert job["spec"]["activeDeadlineSeconds"] == 900
     (container,) = spec["containers"]
     assert (container["securityContext"]["runAsUser"], container["securityContext"]["runAsGroup"]) == (1000, 1000)
 
     kube.kubectl("annotate", "pod", pod["metadata"]["name"], "-n", NAMESPACE,
-                    f"kwok.lifeboat.dev/message={RESULT}", "kwok.lifeboat.dev/exit-code=0")
+                 f"kwok.lifeboat.dev/message={RESULT}", "kwok.lifeboat.dev/exit-code=0")
     done = wait_until(lambda: finished(kube, name), 120, "the restore to finish")
     assert done["phase"] == "Succeeded", done
     assert replicas(kube, "deployment", name) == 1
@@ -174,7 +174,9 @@ def test_no_app_pod_starts_while_restoring_and_a_scale_up_stops_the_restore(kube
 
     stray = {"apiVersion": "v1", "kind": "Pod",
              "metadata": {"name": "stray", "namespace": NAMESPACE, "labels": {"lifeboat.dev/replica": name}},
-             "spec": {"containers": [{"name": "app", "image": "app:1"}]}}
+             "spec": {"containers": [{"name": "app", "image": "app:1",
+                                      "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
+                      "volumes": [{"name": "data", "emptyDir": {}}]}}  # a pod the webhook would inject
     # -v=6 logs the Status the API server answered with.
     refused = kube.kubectl("create", "-f", "-", "-v=6", input=json.dumps(stray), check=False)
     assert refused.returncode != 0, "a pod of the replica was admitted during its in-place restore"

@@ -27,7 +27,7 @@ from lifeboat.operator import (
     injection,
     kube,
     metrics,
-    restores,  # noqa: F401  (registers the SQLiteRestore handlers)
+    restores,  # also registers the SQLiteRestore handlers
     webhook,
 )
 from lifeboat.operator import spec as specs
@@ -265,6 +265,10 @@ async def inject_pod(
         raise kopf.AdmissionError(
             f"pod label {specs.REPLICA_LABEL}={replica_name} names no SQLiteReplica in namespace "
             f"{namespace}: create the SQLiteReplica first, or fix the label", code=400)
+    refusal = restores.pod_refusal(await memo.kube.restores(namespace), replica_name)
+    if refusal:
+        metrics.DENIALS.labels(namespace).inc()
+        raise kopf.AdmissionError(refusal, code=403)
     try:
         injected = injection.inject(body, replica, native_sidecar=options.native_sidecar,
                                     default_image=options.agent_image)

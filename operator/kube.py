@@ -150,6 +150,21 @@ class Kube:
     async def job(self, namespace: str, name: str) -> dict[str, Any] | None:
         return await self._call(self.batch.read_namespaced_job, name, namespace)
 
+    async def delete_job(self, namespace: str, name: str) -> None:
+        """Delete a Job and (in the background) its pods; gone already is fine."""
+        # The API's default for Jobs orphans their pods, which would go on writing.
+        await self._call(self.batch.delete_namespaced_job, name, namespace, propagation_policy="Background")
+
+    async def claim(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A PersistentVolumeClaim, or None."""
+        return await self._call(self.core.read_namespaced_persistent_volume_claim, name, namespace)
+
+    async def restores(self, namespace: str) -> list[dict[str, Any]]:
+        """The SQLiteRestores of a namespace."""
+        listing = await self._call(self.custom.list_namespaced_custom_object,
+                                   specs.GROUP, specs.VERSION, namespace, "sqliterestores")
+        return (listing or {}).get("items") or []
+
     async def create_job(self, namespace: str, body: Mapping[str, Any]) -> None:
         """Create a Job; one of that name existing already is fine (a retried step)."""
         try:

@@ -37,6 +37,16 @@ INTERVAL = 2.0
 # Pods that outlive this (a finalizer, a node gone NotReady) fail the restore and the app is scaled
 # back, rather than leaving it at 0 replicas indefinitely.
 DEFAULT_STOP_TIMEOUT_SECONDS = 300
+# The Job's activeDeadlineSeconds, and how long the operator lets RESTORING last before it stops the
+# Job and scales the app back: a Job that never gets a pod (an unschedulable node, a missing image or
+# ServiceAccount) would otherwise leave the app at 0 replicas for good.
+DEFAULT_RESTORE_TIMEOUT_SECONDS = 3600
+# What the restore Job's pod takes over from the workload's pod template, so that it runs with the
+# app's cloud identity (IRSA, Workload Identity), pulls from its registry and lands where it may.
+POD_FIELDS = ("serviceAccountName", "imagePullSecrets", "nodeSelector", "tolerations", "affinity",
+              "priorityClassName")
+# Access modes that tie a volume to one node: the Job is pinned to the node the app ran on.
+SINGLE_NODE_ACCESS = frozenset({"ReadWriteOnce", "ReadWriteOncePod"})
 
 PENDING, SCALING_DOWN, RESTORING, SCALING_UP = "Pending", "ScalingDown", "Restoring", "ScalingUp"
 SUCCEEDED, FAILED = "Succeeded", "Failed"
@@ -44,6 +54,7 @@ TERMINAL = frozenset({SUCCEEDED, FAILED})
 
 # Conditions.
 WORKLOAD_IDENTIFIED = "WorkloadIdentified"
+VOLUME_RETAINED = "VolumeRetained"
 RESTORED = "Restored"
 VERIFIED = "Verified"
 COMPLETE = "Complete"
@@ -72,14 +83,25 @@ def problems(spec: Mapping[str, Any]) -> list[str]:
         found.append(f"spec.target {spec.get('target')!r}: expected inPlace or {{pvc: CLAIM_NAME}}")
     if spec.get("timestamp") and spec.get("txid"):
         found.append("spec.timestamp and spec.txid are exclusive: pick one point in time")
-    timeout = spec.get("stopTimeoutSeconds", DEFAULT_STOP_TIMEOUT_SECONDS)
-    if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 1:
-        found.append(f"spec.stopTimeoutSeconds {timeout!r}: expected a whole number of seconds >= 1")
+    for key, default in (("stopTimeoutSeconds", DEFAULT_STOP_TIMEOUT_SECONDS),
+                         ("restoreTimeoutSeconds", DEFAULT_RESTORE_TIMEOUT_SECONDS)):
+        timeout = spec.get(key, default)
+        if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 1:
+            found.append(f"spec.{key} {timeout!r}: expected a whole number of seconds >= 1")
     return found
 
 
 def _parse_time(value: str) -> datetime.datetime:
     return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def _timestamp(when: datetime.datetime) -> str:
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _elapsed(status: Mapping[str, Any], key: str, now: datetime.datetime) -> float | None:
+    started = status.get(key)
+    return (now - _parse_time(started)).total_seconds() if started else None
 
 
 def job_name(restore_name: str) -> str:
@@ -127,7 +149,35 @@ def volume_for(
         "mount": {"name": DATA_VOLUME, **{k: mount[k] for k in keep if k in mount}},
         "podSecurityContext": template.get("securityContext") or {},
         "app": {k: app[k] for k in ("name", "securityContext") if k in app},
+        "pod": {k: template[k] for k in POD_FIELDS if template.get(k)},
     }
+
+
+def claim_of(where: Mapping[str, Any]) -> str | None:
+    """The PVC name of a recorded volume, or None for any other kind of volume."""
+    return ((where.get("volume") or {}).get("persistentVolumeClaim") or {}).get("claimName")
+
+
+def volume_source(where: Mapping[str, Any]) -> str:
+    """The kind of a recorded volume as the pod spec names it (emptyDir, hostPath, ...)."""
+    return next((k for k in where.get("volume") or {} if k != "name"), "unknown")
+
+
+def single_node(claim: Mapping[str, Any] | None) -> bool:
+    """Whether a PVC can be mounted on one node at a time only."""
+    modes = set(((claim or {}).get("spec") or {}).get("accessModes") or ())
+    return bool(modes) and modes <= SINGLE_NODE_ACCESS
+
+
+def pinned_affinity(affinity: Mapping[str, Any] | None, node: str) -> dict[str, Any]:
+    """``affinity`` with its required node terms all narrowed to ``node`` (terms are ORed: each gets it)."""
+    result = copy.deepcopy(dict(affinity or {}))
+    required = result.setdefault("nodeAffinity", {}).setdefault("requiredDuringSchedulingIgnoredDuringExecution", {})
+    terms = required.get("nodeSelectorTerms") or [{}]
+    pin = {"key": "metadata.name", "operator": "In", "values": [node]}
+    required["nodeSelectorTerms"] = [{**term, "matchFields": [*(term.get("matchFields") or []), pin]}
+                                     for term in terms]
+    return result
 
 
 def pvc_volume(claim: str, database: str) -> dict[str, Any]:
@@ -137,6 +187,7 @@ def pvc_volume(claim: str, database: str) -> dict[str, Any]:
         "mount": {"name": DATA_VOLUME, "mountPath": posixpath.dirname(database) or "/"},
         "podSecurityContext": {},
         "app": {},
+        "pod": {},
     }
 
 
@@ -167,6 +218,9 @@ def job_body(
     }
     if pod_spec["securityContext"]:
         pod["securityContext"] = pod_spec["securityContext"]
+    pod.update(copy.deepcopy(dict(where.get("pod") or {})))
+    if where.get("node"):
+        pod["affinity"] = pinned_affinity(pod.get("affinity"), where["node"])
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -174,6 +228,7 @@ def job_body(
         "spec": {
             # The restore writes a temporary file and renames it: a retry starts over cleanly.
             "backoffLimit": 2,
+            "activeDeadlineSeconds": spec.get("restoreTimeoutSeconds", DEFAULT_RESTORE_TIMEOUT_SECONDS),
             "template": {"metadata": {"labels": labels}, "spec": pod},
         },
     }
@@ -219,6 +274,18 @@ def parse_result(message: str | None) -> dict[str, Any] | None:
     return None
 
 
+def pod_refusal(restores: Sequence[Mapping[str, Any]], replica: str) -> str | None:
+    """Why a new pod of ``replica`` is refused: an in-place restore of it stopped the app and may be
+    writing its volume (until it scales the app back). None when no such restore runs."""
+    for restore in restores:
+        phase = (restore.get("status") or {}).get("phase")
+        if ((restore.get("spec") or {}).get("replica") == replica and target(restore.get("spec") or {})[0] == "inPlace"
+                and phase in (SCALING_DOWN, RESTORING)):
+            return (f"SQLiteRestore {restore['metadata']['name']} is restoring SQLiteReplica {replica} in place "
+                    f"({phase}): its pods may start once it scales the app back")
+    return None
+
+
 # --- pure: the state machine -----------------------------------------------------------------------
 
 @dataclasses.dataclass
@@ -229,7 +296,10 @@ class Observed:
     workloads: Sequence[tuple[str, Mapping[str, Any]]] = ()
     workload: Mapping[str, Any] | None = None  # the recorded one, re-read
     pods: Sequence[str] = ()  # live pods carrying the replica label
+    nodes: Sequence[str] = ()  # where the workload's live pods run (Pending, in place)
+    claim: Mapping[str, Any] | None = None  # the PVC holding the database (Pending, in place)
     job: Mapping[str, Any] | None = None
+    job_pods: Sequence[str] = ()  # the Job's pods that may still write
     job_message: str | None = None
     now: datetime.datetime = dataclasses.field(default_factory=lambda: datetime.datetime.now(datetime.UTC))
 
@@ -254,6 +324,38 @@ def _fail(reason: str, message: str, **conditions: tuple[str, str, str]) -> Step
                 event=("Warning", reason, message))
 
 
+def _abandon(reason: str, message: str, in_place: bool, actions: Sequence[tuple[Any, ...]] = ()) -> Step:
+    """Give the restore up: in place, scale the app back first (``ScalingUp`` records the error)."""
+    conditions = {RESTORED: ("False", reason, message)}
+    if not in_place:
+        step = _fail(reason, message, **conditions)
+    else:
+        step = Step(status={"phase": SCALING_UP, "error": message, "message": message + "; scaling the app back"},
+                    conditions=conditions, event=("Warning", reason, message))
+    step.actions = list(actions)
+    return step
+
+
+def _job_failure(job: Mapping[str, Any]) -> str:
+    """Why the Job failed when its pod left no message (its deadline passed, its pods were never made)."""
+    for condition in (job.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "Failed" and condition.get("status") == "True":
+            return f"{condition.get('reason')}: {condition.get('message')}"
+    return "the restore Job failed (no termination message)"
+
+
+def _scaled_up(recorded: Mapping[str, Any], seen: Observed) -> str | None:
+    """Why an in-place restore must stop: its workload no longer at 0, or its pods back."""
+    who = f"{recorded.get('kind')} {recorded.get('name')}"
+    replicas = ((seen.workload or {}).get("spec") or {}).get("replicas", 0)
+    if replicas:
+        return (f"{who} was scaled to {replicas} while restoring (GitOps self-heal, an autoscaler or a "
+                "person?): the restore Job was stopped")
+    if seen.pods:
+        return f"pod(s) {', '.join(sorted(seen.pods))} of {who} started while restoring: the restore Job was stopped"
+    return None
+
+
 def advance(spec: Mapping[str, Any], status: Mapping[str, Any], seen: Observed) -> Step:
     """The next step of a SQLiteRestore from its phase; an empty Step means "wait"."""
     phase = status.get("phase") or PENDING
@@ -268,7 +370,7 @@ def advance(spec: Mapping[str, Any], status: Mapping[str, Any], seen: Observed) 
         if kind == "pvc":
             assert claim is not None
             message = f"restoring {database} into PVC {claim}; the app is left alone"
-            return Step(status={"phase": RESTORING, "target": {"pvc": claim},
+            return Step(status={"phase": RESTORING, "target": {"pvc": claim}, "restoreStartTime": _timestamp(seen.now),
                                 "volume": pvc_volume(claim, database), "message": message},
                         event=("Normal", RESTORING, message))
         label = f"{specs.REPLICA_LABEL}={spec['replica']}"
@@ -290,13 +392,31 @@ def advance(spec: Mapping[str, Any], status: Mapping[str, Any], seen: Observed) 
         except injection.InjectionError as exc:
             message = f"{wkind} {wname}: {exc}"
             return _fail("VolumeNotFound", message, **{WORKLOAD_IDENTIFIED: ("False", "VolumeNotFound", message)})
+        claim_name = claim_of(where)
+        if claim_name is None:
+            message = (f"{wkind} {wname} keeps {database} on a {volume_source(where)} volume, not a "
+                       "PersistentVolumeClaim: a restore there would write into a scratch volume while the "
+                       "app's next pod restores the latest state; restore into a PVC instead (target: {pvc: NAME})")
+            return _fail("VolumeNotPersistent", message, **{WORKLOAD_IDENTIFIED: ("False", "VolumeNotPersistent",
+                                                                                  message)})
+        if single_node(seen.claim) and len(set(seen.nodes)) == 1:
+            # The claim may still be attached there, and a local PV lives there only.
+            where["node"] = seen.nodes[0]
         replicas = (workload.get("spec") or {}).get("replicas", 1)
         message = f"{wkind} {wname} runs {replicas} replica(s); scaling it to 0"
-        return Step(status={"phase": SCALING_DOWN, "target": "inPlace", "volume": where, "message": message,
+        step = Step(status={"phase": SCALING_DOWN, "target": "inPlace", "volume": where, "message": message,
                             "workload": {"kind": wkind, "name": wname, "replicas": replicas},
-                            "scaleDownTime": seen.now.strftime("%Y-%m-%dT%H:%M:%SZ")},
+                            "scaleDownTime": _timestamp(seen.now)},
                     conditions={WORKLOAD_IDENTIFIED: ("True", "Found", f"{wkind} {wname}, {replicas} replica(s)")},
                     event=("Normal", SCALING_DOWN, message))
+        retention = (workload.get("spec") or {}).get("persistentVolumeClaimRetentionPolicy") or {}
+        if wkind == "StatefulSet" and retention.get("whenScaled") == "Delete":
+            warning = (f"StatefulSet {wname} has persistentVolumeClaimRetentionPolicy.whenScaled: Delete: scaling "
+                       f"it to 0 deletes PVC {claim_name}, so the restore has no volume to write to; set "
+                       "whenScaled: Retain before restoring in place")
+            step.conditions[VOLUME_RETAINED] = ("False", "DeletedWhenScaled", warning)
+            step.event = ("Warning", "DeletedWhenScaled", warning)
+        return step
 
     recorded = status.get("workload") or {}
     if phase == SCALING_DOWN:
@@ -309,28 +429,36 @@ def advance(spec: Mapping[str, Any], status: Mapping[str, Any], seen: Observed) 
         if seen.pods:
             stuck = ", ".join(sorted(seen.pods))
             timeout = spec.get("stopTimeoutSeconds", DEFAULT_STOP_TIMEOUT_SECONDS)
-            started = status.get("scaleDownTime")
+            elapsed = _elapsed(status, "scaleDownTime", seen.now)
             # Counted only once the workload is at 0: the scale call itself may come a round later.
-            if not actions and started and (seen.now - _parse_time(started)).total_seconds() > timeout:
+            if not actions and elapsed is not None and elapsed > timeout:
                 message = (f"pod(s) {stuck} still running {timeout} s after scaling to 0 (a finalizer or an "
                            "unreachable node?); nothing was restored")
-                return Step(status={"phase": SCALING_UP, "error": message,
-                                    "message": message + "; scaling the app back"},
-                            conditions={RESTORED: ("False", "PodsDidNotStop", message)},
-                            event=("Warning", "PodsDidNotStop", message))
+                return _abandon("PodsDidNotStop", message, in_place=True)
             return Step(status={"message": f"waiting for pod(s) to stop: {stuck}"}, actions=actions)
         message = f"{recorded['kind']} {recorded['name']} is at 0 and its pods are gone; starting the restore Job"
-        return Step(status={"phase": RESTORING, "message": message}, actions=actions,
-                    event=("Normal", RESTORING, message))
+        return Step(status={"phase": RESTORING, "message": message, "restoreStartTime": _timestamp(seen.now)},
+                    actions=actions, event=("Normal", RESTORING, message))
 
     if phase == RESTORING:
-        if seen.job is None:
-            return Step(actions=[("create_job",)], status={"message": "restore Job created"},
-                        event=("Normal", "JobCreated", "restore Job created"))
-        outcome = job_outcome(seen.job)
+        in_place = kind == "inPlace"
+        outcome = job_outcome(seen.job) if seen.job is not None else None
         if outcome is None:
+            stopped = _scaled_up(recorded, seen) if in_place else None
+            if stopped:
+                return _abandon("WorkloadScaledUp", stopped, in_place, [("delete_job",)])
+            timeout = spec.get("restoreTimeoutSeconds", DEFAULT_RESTORE_TIMEOUT_SECONDS)
+            elapsed = _elapsed(status, "restoreStartTime", seen.now)
+            if elapsed is not None and elapsed > timeout:
+                message = (f"the restore did not finish within {timeout} s (spec.restoreTimeoutSeconds; is its "
+                           "pod unschedulable, or its image or ServiceAccount missing?): the restore Job was stopped")
+                return _abandon("RestoreTimedOut", message, in_place, [("delete_job",)])
+            if seen.job is None:
+                return Step(actions=[("create_job",)], status={"message": "restore Job created"},
+                            event=("Normal", "JobCreated", "restore Job created"))
             return Step()
-        after = SCALING_UP if target(spec)[0] == "inPlace" else None
+        assert seen.job is not None
+        after = SCALING_UP if in_place else None
         if outcome == SUCCEEDED:
             result = parse_result(seen.job_message) or {}
             checked = result.get("integrity_check")
@@ -349,17 +477,19 @@ def advance(spec: Mapping[str, Any], status: Mapping[str, Any], seen: Observed) 
             if after is None:
                 step.conditions[COMPLETE] = ("True", SUCCEEDED, message)
             return step
-        error = (seen.job_message or "the restore Job failed (no termination message)").strip()[-1000:]
-        message = f"restore Job failed: {error}"
-        if after is None:
-            return _fail("RestoreFailed", message, **{RESTORED: ("False", "JobFailed", message)})
-        return Step(status={"phase": SCALING_UP, "error": message, "message": message + "; scaling the app back"},
-                    conditions={RESTORED: ("False", "JobFailed", message)},
-                    event=("Warning", "RestoreFailed", message))
+        error = (seen.job_message or _job_failure(seen.job)).strip()[-1000:]
+        return _abandon("RestoreFailed", f"restore Job failed: {error}", in_place)
 
     if phase == SCALING_UP:
         if seen.workload is None:
             return _fail("WorkloadGone", f"{recorded.get('kind')} {recorded.get('name')} disappeared")
+        if seen.job_pods:
+            # The app must not start beside a restore that may still be writing.
+            running = seen.job is not None and job_outcome(seen.job) is None
+            deleting = (seen.job or {}).get("metadata", {}).get("deletionTimestamp")
+            return Step(status={"message": "waiting for the restore Job's pod(s) to stop before scaling back: "
+                                           + ", ".join(sorted(seen.job_pods))},
+                        actions=[("delete_job",)] if running and not deleting else [])
         actions = []
         if (seen.workload.get("spec") or {}).get("replicas") != recorded["replicas"]:
             actions.append(("scale", recorded["kind"], recorded["name"], recorded["replicas"]))
@@ -382,24 +512,45 @@ async def _observe(
     phase = status.get("phase") or PENDING
     seen = Observed()
     recorded = status.get("workload") or {}
+    in_place = target(spec)[0] == "inPlace"
     if phase == PENDING:
         seen.replica = await lifeboat.replica(namespace, spec.get("replica", ""))
-        if seen.replica is not None and target(spec)[0] == "inPlace":
+        if seen.replica is not None and in_place:
             pods = await lifeboat.labelled_pods(namespace, specs.REPLICA_LABEL, spec["replica"])
             live = [p for p in pods if not guards.is_terminating(p)]
             seen.workloads = await lifeboat.owning_workloads(namespace, live)
-    elif phase in (SCALING_DOWN, SCALING_UP):
+            seen.nodes = [n for p in live if (n := (p.get("spec") or {}).get("nodeName"))]
+            seen.claim = await _claim(lifeboat, namespace, seen)
+        return seen
+    if in_place:
         seen.workload = await lifeboat.workload(recorded["kind"], namespace, recorded["name"])
-        if phase == SCALING_DOWN:
-            pods = await lifeboat.labelled_pods(namespace, specs.REPLICA_LABEL, spec["replica"])
-            seen.pods = [p["metadata"]["name"] for p in pods
-                         if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")]
-    elif phase == RESTORING:
+    if in_place and phase in (SCALING_DOWN, RESTORING):
+        pods = await lifeboat.labelled_pods(namespace, specs.REPLICA_LABEL, spec["replica"])
+        seen.pods = alive(pods)
+    if phase in (RESTORING, SCALING_UP):
         seen.job = await lifeboat.job(namespace, job_name(name))
+        pods = await lifeboat.labelled_pods(namespace, JOB_NAME_LABEL, job_name(name))
+        seen.job_pods = alive(pods)
         if seen.job is not None and job_outcome(seen.job):
-            pods = await lifeboat.labelled_pods(namespace, JOB_NAME_LABEL, job_name(name))
             seen.job_message = termination_message(pods)
     return seen
+
+
+def alive(pods: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The names of the pods whose containers may still run (terminating ones included)."""
+    return [p["metadata"]["name"] for p in pods if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")]
+
+
+async def _claim(lifeboat: kube.Kube, namespace: str, seen: Observed) -> Mapping[str, Any] | None:
+    """The PVC that holds the database of the one workload found, if there is exactly one."""
+    if seen.replica is None or len(seen.workloads) != 1:
+        return None
+    ((kind, workload),) = seen.workloads
+    try:
+        claim = claim_of(volume_for(kind, workload, seen.replica["spec"]))
+    except injection.InjectionError:
+        return None  # advance() reports it
+    return await lifeboat.claim(namespace, claim) if claim else None
 
 
 @kopf.timer(specs.GROUP, specs.VERSION, PLURAL, interval=INTERVAL)
@@ -420,6 +571,9 @@ async def restore_step(
             _, kind, workload, replicas = action
             logger.info("Scaling %s %s to %d.", kind, workload, replicas)
             await lifeboat.scale(kind, namespace, workload, replicas)
+        elif action[0] == "delete_job":
+            logger.info("Deleting the restore Job %s.", job_name(name))
+            await lifeboat.delete_job(namespace, job_name(name))
         elif action[0] == "create_job":
             replica = await lifeboat.replica(namespace, spec["replica"])
             if replica is None:
@@ -450,16 +604,29 @@ async def restore_step(
         kopf.event(body, type=step.event[0], reason=step.event[1], message=step.event[2])
 
 
-@kopf.on.delete(specs.GROUP, specs.VERSION, PLURAL, optional=True)
-async def restore_deleted(body: kopf.Body, namespace: str, memo: kopf.Memo, logger: logging.Logger,
+@kopf.on.delete(specs.GROUP, specs.VERSION, PLURAL)
+async def restore_deleted(body: kopf.Body, name: str, namespace: str, memo: kopf.Memo, logger: logging.Logger,
                           **_: Any) -> None:
-    """A restore deleted mid-way must not leave the app scaled to 0: scale it back to the recorded count."""
+    """A restore deleted mid-way stops its Job and, once the Job's pods are gone, scales the app back.
+
+    Not optional (a finalizer holds the restore): without it the app could be scaled back while the
+    Job still writes, or left at 0 replicas when the operator missed the deletion.
+    """
     status = body.get("status") or {}
+    if status.get("phase") in TERMINAL or not status.get("phase"):
+        return
+    lifeboat: kube.Kube = memo.kube
+    await lifeboat.delete_job(namespace, job_name(name))
+    running = alive(await lifeboat.labelled_pods(namespace, JOB_NAME_LABEL, job_name(name)))
+    # Read again: a timer round in flight when the deletion came may just have created the Job.
+    if running or await lifeboat.job(namespace, job_name(name)) is not None:
+        raise kopf.TemporaryError(f"waiting for the restore Job and its pod(s) to go: {', '.join(sorted(running))}",
+                                  delay=INTERVAL)
     recorded = status.get("workload") or {}
-    if status.get("phase") in (SCALING_DOWN, RESTORING, SCALING_UP) and recorded:
+    if recorded:
         logger.warning("Deleted during %s: scaling %s %s back to %d.", status["phase"], recorded["kind"],
                        recorded["name"], recorded["replicas"])
-        await memo.kube.scale(recorded["kind"], namespace, recorded["name"], recorded["replicas"])
+        await lifeboat.scale(recorded["kind"], namespace, recorded["name"], recorded["replicas"])
 
 
 @kopf.on.validate(specs.GROUP, specs.VERSION, PLURAL, id="validate-restore", operations=["CREATE"])

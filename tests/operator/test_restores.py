@@ -230,3 +230,77 @@ def test_chart_crd_is_identical_and_target_is_required() -> None:
     (version,) = yaml.safe_load(source)["spec"]["versions"]
     assert version["schema"]["openAPIV3Schema"]["properties"]["spec"]["required"] == ["replica", "target"]
     assert version["subresources"] == {"status": {}}
+
+
+NOW = restores._parse_time("2026-01-01T01:00:00Z")
+RECORDED = {"kind": "Deployment", "name": "app", "replicas": 2}
+
+
+def deployment_at(replicas: int) -> dict[str, Any]:
+    return {"metadata": {"name": "app"}, "spec": {"replicas": replicas}}
+
+
+def restoring(**status: Any) -> dict[str, Any]:
+    return {"phase": "Restoring", "workload": RECORDED, "restoreStartTime": "2026-01-01T00:59:00Z", **status}
+
+
+def test_a_workload_scaled_up_while_restoring_stops_the_job_and_scales_back() -> None:
+    seen = restores.Observed(workload=deployment_at(1), job={"status": {}}, now=NOW)
+    step = restores.advance({"replica": "db", "target": "inPlace"}, restoring(), seen)
+    assert step.phase == "ScalingUp" and step.actions == [("delete_job",)]
+    assert "Deployment app was scaled to 1 while restoring" in step.status["error"]
+    # Pods back at 0 replicas (admitted while the webhook was down) stop it too.
+    seen = restores.Observed(workload=deployment_at(0), pods=["app-x"], job={"status": {}}, now=NOW)
+    assert "app-x" in restores.advance({"replica": "db", "target": "inPlace"}, restoring(), seen).status["error"]
+
+
+def test_restoring_past_the_timeout_gives_up_but_a_finished_job_wins() -> None:
+    spec = {"replica": "db", "target": "inPlace", "restoreTimeoutSeconds": 30}
+    step = restores.advance(spec, restoring(), restores.Observed(workload=deployment_at(0), now=NOW))
+    assert step.phase == "ScalingUp" and step.actions == [("delete_job",)]
+    assert "within 30 s" in step.status["error"]
+    done = {"status": {"conditions": [{"type": "Complete", "status": "True"}]}}
+    seen = restores.Observed(workload=deployment_at(0), job=done, job_message=json.dumps(RESULT), now=NOW)
+    assert restores.advance(spec, restoring(), seen).phase == "ScalingUp"
+    assert "error" not in restores.advance(spec, restoring(), seen).status
+
+
+def test_scaling_back_waits_for_the_jobs_pods() -> None:
+    status = {"phase": "ScalingUp", "workload": RECORDED, "error": "stopped"}
+    seen = restores.Observed(workload=deployment_at(0), job={"status": {}}, job_pods=["r1-restore-x"], now=NOW)
+    step = restores.advance({"replica": "db", "target": "inPlace"}, status, seen)
+    assert step.actions == [("delete_job",)] and "r1-restore-x" in step.status["message"] and not step.phase
+    seen = restores.Observed(workload=deployment_at(0), now=NOW)
+    step = restores.advance({"replica": "db", "target": "inPlace"}, status, seen)
+    assert step.actions == [("scale", "Deployment", "app", 2)] and step.phase == "Failed"
+
+
+def test_new_pods_are_refused_only_while_an_in_place_restore_holds_the_app() -> None:
+    def restore_in(phase: str, target: Any = "inPlace") -> dict[str, Any]:
+        return {"metadata": {"name": "r1"}, "spec": {"replica": "db", "target": target}, "status": {"phase": phase}}
+
+    refusal = restores.pod_refusal([restore_in("Restoring")], "db")
+    assert refusal is not None and "SQLiteRestore r1" in refusal
+    assert restores.pod_refusal([restore_in("ScalingDown")], "db")
+    assert restores.pod_refusal([restore_in("Restoring")], "other") is None
+    assert restores.pod_refusal([restore_in("Restoring", {"pvc": "x"})], "db") is None
+    for phase in ("Pending", "ScalingUp", "Succeeded", "Failed"):
+        assert restores.pod_refusal([restore_in(phase)], "db") is None
+
+
+def test_the_node_pin_narrows_every_required_term() -> None:
+    pin = {"key": "metadata.name", "operator": "In", "values": ["n1"]}
+    assert restores.pinned_affinity(None, "n1") == {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchFields": [pin]}]}}}
+    terms = [{"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]},
+             {"matchFields": [{"key": "metadata.name", "operator": "NotIn", "values": ["n2"]}]}]
+    affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": terms}},
+                "podAntiAffinity": {"x": 1}}
+    pinned = restores.pinned_affinity(affinity, "n1")
+    assert pinned["podAntiAffinity"] == {"x": 1}
+    got = pinned["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert [t["matchFields"][-1] for t in got] == [pin, pin] and len(got[1]["matchFields"]) == 2
+    assert "matchFields" not in terms[0], "the template's own affinity was changed"
+    assert restores.single_node({"spec": {"accessModes": ["ReadWriteOnce"]}})
+    assert not restores.single_node({"spec": {"accessModes": ["ReadWriteMany"]}})
+    assert not restores.single_node(None)

@@ -28,7 +28,10 @@ from .storage import FileInfo, PreconditionFailed, ReplicaClient, StorageError, 
 
 log = logging.getLogger("lifeboat.lease")
 
-DEFAULT_TTL = 30.0
+# Two minutes: renewed at half of it, the lease costs one PUT a minute, against a PUT a second for
+# the replica's own files at the default sync interval. The price is the wait before an agent on
+# another host (or in another container) takes over from one that died without releasing it.
+DEFAULT_TTL = 120.0
 # The lease counts as ours until `margin` before it expires in the store: the other agents judge its
 # expiry by their own clocks, and this much skew between the nodes is tolerated.
 MARGIN_FRACTION = 1 / 6

@@ -1,8 +1,8 @@
 """Facts of SQLite's file formats: the database header, the lock page, the WAL and its checksums.
 
 WAL checksums are a linear recurrence over 32-bit words, so a run of frames is verified many words at
-a time instead of by a per-word Python loop: with Python integers used as vectors of 64-bit lanes for
-the few frames a commit writes, with numpy matrix products for large runs (see `frame_checksums`).
+a time instead of by a per-word Python loop: with Python integers used as vectors of 64-bit lanes, or,
+once the WAL traffic is heavy, with numpy matrix products (see `frame_checksums`).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import operator
 import struct
 import sys
+import time
 from array import array
 from dataclasses import dataclass
 from functools import lru_cache
@@ -129,13 +130,32 @@ def _matmul2(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> tupl
     )
 
 
-# A call checksumming fewer bytes than this runs in Python unless numpy is loaded already: numpy costs
-# ~16 MB of resident memory and ~0.2 s of CPU to import, and under 2 MiB the Python path costs at most
-# a few tens of ms. Bulk writes and long backlogs come in 4 MiB windows and load it.
-NUMPY_MIN_BYTES = 2 * 1024 * 1024
+# WAL bytes checksummed in Python within a minute after which numpy is loaded (and used from then on):
+# ~0.3 s of CPU in Python, about what importing numpy costs, and numpy takes ~16 MB of resident memory.
+# Commits at an ordinary rate, the start-up scan, a snapshot's or the final scan of a large WAL stay
+# in Python; a bulk write or a sustained high commit rate crosses it.
+NUMPY_AFTER_BYTES_PER_MINUTE = 32 * 1024 * 1024
 # The Python path splits a frame into lanes until a call has about this many: more lanes mean fewer
 # (but longer) integer operations per 8-byte step, and more lane sums to combine per frame.
 _PYTHON_LANES = 32
+
+
+class _PythonBudget:
+    """Bytes checksummed in Python in the current minute: `spend` says whether numpy should take over."""
+
+    def __init__(self) -> None:
+        self.window_start = 0.0
+        self.spent = 0
+
+    def spend(self, nbytes: int) -> bool:
+        now = time.monotonic()
+        if now - self.window_start >= 60:
+            self.window_start, self.spent = now, 0
+        self.spent += nbytes
+        return self.spent > NUMPY_AFTER_BYTES_PER_MINUTE
+
+
+_python_budget = _PythonBudget()
 
 
 @lru_cache(maxsize=64)
@@ -227,7 +247,7 @@ def _frame_coefficients(units: int) -> tuple[np.ndarray, tuple[int, int, int, in
     (mod 2**32). After `units` steps: s = M**units · seed + Σ_k M**(units-1-k) · N · w_k.
     Returns a (2·units, 2) uint32 matrix C with [s0, s1] contribution = words @ C, and M**units.
     """
-    import numpy as np  # only large WAL scans need it (see NUMPY_MIN_BYTES)
+    import numpy as np  # only heavy WAL traffic needs it (see NUMPY_AFTER_BYTES_PER_MINUTE)
     step = (1, 1, 1, 2)
     coeff = np.empty((units, 4), dtype=np.uint64)
     power = (1, 0, 0, 1)  # M**0
@@ -249,14 +269,14 @@ def frame_checksums(
 ) -> list[tuple[int, int]]:
     """The running checksum after each whole frame in `frames`, chained from `seed`.
 
-    Each frame's checksum covers its header bytes 0..8 and its page. A run under NUMPY_MIN_BYTES is
-    summed in Python unless numpy is loaded already; longer runs load it.
+    Each frame's checksum covers its header bytes 0..8 and its page. Runs are summed in Python until
+    NUMPY_AFTER_BYTES_PER_MINUTE is exceeded; from then on numpy does it.
     """
     frame_size = WAL_FRAME_HEADER_SIZE + page_size
     count = len(frames) // frame_size
     if count == 0:
         return []
-    if "numpy" not in sys.modules and count * frame_size < NUMPY_MIN_BYTES:
+    if "numpy" not in sys.modules and not _python_budget.spend(count * frame_size):
         return _frame_checksums_python(frames, page_size, big_endian, seed, count)
     return _frame_checksums_numpy(frames, page_size, big_endian, seed, count)
 

@@ -182,17 +182,18 @@ def test_frame_checksums_ignore_a_partial_trailing_frame() -> None:
 
 
 def test_commits_are_checksummed_without_numpy(tmp_path: Path) -> None:
-    """numpy costs ~16 MB of resident memory: scanning the few frames of ordinary commits must not
-    load it. A scan of several MiB (a bulk write) does, and gives the same sums."""
+    """numpy costs ~16 MB of resident memory: scanning ordinary commits, or a whole WAL of a few MiB,
+    must not load it. Heavy traffic (over 32 MiB in a minute) does, and gives the same sums."""
     wal = make_wal(4096, [(i + 1, i + 1, p) for i, p in enumerate(pages(30, 4096))])
     (tmp_path / "x.wal").write_bytes(wal)
     code = (
         "import sys; from pathlib import Path; from lifeboat.agent import sqlite as sq; "
         f"wal = Path({str(tmp_path / 'x.wal')!r}).read_bytes(); h = sq.parse_wal_header(wal); "
         "small = sq.scan_frames(wal[32:], 32, h, h.checksum); assert len(small) == 30, len(small); "
-        "print('numpy' in sys.modules); "
-        "big = sq.frame_checksums(wal[32:] * 20, 4096, False, h.checksum); "
-        "assert big[:30] == [f.checksum for f in small]; print('numpy' in sys.modules)"
+        "window = wal[32:] * 33; first = sq.frame_checksums(window, 4096, False, h.checksum); "
+        "assert first[:30] == [f.checksum for f in small]; print('numpy' in sys.modules); "
+        "sums = [sq.frame_checksums(window, 4096, False, h.checksum) for _ in range(8)]; "
+        "assert all(s == first for s in sums); print('numpy' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "True"], out

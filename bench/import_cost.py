@@ -2,7 +2,7 @@
 
     python -P bench/import_cost.py            # what `lifeboat replicate` with a file replica loads
     python -P bench/import_cost.py --s3       # ... and the S3 client, as an S3 replica loads it
-    python -P bench/import_cost.py --bulk     # ... and numpy, as a WAL scan of 2 MiB or more loads it
+    python -P bench/import_cost.py --bulk     # ... and numpy, as heavy WAL traffic (> 32 MiB a minute) loads it
 
 Imports `lifeboat.agent.replicate_cmd` and then the modules the agent loads lazily on its hot path, with
 `builtins.__import__` wrapped: every import of a module outside `lifeboat` that starts while no other
@@ -68,7 +68,7 @@ def measure(lazy: list[str]) -> tuple[float, list[tuple[str, float, float]]]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--s3", action="store_true", help="also the S3 client (boto3) an S3 replica loads")
-    p.add_argument("--bulk", action="store_true", help="also numpy, which a WAL scan of 2 MiB or more loads")
+    p.add_argument("--bulk", action="store_true", help="also numpy (heavy WAL traffic loads it)")
     p.add_argument("--min-mb", type=float, default=0.1, help="leave out imports that cost less")
     args = p.parse_args()
     lazy = (["numpy"] if args.bulk else []) + (["boto3"] if args.s3 else [])

@@ -16,7 +16,6 @@ import sys
 import time
 from collections.abc import Coroutine, Sequence
 from datetime import UTC, datetime
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -45,6 +44,10 @@ class CLIError(Exception):
 
 def agent_version() -> str:
     """The installed version of lifeboat."""
+    # Imported here: importlib.metadata (email, zipfile, csv, ...) costs ~1 MB that `replicate` needs
+    # only for the control socket.
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
         return version("sqlite-lifeboat")
     except PackageNotFoundError:
@@ -243,8 +246,8 @@ def cmd_replicate(args: argparse.Namespace) -> int:
     _setup_logging(
         args.log_level or conf.logging_level, conf.logging_type, stderr=conf.logging_stderr, source=conf.logging_source
     )
-    # Imported here: the long-running machinery (numpy, prometheus-client, the HTTP server) would
-    # only slow down and enlarge the one-shot commands, restore in an init container above all.
+    # Imported here: the long-running machinery (prometheus-client, the HTTP server, the watchers)
+    # would only slow down and enlarge the one-shot commands, restore in an init container above all.
     from . import replicate_cmd
 
     raise_open_file_limit()  # a thousand databases need thousands of descriptors

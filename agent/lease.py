@@ -4,7 +4,7 @@ Body: `{"generation": N, "expires_at": "<RFC3339>", "owner": "hostname:pid:insta
 only when there is none or the current one has expired, with a conditional write (If-None-Match /
 If-Match on S3, generation match on GCS, ETags on Azure, exclusive create + rename on file and
 SFTP, best effort on NATS), so of two agents racing for one replica exactly one wins. The holder
-renews well before expiry; a renewal that loses the condition means another agent took over.
+renews at half the TTL; a renewal that loses the condition means another agent took over.
 Every write of the agent to the replica goes through `FencedClient`, which refuses it once the
 lease is no longer provably held.
 """
@@ -28,10 +28,18 @@ from .storage import FileInfo, PreconditionFailed, ReplicaClient, StorageError, 
 
 log = logging.getLogger("lifeboat.lease")
 
-DEFAULT_TTL = 30.0
+# Two minutes: renewed at half of it, the lease costs one PUT a minute, against a PUT a second for
+# the replica's own files at the default sync interval. The price is the wait before an agent on
+# another host (or in another container) takes over from one that died without releasing it.
+DEFAULT_TTL = 120.0
 # The lease counts as ours until `margin` before it expires in the store: the other agents judge its
 # expiry by their own clocks, and this much skew between the nodes is tolerated.
 MARGIN_FRACTION = 1 / 6
+# Renew once half the TTL has passed since the last renewal was sent: two writes of the lease object
+# per TTL, and a third of the TTL left (three retries ttl/10 apart) before the fence closes on a
+# renewal that keeps failing. Other agents read only the lease object, so nothing else (an upload,
+# say) can stand in for a renewal.
+RENEW_FRACTION = 1 / 2
 
 
 class LeaseHeldError(StorageError):
@@ -226,16 +234,21 @@ class Lease:
             raise LeaseLostError(self.lost) from None
         return state
 
+    def renewal_due_in(self) -> float:
+        """Seconds until the next renewal: RENEW_FRACTION of the TTL after the last one was sent."""
+        sent = self.deadline - self.ttl * (1 - MARGIN_FRACTION)
+        return max(0.0, sent + self.ttl * RENEW_FRACTION - time.monotonic())
+
     async def keep(self, stop: asyncio.Event) -> None:
-        """Renew every ttl/3 until `stop`. A takeover, or any error that is not a storage failure,
+        """Renew at half the TTL until `stop`. A takeover, or any error that is not a storage failure,
         ends the lease for good (`lost`) and sets `stop`: the agent never goes on unfenced. Storage
-        failures are retried sooner; past the deadline the fence holds writes back meanwhile."""
-        wait = self.ttl / 3
+        failures are retried every ttl/10; past the deadline the fence holds writes back meanwhile."""
+        wait = self.renewal_due_in()
         while not stop.is_set():
             await asyncio.sleep(wait)
             try:
                 await self.renew()
-                wait = self.ttl / 3
+                wait = self.renewal_due_in()
             except LeaseLostError as exc:
                 # Another agent owns the replica now: writing on would fork its history.
                 self._give_up(str(exc), stop)

@@ -1,12 +1,17 @@
 """Facts of SQLite's file formats: the database header, the lock page, the WAL and its checksums.
 
-WAL checksums are a linear recurrence over 32-bit words, so a whole run of frames is verified with
-numpy matrix products instead of a per-word Python loop (see `WalChecksummer`).
+WAL checksums are a linear recurrence over 32-bit words, so a run of frames is verified many words at
+a time instead of by a per-word Python loop: with Python integers used as vectors of 64-bit lanes, or,
+once the WAL traffic is heavy, with numpy matrix products (see `frame_checksums`).
 """
 
 from __future__ import annotations
 
+import operator
 import struct
+import sys
+import time
+from array import array
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING
@@ -125,6 +130,115 @@ def _matmul2(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> tupl
     )
 
 
+# WAL bytes checksummed in Python within a minute after which numpy is loaded (and used from then on):
+# ~0.3 s of CPU in Python, about what importing numpy costs, and numpy takes ~16 MB of resident memory.
+# Commits at an ordinary rate, the start-up scan, a snapshot's or the final scan of a large WAL stay
+# in Python; a bulk write or a sustained high commit rate crosses it.
+NUMPY_AFTER_BYTES_PER_MINUTE = 32 * 1024 * 1024
+# The Python path splits a frame into lanes until a call has about this many: more lanes mean fewer
+# (but longer) integer operations per 8-byte step, and more lane sums to combine per frame.
+_PYTHON_LANES = 32
+
+
+class _PythonBudget:
+    """Bytes checksummed in Python in the current minute: `spend` says whether numpy should take over."""
+
+    def __init__(self) -> None:
+        self.window_start = 0.0
+        self.spent = 0
+
+    def spend(self, nbytes: int) -> bool:
+        now = time.monotonic()
+        if now - self.window_start >= 60:
+            self.window_start, self.spent = now, 0
+        self.spent += nbytes
+        return self.spent > NUMPY_AFTER_BYTES_PER_MINUTE
+
+
+_python_budget = _PythonBudget()
+
+
+@lru_cache(maxsize=64)
+def _step_power(units: int) -> tuple[int, int, int, int]:
+    """M**units, M = [[1,1],[1,2]] mod 2**32: what `units` 8-byte steps do to the incoming checksum."""
+    result, square = (1, 0, 0, 1), (1, 1, 1, 2)
+    while units:
+        if units & 1:
+            result = _matmul2(result, square)
+        square = _matmul2(square, square)
+        units >>= 1
+    return result
+
+
+@lru_cache(maxsize=16)
+def _lane_weights(span: int, lanes: int) -> tuple[tuple[int, ...], ...]:
+    """Weights folding one frame's lane sums, each over `span` steps, into its checksum contribution:
+    lane j counts M**(span·(lanes-1-j)). Returned as the four matrix entries, each over the lanes."""
+    powers = [_step_power(span * (lanes - 1 - j)) for j in range(lanes)]
+    return tuple(tuple(p[i] for p in powers) for i in range(4))
+
+
+@lru_cache(maxsize=16)
+def _low_halves(lanes: int) -> int:
+    """The low 32 bits of each of `lanes` 64-bit lanes."""
+    return int.from_bytes(b"\xff\xff\xff\xff\x00\x00\x00\x00" * lanes, "little")
+
+
+def _frame_checksums_python(
+    frames: bytes | memoryview, page_size: int, big_endian: bool, seed: tuple[int, int], count: int
+) -> list[tuple[int, int]]:
+    """`frame_checksums` for a few frames, without numpy.
+
+    Each frame's summed bytes (header 0..8, then the page) are cut into lanes of `span` 8-byte units,
+    zero units in front filling the first lane (from a zero state they add nothing). All lanes run
+    the recurrence at once as 64-bit fields of two Python integers, one from-bytes gather per step;
+    the fields are cut back to 32 bits before a carry can reach the next lane (sums grow at most
+    5·2.62**(n-1)-fold in n steps: 16 steps stay below 2**32-fold). Each lane's sum is then weighted
+    by its matrix power into its frame's contribution, and frames are chained from `seed`.
+    """
+    frame_size = WAL_FRAME_HEADER_SIZE + page_size
+    units = 1 + page_size // 8
+    span = -(-units // max(1, _PYTHON_LANES // count))
+    per_frame = -(-units // span)
+    pad = bytes(8 * (per_frame * span - units))
+    view = memoryview(frames)
+    parts: list[bytes | memoryview] = []
+    for at in range(0, count * frame_size, frame_size):
+        parts += (pad, view[at : at + 8], view[at + 24 : at + frame_size])
+    data = b"".join(parts)
+    if big_endian:
+        words = array("I", data)  # 4-byte items on every platform CPython supports
+        words.byteswap()
+        data = words.tobytes()
+    lanes = count * per_frame
+    units_array = array("Q", data)  # 8-byte items: a strided slice of them is the fastest gather
+    low = _low_halves(lanes)
+    s0 = s1 = 0
+    for k in range(span):
+        unit = int.from_bytes(units_array[k::span], "little")  # unit k of every lane: w0 low, w1 high
+        s0 += (unit & low) + s1
+        s1 += ((unit >> 32) & low) + s0
+        if k % 16 == 15:
+            s0 &= low
+            s1 &= low
+    lane_format = f"<{2 * lanes}I"
+    sums0 = struct.unpack(lane_format, (s0 & low).to_bytes(8 * lanes, "little"))[0::2]
+    sums1 = struct.unpack(lane_format, (s1 & low).to_bytes(8 * lanes, "little"))[0::2]
+    w00, w01, w10, w11 = _lane_weights(span, per_frame)
+    m00, m01, m10, m11 = _step_power(units)
+    mul, mask = operator.mul, 0xFFFFFFFF
+    out: list[tuple[int, int]] = []
+    x, y = seed
+    for first in range(0, lanes, per_frame):
+        a = sums0[first : first + per_frame]
+        b = sums1[first : first + per_frame]
+        c0 = sum(map(mul, w00, a)) + sum(map(mul, w01, b))
+        c1 = sum(map(mul, w10, a)) + sum(map(mul, w11, b))
+        x, y = (m00 * x + m01 * y + c0) & mask, (m10 * x + m11 * y + c1) & mask
+        out.append((x, y))
+    return out
+
+
 @lru_cache(maxsize=16)
 def _frame_coefficients(units: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
     """Coefficients turning one frame's words into its checksum contribution.
@@ -133,7 +247,7 @@ def _frame_coefficients(units: int) -> tuple[np.ndarray, tuple[int, int, int, in
     (mod 2**32). After `units` steps: s = M**units · seed + Σ_k M**(units-1-k) · N · w_k.
     Returns a (2·units, 2) uint32 matrix C with [s0, s1] contribution = words @ C, and M**units.
     """
-    import numpy as np  # only the agent's WAL scan needs it: restore and the CLI start without it
+    import numpy as np  # only heavy WAL traffic needs it (see NUMPY_AFTER_BYTES_PER_MINUTE)
     step = (1, 1, 1, 2)
     coeff = np.empty((units, 4), dtype=np.uint64)
     power = (1, 0, 0, 1)  # M**0
@@ -155,15 +269,26 @@ def frame_checksums(
 ) -> list[tuple[int, int]]:
     """The running checksum after each whole frame in `frames`, chained from `seed`.
 
-    Each frame's checksum covers its header bytes 0..8 and its page. The per-frame sums are linear,
-    so they are computed for all frames at once; only the 2x2 chaining runs per frame.
+    Each frame's checksum covers its header bytes 0..8 and its page. Runs are summed in Python until
+    NUMPY_AFTER_BYTES_PER_MINUTE is exceeded; from then on numpy does it.
     """
-    import numpy as np
-
     frame_size = WAL_FRAME_HEADER_SIZE + page_size
     count = len(frames) // frame_size
     if count == 0:
         return []
+    if "numpy" not in sys.modules and not _python_budget.spend(count * frame_size):
+        return _frame_checksums_python(frames, page_size, big_endian, seed, count)
+    return _frame_checksums_numpy(frames, page_size, big_endian, seed, count)
+
+
+def _frame_checksums_numpy(
+    frames: bytes | memoryview, page_size: int, big_endian: bool, seed: tuple[int, int], count: int
+) -> list[tuple[int, int]]:
+    """`frame_checksums` with numpy: the per-frame sums are linear, so they are computed for all frames
+    at once as one matrix product; only the 2x2 chaining runs per frame."""
+    import numpy as np
+
+    frame_size = WAL_FRAME_HEADER_SIZE + page_size
     arr = np.frombuffer(frames, dtype=">u4" if big_endian else "<u4", count=count * frame_size // 4)
     arr = arr.reshape(count, frame_size // 4)
     # bytes 0..8 of the header, then the page (skipping salts and stored checksum, bytes 8..24)

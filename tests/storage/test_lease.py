@@ -124,3 +124,34 @@ async def test_unrenewed_lease_of_another_container_of_this_host_is_waited_out(c
     with pytest.raises(LeaseHeldError):
         await Lease(client).acquire()
     assert (await Lease(client, ttl=30).acquire(patience=30)).generation == 6
+
+
+async def test_holder_renews_twice_per_ttl(make_settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each renewal is a PUT of the lease object: the holder writes it at half the TTL (twice per
+    TTL), not more often, and stays provably the holder throughout. Load can only delay renewals,
+    so the count is bounded from above by the elapsed time."""
+    ttl, ttls = 4.0, 3
+    client = new_client(await make_settings("s3"))
+    await client.init()
+    lease = Lease(client, owner="pod-a:1", ttl=ttl)
+    renewals = 0
+    write_lock = client.write_lock
+
+    async def counted(body: bytes, if_match: str | None) -> str:
+        nonlocal renewals
+        renewals += 1
+        return await write_lock(body, if_match)
+
+    try:
+        await lease.acquire()
+        monkeypatch.setattr(client, "write_lock", counted)
+        stop = asyncio.Event()
+        keeper = asyncio.create_task(lease.keep(stop))
+        await asyncio.sleep(ttl * ttls)
+        stop.set()
+        keeper.cancel()
+        assert 2 <= renewals <= 2 * ttls, renewals
+        assert lease.lost is None
+    finally:
+        await lease.release()
+        await client.close()

@@ -6,6 +6,8 @@ import os
 import random
 import sqlite3
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -131,25 +133,70 @@ def test_zero_pgno_frame_is_invalid() -> None:
     assert [f.pgno for f in frames] == [1]
 
 
-@pytest.mark.parametrize("page_size", [512, 1024, 4096, 8192, 65536])
-@pytest.mark.parametrize("big_endian", [False, True])
-def test_numpy_frame_checksums_equal_the_loop(page_size: int, big_endian: bool) -> None:
-    rnd = random.Random(page_size * 2 + big_endian)
-    count = 3 if page_size == 65536 else 7
+def loop_checksums(data: bytes, page_size: int, big_endian: bool, seed: tuple[int, int]) -> list[tuple[int, int]]:
+    """The running checksum after each frame, word by word: what SQLite computes."""
     fs = page_size + 24
-    data = rnd.randbytes(count * fs)
-    seed = (rnd.getrandbits(32), rnd.getrandbits(32))
-    got = sq.frame_checksums(data, page_size, big_endian, seed)
     want = []
     s = seed
-    for i in range(count):
+    for i in range(len(data) // fs):
         frame = data[i * fs : (i + 1) * fs]
         s = sq.wal_checksum(frame[:8] + frame[24:], big_endian, s)
         want.append(s)
-    assert got == want
-    # a partial trailing frame is ignored
-    assert sq.frame_checksums(data + b"\x00" * 100, page_size, big_endian, seed) == want
-    assert sq.frame_checksums(data[: fs - 1], page_size, big_endian, seed) == []
+    return want
+
+
+IMPLEMENTATIONS = {"python": sq._frame_checksums_python, "numpy": sq._frame_checksums_numpy}
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+@pytest.mark.parametrize("page_size", [512, 1024, 2048, 4096, 8192, 65536])
+@pytest.mark.parametrize("big_endian", [False, True])
+def test_frame_checksums_equal_the_loop(impl: str, page_size: int, big_endian: bool) -> None:
+    rnd = random.Random(page_size * 2 + big_endian)
+    fs = page_size + 24
+    # 1 to 40 frames: the Python path cuts frames into more lanes the fewer frames a call has
+    for count in (1, 2, 7) if page_size == 65536 else (1, 2, 7, 40):
+        data = rnd.randbytes(count * fs)
+        seed = (rnd.getrandbits(32), rnd.getrandbits(32))
+        assert IMPLEMENTATIONS[impl](data, page_size, big_endian, seed, count) == loop_checksums(
+            data, page_size, big_endian, seed
+        ), count
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_frame_checksums_of_all_ones_words(impl: str) -> None:
+    """The largest words make the largest intermediate sums: the Python path's 64-bit lanes must
+    not carry into each other."""
+    for page_size in (512, 4096, 65536):
+        data = b"\xff" * (3 * (page_size + 24))
+        seed = (0xFFFFFFFF, 0xFFFFFFFF)
+        assert IMPLEMENTATIONS[impl](data, page_size, False, seed, 3) == loop_checksums(data, page_size, False, seed)
+
+
+def test_frame_checksums_ignore_a_partial_trailing_frame() -> None:
+    page_size, fs = 1024, 1048
+    data = random.Random(1).randbytes(5 * fs)
+    want = loop_checksums(data, page_size, False, (1, 2))
+    assert sq.frame_checksums(data + b"\x00" * 100, page_size, False, (1, 2)) == want
+    assert sq.frame_checksums(data[: fs - 1], page_size, False, (1, 2)) == []
+
+
+def test_commits_are_checksummed_without_numpy(tmp_path: Path) -> None:
+    """numpy costs ~16 MB of resident memory: scanning ordinary commits, or a whole WAL of a few MiB,
+    must not load it. Heavy traffic (over 32 MiB in a minute) does, and gives the same sums."""
+    wal = make_wal(4096, [(i + 1, i + 1, p) for i, p in enumerate(pages(30, 4096))])
+    (tmp_path / "x.wal").write_bytes(wal)
+    code = (
+        "import sys; from pathlib import Path; from lifeboat.agent import sqlite as sq; "
+        f"wal = Path({str(tmp_path / 'x.wal')!r}).read_bytes(); h = sq.parse_wal_header(wal); "
+        "small = sq.scan_frames(wal[32:], 32, h, h.checksum); assert len(small) == 30, len(small); "
+        "window = wal[32:] * 33; first = sq.frame_checksums(window, 4096, False, h.checksum); "
+        "assert first[:30] == [f.checksum for f in small]; print('numpy' in sys.modules); "
+        "sums = [sq.frame_checksums(window, 4096, False, h.checksum) for _ in range(8)]; "
+        "assert all(s == first for s in sums); print('numpy' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "True"], out
 
 
 def test_real_sqlite_wal(tmp_path: Path) -> None:

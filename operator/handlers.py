@@ -27,6 +27,7 @@ from lifeboat.operator import (
     injection,
     kube,
     metrics,
+    openshift,
     restores,  # noqa: F401  (registers the SQLiteRestore handlers)
     rotation,
     webhook,
@@ -274,6 +275,10 @@ async def inject_pod(body: kopf.Body, namespace: str, patch: kopf.Patch, memo: k
     except injection.InjectionError as exc:
         metrics.DENIALS.labels(namespace).inc()
         raise kopf.AdmissionError(f"SQLiteReplica {replica_name}: {exc}") from exc
+
+    uid = openshift.first_uid(await memo.kube.namespace(namespace))
+    if uid is not None:
+        openshift.follow_uid_range(injected, uid)
 
     def replace(raw: MutableMapping[str, Any]) -> None:
         raw.clear()

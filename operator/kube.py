@@ -161,6 +161,13 @@ class Kube:
             if exc.status != 409:
                 raise
 
+    async def namespace(self, name: str) -> dict[str, Any] | None:
+        """A Namespace, or None when it is missing or the operator may not read it."""
+        try:
+            return await self._call(self.core.read_namespace, name)
+        except Forbidden:
+            return None
+
     async def replica(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The SQLiteReplica of that name, or None."""
         return await self._call(self.custom.get_namespaced_custom_object,

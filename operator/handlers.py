@@ -30,6 +30,7 @@ from lifeboat.operator import (
     openshift,
     restores,  # noqa: F401  (registers the SQLiteRestore handlers)
     rotation,
+    uninstall,
     webhook,
 )
 from lifeboat.operator import spec as specs
@@ -82,8 +83,9 @@ async def configure(
     # kopf's own bookkeeping goes into annotations: the status schema is structural and would prune it.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=specs.GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=specs.GROUP)
-    # The status timer needs a finalizer (kopf stops it before the object goes); name it as ours.
-    settings.persistence.finalizer = f"{specs.GROUP}/finalizer"
+    # The status timer needs a finalizer (kopf stops it before the object goes); name it as ours. The
+    # chart's post-delete hook removes it once the operator is uninstalled (lifeboat.operator.uninstall).
+    settings.persistence.finalizer = uninstall.FINALIZER
     # Events for warnings and our own explicit ones; not one per successful handler run.
     settings.posting.level = logging.WARNING
     # Exact namespaces need no namespace scanning; the chart installs the CRD before the operator.

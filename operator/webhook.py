@@ -70,7 +70,8 @@ def generate_certificate(names: Sequence[str], *, validity: datetime.timedelta =
     now = datetime.datetime.now(datetime.UTC)
     not_after = now + validity
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "lifeboat-webhook-ca")])
+    # A rotation trusts two CAs at once: distinct names and key identifiers let a verifier pick the issuer.
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"lifeboat-webhook-ca-{now:%Y%m%dT%H%M%S.%f}")])
     ca_cert = (
         x509.CertificateBuilder()
         .subject_name(ca_name).issuer_name(ca_name)
@@ -78,6 +79,7 @@ def generate_certificate(names: Sequence[str], *, validity: datetime.timedelta =
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - BACKDATE).not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
         .add_extension(x509.KeyUsage(
             digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
             key_encipherment=False, data_encipherment=False, key_agreement=False, encipher_only=False,
@@ -99,6 +101,7 @@ def generate_certificate(names: Sequence[str], *, validity: datetime.timedelta =
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - BACKDATE).not_valid_after(not_after)
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(ca_key, hashes.SHA256())

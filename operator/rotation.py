@@ -163,11 +163,11 @@ class Keeper:
         now = datetime.datetime.now(datetime.UTC)
         secret = await self.api.read_secret(self.namespace, self.secret)
         stored = Stored.parse(secret) if secret else None
-        if secret is None or stored is None:
-            # Nothing to rotate from: the first start (or a Secret deleted by hand).
-            await self._create(secret)
-            return
         try:
+            if secret is None or stored is None:
+                # Nothing to rotate from: the first start (or a Secret emptied or deleted by hand).
+                await self._create(secret)
+                return
             if stored.next_pair is None and needs_renewal(stored.served.cert, self.names, self.policy, now):
                 await self._issue_next(secret, stored, now)
                 return  # the next round publishes the new CA from the Secret as written
@@ -181,6 +181,8 @@ class Keeper:
                     return
         except kube.Conflict:
             logger.debug("The webhook certificate Secret changed meanwhile; next round.")
+            if stored is None:
+                return
         self._serve(stored.served)
 
     async def _create(self, secret: Mapping[str, Any] | None) -> None:
@@ -192,7 +194,8 @@ class Keeper:
         else:
             await self.api.patch_secret_unchanged(self.namespace, secret, {"data": body["data"]})
         logger.info("Generated the webhook certificate into Secret %s/%s.", self.namespace, self.secret)
-        # Nothing else can be served before this (startup), so trust first, then serve at once.
+        # Trust first, then serve at once: at startup there is nothing else to serve. (After a Secret
+        # deleted by hand, the API server may refuse this certificate for the moment it takes to follow.)
         await self.publish((fresh.ca,), datetime.datetime.now(datetime.UTC))
         self._serve(fresh)
 

@@ -124,6 +124,14 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+def _unb64(text: str) -> bytes:
+    """A caBundle's bytes; nothing for a malformed one (it is replaced by a well-formed one)."""
+    try:
+        return base64.b64decode(text)
+    except ValueError:
+        return b""
+
+
 def secret_body(namespace: str, name: str, bundle: webhook.TLSBundle) -> dict[str, Any]:
     """A new certificate Secret serving ``bundle``."""
     return {
@@ -151,10 +159,12 @@ class Keeper:
     async def start(self) -> webhook.ReloadingTLS:
         """Rounds until this replica has a certificate to serve (a replica losing the race to create the
         Secret serves the winner's from its next round); the context for the webhook server."""
+        # Files left by an earlier run of this pod are not to be trusted: always one round first.
+        (self.tls_dir / webhook.CERT_FILE).unlink(missing_ok=True)
+        await self.round()
         while not (self.tls_dir / webhook.CERT_FILE).exists():
+            await asyncio.sleep(1)
             await self.round()
-            if not (self.tls_dir / webhook.CERT_FILE).exists():
-                await asyncio.sleep(1)
         self.tls = webhook.ReloadingTLS(self.tls_dir / webhook.CERT_FILE, self.tls_dir / webhook.KEY_FILE)
         return self.tls
 
@@ -234,7 +244,7 @@ class Keeper:
                     break
                 webhooks = configuration.get("webhooks") or []
                 current = {(w.get("clientConfig") or {}).get("caBundle") or "" for w in webhooks}
-                existing = [pem for b64 in current for pem in split_pem(base64.b64decode(b64))]
+                existing = [pem for b64 in current for pem in split_pem(_unb64(b64))]
                 merged = _b64(b"".join(unexpired([*existing, *trust], now)))
                 if current == {merged}:
                     break

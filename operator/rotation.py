@@ -155,6 +155,7 @@ class Keeper:
     tls_dir: pathlib.Path  # where the served pair is written for the webhook server
     policy: Policy = dataclasses.field(default_factory=Policy.from_env)
     tls: webhook.ReloadingTLS | None = None  # the server's context, once something was served
+    rotating: bool = False  # a next pair is on its way: rounds come at the propagation pace
 
     async def start(self) -> webhook.ReloadingTLS:
         """Rounds until this replica has a certificate to serve (a replica losing the race to create the
@@ -173,6 +174,8 @@ class Keeper:
         now = datetime.datetime.now(datetime.UTC)
         secret = await self.api.read_secret(self.namespace, self.secret)
         stored = Stored.parse(secret) if secret else None
+        self.rotating = stored is not None and (
+            stored.next_pair is not None or needs_renewal(stored.served.cert, self.names, self.policy, now))
         try:
             if secret is None or stored is None:
                 # Nothing to rotate from: the first start (or a Secret emptied or deleted by hand).
@@ -266,7 +269,7 @@ class Keeper:
     async def run(self) -> None:
         """Rounds until cancelled; a failed round is logged and retried in the next one."""
         while True:
-            await asyncio.sleep(self.policy.interval)
+            await asyncio.sleep(self.policy.propagation.total_seconds() if self.rotating else self.policy.interval)
             try:
                 await self.round()
             except asyncio.CancelledError:

@@ -8,6 +8,7 @@ rotated at once, and every certificate they issue is rotated again after two thi
 
 from __future__ import annotations
 
+import datetime
 import ssl
 import threading
 import time
@@ -18,6 +19,7 @@ from typing import Any
 import kubernetes
 import pytest
 import yaml
+from cryptography import x509
 from k8s import HELM, OPERATOR_NAMESPACE, RELEASE, WEBHOOK_CONFIGURATION, Cluster, Operator, wait_until
 from kubernetes.client import ApiException
 from lifeboat.operator import injection, rotation, webhook
@@ -61,8 +63,15 @@ def rotating(operator: Operator, tmp_path: Path) -> Iterator[list[Operator]]:
             replica.stop()
             if cluster.exists("endpointslice", replica.endpoint_slice, OPERATOR_NAMESPACE):
                 replica.unroute()
-        # The session's operator issues a long-lived certificate again.
+        # The session's operator rotates to a long-lived certificate again before the next test.
         operator.start()
+        wait_until(lambda: remaining(served_certificate(cluster)) > datetime.timedelta(days=365), 120,
+                   "a long-lived certificate served again")
+        cluster.kubectl("delete", "namespace", NAMESPACE, "--wait=false")
+
+
+def remaining(cert_pem: str) -> datetime.timedelta:
+    return x509.load_pem_x509_certificate(cert_pem.encode()).not_valid_after_utc - datetime.datetime.now(datetime.UTC)
 
 
 class PodLoop(threading.Thread):

@@ -85,14 +85,21 @@ def unexpired(pems: Iterable[bytes], now: datetime.datetime) -> list[bytes]:
     return kept
 
 
-def needs_renewal(cert_pem: bytes, names: Sequence[str], policy: Policy, now: datetime.datetime) -> bool:
-    """Less than a third of its life left, not naming the Service, or outliving what the policy issues."""
+def renewal_due(cert_pem: bytes, names: Sequence[str], policy: Policy, now: datetime.datetime) -> datetime.datetime:
+    """When the certificate is to be replaced: with a third of its life left; now if it does not name the
+    Service or outlives what the policy issues."""
     cert = x509.load_pem_x509_certificate(cert_pem)
     lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc - webhook.BACKDATE
-    left = cert.not_valid_after_utc - now
     sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     named = set(names) <= {str(n) for n in sans.get_values_for_type(x509.DNSName)}
-    return left < lifetime / 3 or not named or left > policy.validity + webhook.BACKDATE
+    if not named or cert.not_valid_after_utc - now > policy.validity + webhook.BACKDATE:
+        return now
+    return cert.not_valid_after_utc - lifetime / 3
+
+
+def needs_renewal(cert_pem: bytes, names: Sequence[str], policy: Policy, now: datetime.datetime) -> bool:
+    """Whether :func:`renewal_due` has come."""
+    return renewal_due(cert_pem, names, policy, now) <= now
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,7 +162,7 @@ class Keeper:
     tls_dir: pathlib.Path  # where the served pair is written for the webhook server
     policy: Policy = dataclasses.field(default_factory=Policy.from_env)
     tls: webhook.ReloadingTLS | None = None  # the server's context, once something was served
-    rotating: bool = False  # a next pair is on its way: rounds come at the propagation pace
+    pause: float = 0.0  # seconds until the next round: sooner while a rotation is due or under way
 
     async def start(self) -> webhook.ReloadingTLS:
         """Rounds until this replica has a certificate to serve (a replica losing the race to create the
@@ -174,8 +181,13 @@ class Keeper:
         now = datetime.datetime.now(datetime.UTC)
         secret = await self.api.read_secret(self.namespace, self.secret)
         stored = Stored.parse(secret) if secret else None
-        self.rotating = stored is not None and (
-            stored.next_pair is not None or needs_renewal(stored.served.cert, self.names, self.policy, now))
+        self.pause = self.policy.interval
+        if stored is not None:
+            due = renewal_due(stored.served.cert, self.names, self.policy, now)
+            if stored.next_pair is not None or due <= now:
+                self.pause = self.policy.propagation.total_seconds()
+            else:
+                self.pause = max(1.0, min(self.pause, (due - now).total_seconds()))
         try:
             if secret is None or stored is None:
                 # Nothing to rotate from: the first start (or a Secret emptied or deleted by hand).
@@ -269,7 +281,7 @@ class Keeper:
     async def run(self) -> None:
         """Rounds until cancelled; a failed round is logged and retried in the next one."""
         while True:
-            await asyncio.sleep(self.policy.propagation.total_seconds() if self.rotating else self.policy.interval)
+            await asyncio.sleep(self.pause or self.policy.interval)
             try:
                 await self.round()
             except asyncio.CancelledError:

@@ -20,6 +20,9 @@ def test_renewal_after_two_thirds_of_the_life_for_other_names_or_a_shorter_polic
     long_lived = webhook.generate_certificate(NAMES).cert
     assert rotation.needs_renewal(long_lived, NAMES, policy, NOW)
     assert not rotation.needs_renewal(long_lived, NAMES, rotation.Policy(), NOW)
+    # Rounds are paced by this: a short-lived certificate is not left to expire between two rounds.
+    due = rotation.renewal_due(cert, NAMES, policy, NOW)
+    assert NOW + datetime.timedelta(seconds=55) < due < NOW + datetime.timedelta(seconds=65)
 
 
 def test_bundles_drop_expired_and_duplicate_cas_and_keep_the_order() -> None:

@@ -87,10 +87,10 @@ def test_uninstall_leaves_no_replica_or_namespace_stuck(
     try:
         cluster.run(f"helm uninstall {RELEASE} --namespace {OPERATOR_NAMESPACE} --wait", timeout=300)
         kubelet.join(timeout=60)
-        assert "released sqlitereplicas/lifecycle/kept" in outcome.get("output", ""), outcome
         cluster.kubectl("delete", "namespace", namespace, "--wait=false")
         wait_until(lambda: not cluster.exists("namespace", namespace, namespace), 120,
                    f"namespace {namespace} gone after the operator was uninstalled")
+        assert "released sqlitereplicas/lifecycle/kept" in outcome.get("output", ""), outcome
     finally:
         # The next tests find the chart installed and the operator running, as the session left them.
         cluster.run(readme_commands[0], timeout=300)

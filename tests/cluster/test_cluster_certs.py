@@ -67,7 +67,6 @@ def rotating(operator: Operator, tmp_path: Path) -> Iterator[list[Operator]]:
         operator.start()
         wait_until(lambda: remaining(served_certificate(cluster)) > datetime.timedelta(days=365), 120,
                    "a long-lived certificate served again")
-        cluster.kubectl("delete", "namespace", NAMESPACE, "--wait=false")
 
 
 def remaining(cert_pem: str) -> datetime.timedelta:
@@ -139,11 +138,14 @@ def test_a_recreated_webhook_configuration_heals(rotating: list[Operator]) -> No
     wait_until(trusted, 90, "the operator to put the caBundle back")
     api = kubernetes.client.CoreV1Api(kubernetes.config.new_client_from_config(str(cluster.kubeconfig)))
 
+    refusals: list[str] = []
+
     def injected() -> bool:
         try:
             created = api.create_namespaced_pod(NAMESPACE, pod(f"healed-{time.monotonic_ns()}"))
-        except ApiException:
+        except ApiException as exc:
+            refusals.append(f"{exc.status} {exc.body}")
             return False  # the API server may take a moment to follow the configuration
         return created.spec.init_containers[0].name == injection.RESTORE_CONTAINER
 
-    wait_until(injected, 60, "a pod injected through the healed configuration")
+    wait_until(injected, 60, f"a pod injected through the healed configuration (refused: {refusals[-1:]})")

@@ -92,7 +92,7 @@ class PodLoop(threading.Thread):
                 self.created += 1
             except ApiException as exc:
                 self.denials.append(f"{name}: {exc.status} {exc.body}")
-            time.sleep(0.05)
+            time.sleep(0.2)
 
 
 def test_rotation_under_pod_creation_denies_nothing(rotating: list[Operator]) -> None:

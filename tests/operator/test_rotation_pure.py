@@ -6,32 +6,33 @@ from cryptography import x509
 from lifeboat.operator import openshift, rotation, webhook
 
 NAMES = ["svc", "svc.ns", "svc.ns.svc", "svc.ns.svc.cluster.local"]
-NOW = datetime.datetime.now(datetime.UTC)
 
 
 def test_renewal_after_two_thirds_of_the_life_for_other_names_or_a_shorter_policy() -> None:
     policy = rotation.Policy(datetime.timedelta(seconds=90))
+    now = datetime.datetime.now(datetime.UTC)
     cert = webhook.generate_certificate(NAMES, validity=policy.validity).cert
-    assert not rotation.needs_renewal(cert, NAMES, policy, NOW)
-    assert not rotation.needs_renewal(cert, NAMES, policy, NOW + datetime.timedelta(seconds=55))
-    assert rotation.needs_renewal(cert, NAMES, policy, NOW + datetime.timedelta(seconds=65))
-    assert rotation.needs_renewal(cert, [*NAMES, "other.ns.svc"], policy, NOW)
+    assert not rotation.needs_renewal(cert, NAMES, policy, now)
+    assert not rotation.needs_renewal(cert, NAMES, policy, now + datetime.timedelta(seconds=55))
+    assert rotation.needs_renewal(cert, NAMES, policy, now + datetime.timedelta(seconds=65))
+    assert rotation.needs_renewal(cert, [*NAMES, "other.ns.svc"], policy, now)
     # A ten-year certificate under a one-minute policy is re-issued at once.
     long_lived = webhook.generate_certificate(NAMES).cert
-    assert rotation.needs_renewal(long_lived, NAMES, policy, NOW)
-    assert not rotation.needs_renewal(long_lived, NAMES, rotation.Policy(), NOW)
+    assert rotation.needs_renewal(long_lived, NAMES, policy, now)
+    assert not rotation.needs_renewal(long_lived, NAMES, rotation.Policy(), now)
     # Rounds are paced by this: a short-lived certificate is not left to expire between two rounds.
-    due = rotation.renewal_due(cert, NAMES, policy, NOW)
-    assert NOW + datetime.timedelta(seconds=55) < due < NOW + datetime.timedelta(seconds=65)
+    due = rotation.renewal_due(cert, NAMES, policy, now)
+    assert now + datetime.timedelta(seconds=55) < due < now + datetime.timedelta(seconds=65)
 
 
 def test_bundles_drop_expired_and_duplicate_cas_and_keep_the_order() -> None:
+    now = datetime.datetime.now(datetime.UTC)
     old = webhook.generate_certificate(NAMES, validity=datetime.timedelta(seconds=30)).ca
     new = webhook.generate_certificate(NAMES).ca
     bundle = rotation.split_pem(old + new + b"garbage\n" + old)
     assert bundle == [old, new, old]
-    assert rotation.unexpired(bundle, NOW) == [old, new]
-    assert rotation.unexpired(bundle, NOW + datetime.timedelta(minutes=1)) == [new]
+    assert rotation.unexpired(bundle, now) == [old, new]
+    assert rotation.unexpired(bundle, now + datetime.timedelta(minutes=1)) == [new]
 
 
 def test_generated_cas_are_told_apart_by_name_and_key_identifier() -> None:

@@ -240,6 +240,8 @@ running() { local c; for c in "${COMPONENTS[@]}"; do pid_of "$c" >/dev/null || r
 
 start_apiserver() {
   local pki=$STATE/pki
+  # OwnerReferencesPermissionEnforcement, as on OpenShift: blockOwnerDeletion needs `update` on the
+  # owner's finalizers (the operator's owner references must be allowed by the chart's RBAC).
   # Webhook Services resolve through their EndpointSlices (--enable-aggregator-routing), so a test
   # can route a Service to a process on this host with an EndpointSlice to the host's own address
   # (an EndpointSlice may not hold a loopback address).
@@ -251,7 +253,8 @@ start_apiserver() {
     --service-account-issuer=https://kubernetes.default.svc \
     --service-account-key-file="$pki/sa.pub" --service-account-signing-key-file="$pki/sa.key" \
     --service-cluster-ip-range=10.96.0.0/16 --authorization-mode=Node,RBAC \
-    --enable-aggregator-routing=true --endpoint-reconciler-type=none --allow-privileged=true
+    --enable-aggregator-routing=true --endpoint-reconciler-type=none --allow-privileged=true \
+    --enable-admission-plugins=OwnerReferencesPermissionEnforcement
   wait_for "kube-apiserver /readyz" 120 readyz
 }
 

@@ -13,7 +13,7 @@ register with these).
 Every handler is idempotent: it recomputes the whole desired state from the object it is given.
 """
 
-import base64
+import asyncio
 import dataclasses
 import logging
 import pathlib
@@ -27,7 +27,10 @@ from lifeboat.operator import (
     injection,
     kube,
     metrics,
+    openshift,
     restores,  # also registers the SQLiteRestore handlers
+    rotation,
+    uninstall,
     webhook,
 )
 from lifeboat.operator import spec as specs
@@ -80,8 +83,9 @@ async def configure(
     # kopf's own bookkeeping goes into annotations: the status schema is structural and would prune it.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=specs.GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=specs.GROUP)
-    # The status timer needs a finalizer (kopf stops it before the object goes); name it as ours.
-    settings.persistence.finalizer = f"{specs.GROUP}/finalizer"
+    # The status timer needs a finalizer (kopf stops it before the object goes); name it as ours. The
+    # chart's post-delete hook removes it once the operator is uninstalled (lifeboat.operator.uninstall).
+    settings.persistence.finalizer = uninstall.FINALIZER
     # Events for warnings and our own explicit ones; not one per successful handler run.
     settings.posting.level = logging.WARNING
     # Exact namespaces need no namespace scanning; the chart installs the CRD before the operator.
@@ -93,15 +97,18 @@ async def configure(
     if options.tls_secret:
         if not options.operator_namespace:
             raise kopf.PermanentError("--tls-secret needs the operator's namespace (--operator-namespace)")
-        names = webhook.service_dns_names(options.service_name, options.operator_namespace)
-        bundle = await webhook.ensure_secret_certificate(
-            memo.kube, options.operator_namespace, options.tls_secret, names)
-        bundle.write(options.tls_dir)
-        await memo.kube.set_ca_bundle(options.mutating_webhook, options.validating_webhook,
-                                      base64.b64encode(bundle.ca).decode("ascii"))
+        keeper = rotation.Keeper(
+            memo.kube, options.operator_namespace, options.tls_secret,
+            webhook.service_dns_names(options.service_name, options.operator_namespace),
+            {kube.WEBHOOK_KINDS[0]: options.mutating_webhook, kube.WEBHOOK_KINDS[1]: options.validating_webhook},
+            options.tls_dir)
+        tls = await keeper.start()
+        memo.certificate_rounds = asyncio.create_task(keeper.run(), name="webhook certificate")
+    else:
+        tls = webhook.ReloadingTLS(options.tls_dir / webhook.CERT_FILE, options.tls_dir / webhook.KEY_FILE)
+        memo.certificate_rounds = asyncio.create_task(webhook.reload_forever(tls), name="webhook certificate")
     settings.admission.server = webhook.NamespacedWebhookServer(
-        addr=options.webhook_addr, port=options.webhook_port,
-        certfile=options.tls_dir / webhook.CERT_FILE, pkeyfile=options.tls_dir / webhook.KEY_FILE)
+        addr=options.webhook_addr, port=options.webhook_port, **tls.server_kwargs())
     logger.info("Serving admission webhooks on %s:%d.", options.webhook_addr, options.webhook_port)
     if options.metrics_port:
         memo.metrics_server = metrics.serve(options.metrics_port, options.metrics_addr)
@@ -109,7 +116,11 @@ async def configure(
 
 
 @kopf.on.cleanup()
-async def stop_metrics(memo: kopf.Memo, **_: Any) -> None:
+async def stop_background(memo: kopf.Memo, **_: Any) -> None:
+    """Stop the certificate rounds and the metrics server."""
+    rounds = getattr(memo, "certificate_rounds", None)
+    if rounds is not None:
+        rounds.cancel()
     server = getattr(memo, "metrics_server", None)
     if server is not None:
         server.shutdown()
@@ -276,6 +287,10 @@ async def inject_pod(
         metrics.DENIALS.labels(namespace).inc()
         raise kopf.AdmissionError(f"SQLiteReplica {replica_name}: {exc}", code=400) from exc
     warnings.extend(f"SQLiteReplica {replica_name}: {w}" for w in injection.warnings(body, replica))
+
+    uid = openshift.first_uid(await memo.kube.namespace(namespace))
+    if uid is not None:
+        openshift.follow_uid_range(injected, uid)
 
     def replace(raw: MutableMapping[str, Any]) -> None:
         raw.clear()

@@ -19,6 +19,14 @@ from lifeboat.operator import spec as specs
 MERGE_PATCH = "application/merge-patch+json"
 
 
+# The two configurations that carry the webhooks' caBundle.
+WEBHOOK_KINDS = ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration")
+
+
+class Conflict(Exception):
+    """The object changed since it was read (its resourceVersion precondition failed)."""
+
+
 class Forbidden(Exception):
     """The operator's RBAC does not allow the call; the message says what was refused."""
 
@@ -81,10 +89,6 @@ class Kube:
                 return False
             raise
         return True
-
-    async def patch_secret(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
-        """Merge-patch a Secret (the webhook's own TLS material only)."""
-        await self._call(self.core.patch_namespaced_secret, name, namespace, patch, _content_type=MERGE_PATCH)
 
     async def apply_configmap(self, namespace: str, body: Mapping[str, Any]) -> None:
         """Create the ConfigMap, or bring an existing one to ``body``'s data, labels and owners."""
@@ -173,6 +177,13 @@ class Kube:
             if exc.status != 409:
                 raise
 
+    async def namespace(self, name: str) -> dict[str, Any] | None:
+        """A Namespace, or None when it is missing or the operator may not read it."""
+        try:
+            return await self._call(self.core.read_namespace, name)
+        except Forbidden:
+            return None
+
     async def replica(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The SQLiteReplica of that name, or None."""
         return await self._call(self.custom.get_namespaced_custom_object,
@@ -185,21 +196,39 @@ class Kube:
             return await self._call(self.custom.get_cluster_custom_object, group, version, plural, name)
         return await self._call(self.custom.get_namespaced_custom_object, group, version, namespace, plural, name)
 
-    async def set_ca_bundle(self, mutating: str, validating: str, ca_bundle_b64: str) -> None:
-        """Point every webhook of the two configurations at this CA (operator-generated certificates)."""
-        for read, patch, name in (
-            (self.admission.read_mutating_webhook_configuration,
-             self.admission.patch_mutating_webhook_configuration, mutating),
-            (self.admission.read_validating_webhook_configuration,
-             self.admission.patch_validating_webhook_configuration, validating),
-        ):
-            current = await self._call(read, name)
-            if current is None:
-                continue
-            webhooks = current.get("webhooks") or []
-            if all((w.get("clientConfig") or {}).get("caBundle") == ca_bundle_b64 for w in webhooks):
-                continue
-            for webhook in webhooks:
-                webhook.setdefault("clientConfig", {})["caBundle"] = ca_bundle_b64
-            # A JSON merge patch would replace the list anyway; send it whole, as read.
-            await self._call(patch, name, {"webhooks": webhooks}, _content_type=MERGE_PATCH)
+    async def webhook_configuration(self, kind: str, name: str) -> dict[str, Any] | None:
+        """A MutatingWebhookConfiguration or ValidatingWebhookConfiguration, or None."""
+        read = {WEBHOOK_KINDS[0]: self.admission.read_mutating_webhook_configuration,
+                WEBHOOK_KINDS[1]: self.admission.read_validating_webhook_configuration}[kind]
+        return await self._call(read, name)
+
+    async def set_ca_bundle(self, kind: str, configuration: Mapping[str, Any], ca_bundle_b64: str) -> None:
+        """Put this caBundle into every webhook of ``configuration``, as read (Conflict if it changed since).
+
+        The resourceVersion precondition keeps two replicas from overwriting each other's bundle: the
+        loser re-reads and merges.
+        """
+        fn = {WEBHOOK_KINDS[0]: self.admission.patch_mutating_webhook_configuration,
+              WEBHOOK_KINDS[1]: self.admission.patch_validating_webhook_configuration}[kind]
+        webhooks = [dict(w, clientConfig={**(w.get("clientConfig") or {}), "caBundle": ca_bundle_b64})
+                    for w in configuration.get("webhooks") or []]
+        metadata = configuration["metadata"]
+        # A JSON merge patch replaces the list anyway; send it whole, as read.
+        await self._patch_unchanged(fn, metadata["name"], metadata["resourceVersion"], {"webhooks": webhooks})
+
+    async def patch_secret_unchanged(self, namespace: str, secret: Mapping[str, Any],
+                                     patch: Mapping[str, Any]) -> None:
+        """Merge-patch a Secret as read (Conflict if it changed since): the webhook's own TLS material."""
+        metadata = secret["metadata"]
+        await self._patch_unchanged(self.core.patch_namespaced_secret, metadata["name"],
+                                    metadata["resourceVersion"], patch, namespace)
+
+    async def _patch_unchanged(self, fn: Callable[..., Any], name: str, resource_version: str,
+                               patch: Mapping[str, Any], *args: Any) -> None:
+        body = {**patch, "metadata": {**(patch.get("metadata") or {}), "resourceVersion": resource_version}}
+        try:
+            await self._call(fn, name, *args, body, _content_type=MERGE_PATCH)
+        except ApiException as exc:
+            if exc.status == 409:
+                raise Conflict(f"{fn.__name__} {name}: changed since it was read") from exc
+            raise

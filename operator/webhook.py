@@ -1,21 +1,24 @@
 """The admission webhook's HTTPS server and its certificates.
 
-Three ways to a certificate, in the order the operator tries them:
+Three ways to a certificate:
 
-* files in a directory (``tls.crt``/``tls.key``, optionally ``ca.crt``) — a Secret mounted from
-  cert-manager or by hand; kopf re-reads them when they change, so rotation needs no restart;
-* an operator-managed Secret: the first replica to start generates a CA and a serving certificate
-  with ``cryptography`` and creates the Secret; every replica then serves it and writes the CA into
-  the webhook configurations' ``caBundle``;
+* files in a directory (``tls.crt``/``tls.key``) — a Secret mounted from cert-manager or by hand;
+* an operator-managed Secret (:mod:`lifeboat.operator.rotation`): generated, published in the webhook
+  configurations' ``caBundle`` and rotated by the operator, written into that directory;
 * (tests) :func:`generate_certificate` directly.
+
+Either way the files are loaded into one TLS context that is reloaded in place when they change
+(:class:`ReloadingTLS`): the listening socket is never closed, so a rotation refuses no connection.
 """
 
-import base64
+import asyncio
 import dataclasses
 import datetime
+import hashlib
 import ipaddress
 import logging
 import pathlib
+import ssl
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -24,15 +27,15 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from lifeboat.operator.kube import Kube
 
 logger = logging.getLogger(__name__)
 
 CERT_FILE = "tls.crt"
 KEY_FILE = "tls.key"
 CA_FILE = "ca.crt"
-# Renew an operator-generated certificate once less than this much of its life is left.
-RENEW_BEFORE = datetime.timedelta(days=30)
+DEFAULT_VALIDITY = datetime.timedelta(days=3650)
+# Certificates are valid from a little before they are made: clocks of API servers and nodes differ.
+BACKDATE = datetime.timedelta(minutes=5)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,19 +62,24 @@ def service_dns_names(service: str, namespace: str) -> list[str]:
     return [service, f"{service}.{namespace}", qualified, f"{qualified}.cluster.local"]
 
 
-def generate_certificate(names: Sequence[str], *, days: int = 3650) -> TLSBundle:
-    """A fresh CA and a serving certificate for ``names`` (DNS names or IP addresses) signed by it."""
+def generate_certificate(names: Sequence[str], *, validity: datetime.timedelta = DEFAULT_VALIDITY) -> TLSBundle:
+    """A fresh CA and a serving certificate for ``names`` (DNS names or IP addresses) signed by it.
+
+    Both expire together: the CA is trusted exactly as long as the certificate it signed may be served.
+    """
     now = datetime.datetime.now(datetime.UTC)
-    not_after = now + datetime.timedelta(days=days)
+    not_after = now + validity
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "lifeboat-webhook-ca")])
+    # A rotation trusts two CAs at once: distinct names and key identifiers let a verifier pick the issuer.
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"lifeboat-webhook-ca-{now:%Y%m%dT%H%M%S.%f}")])
     ca_cert = (
         x509.CertificateBuilder()
         .subject_name(ca_name).issuer_name(ca_name)
         .public_key(ca_key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(not_after)
+        .not_valid_before(now - BACKDATE).not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
         .add_extension(x509.KeyUsage(
             digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
             key_encipherment=False, data_encipherment=False, key_agreement=False, encipher_only=False,
@@ -91,8 +99,9 @@ def generate_certificate(names: Sequence[str], *, days: int = 3650) -> TLSBundle
         .issuer_name(ca_name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(not_after)
+        .not_valid_before(now - BACKDATE).not_valid_after(not_after)
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(ca_key, hashes.SHA256())
@@ -105,54 +114,54 @@ def generate_certificate(names: Sequence[str], *, days: int = 3650) -> TLSBundle
     )
 
 
-def _usable(bundle: TLSBundle, names: Sequence[str]) -> bool:
-    cert = x509.load_pem_x509_certificate(bundle.cert)
-    if cert.not_valid_after_utc - datetime.datetime.now(datetime.UTC) < RENEW_BEFORE:
-        return False
-    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    return set(names) <= {str(n) for n in sans.get_values_for_type(x509.DNSName)}
+class ReloadingTLS:
+    """The webhook server's TLS context, reloaded in place when its certificate files change.
 
-
-def _bundle_from_secret(secret: dict[str, Any]) -> TLSBundle | None:
-    data = secret.get("data") or {}
-    if not all(key in data for key in (CA_FILE, CERT_FILE, KEY_FILE)):
-        return None
-    return TLSBundle(*(base64.b64decode(data[key]) for key in (CA_FILE, CERT_FILE, KEY_FILE)))
-
-
-async def ensure_secret_certificate(
-    kube: Kube, namespace: str, secret_name: str, names: Sequence[str]
-) -> TLSBundle:
-    """The serving certificate from the operator-managed Secret, generated on first use.
-
-    Replicas race on creation; the loser reads the winner's Secret, so all serve the same certificate.
-    A certificate near its expiry, or not naming the Service, is regenerated in place; the replicas
-    that still serve the old one pick the new one up on their next restart.
+    kopf's server restarts its listener when the files change, refusing connections meanwhile, which a
+    fail-closed webhook turns into denials. A context loaded again serves the new certificate to every
+    new connection while the socket stays open (:meth:`server_kwargs` turns kopf's own check off).
     """
-    secret = await kube.read_secret(namespace, secret_name)
-    bundle = _bundle_from_secret(secret) if secret else None
-    if bundle is not None and _usable(bundle, names):
-        return bundle
-    fresh = generate_certificate(names)
-    body = {
-        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
-        "metadata": {"name": secret_name, "namespace": namespace,
-                     "labels": {"app.kubernetes.io/name": "lifeboat",
-                                "app.kubernetes.io/component": "webhook"}},
-        "data": {name: base64.b64encode(pem).decode()
-                 for name, pem in ((CA_FILE, fresh.ca), (CERT_FILE, fresh.cert), (KEY_FILE, fresh.key))},
-    }
-    if secret is None:
-        if await kube.create_secret(namespace, body):
-            logger.info("Generated the webhook certificate into Secret %s/%s.", namespace, secret_name)
-            return fresh
-        raced = await kube.read_secret(namespace, secret_name)
-        if raced and (bundle := _bundle_from_secret(raced)):
-            return bundle
-    else:
-        await kube.patch_secret(namespace, secret_name, {"data": body["data"]})
-        logger.info("Renewed the webhook certificate in Secret %s/%s.", namespace, secret_name)
-    return fresh
+
+    def __init__(self, cert_path: pathlib.Path, key_path: pathlib.Path) -> None:
+        self.cert_path = cert_path
+        self.key_path = key_path
+        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self._digest = ""
+        self.reload()
+
+    def reload(self) -> bool:
+        """Load the files again if they changed; True when the served certificate changed.
+
+        A half-written pair (a mounted Secret being swapped) fails to load and is retried by the next call.
+        """
+        digest = hashlib.sha256(self.cert_path.read_bytes() + self.key_path.read_bytes()).hexdigest()
+        if digest == self._digest:
+            return False
+        self.context.load_cert_chain(self.cert_path, self.key_path)
+        self._digest = digest
+        return True
+
+    def server_kwargs(self) -> dict[str, Any]:
+        """What kopf's WebhookServer needs to serve this context and never restart on file changes."""
+        return {"context": self.context, "certfile": self.cert_path, "pkeyfile": self.key_path,
+                "file_check_interval": NEVER.total_seconds()}
+
+
+# kopf's own file check, which would restart the listener, effectively never runs.
+NEVER = datetime.timedelta(days=365)
+# How often mounted certificate files are checked (a Secret volume changes within about a minute).
+FILE_CHECK_INTERVAL = 60.0
+
+
+async def reload_forever(tls: ReloadingTLS) -> None:
+    """Reload mounted certificate files as they change (cert-manager renewals); until cancelled."""
+    while True:
+        await asyncio.sleep(FILE_CHECK_INTERVAL)
+        try:
+            if tls.reload():
+                logger.info("Serving the renewed webhook certificate from %s.", tls.cert_path)
+        except (OSError, ssl.SSLError) as exc:
+            logger.warning("Webhook certificate files unreadable (%s); keeping the current one.", exc)
 
 
 class NamespacedWebhookServer(kopf.WebhookServer):

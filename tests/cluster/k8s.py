@@ -146,6 +146,7 @@ class Operator:
     address: str = field(default_factory=host_address)
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    env: dict[str, str] = field(default_factory=dict)  # extra environment (test-only settings)
 
     @classmethod
     def from_chart(cls, cluster: Cluster, workdir: Path, replica: str = "a") -> Operator:
@@ -171,7 +172,7 @@ class Operator:
                 f"--webhook-addr={self.address}", f"--webhook-port={self.webhook_port}",
                 f"--tls-dir={self.workdir / 'tls'}", f"--liveness-port={free_port()}",
                 f"--metrics-port={free_port()}", "--verbose"]
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "POD_NAMESPACE": OPERATOR_NAMESPACE}
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "POD_NAMESPACE": OPERATOR_NAMESPACE, **self.env}
         env.pop("KUBERNETES_SERVICE_HOST", None)
         with self.log.open("a") as log:
             log.write(f"==== start {self.starts}\n")

@@ -51,10 +51,17 @@ matchExpressions:
   {{- end }}
 {{- end -}}
 
-{{/* cert-manager's CA injector fills the webhooks' caBundle from the Certificate. */}}
+{{/* The chart's own webhook CA (cert-manager mode without an issuerRef). */}}
+{{- define "lifeboat.caCertificate" -}}
+{{- printf "%s-webhook-ca" (include "lifeboat.fullname" .) -}}
+{{- end -}}
+
+{{/* cert-manager's CA injector fills the webhooks' caBundle: from the chart's CA Certificate, or, with an
+issuerRef, from the serving Certificate's ca.crt (the issuer's CA). */}}
 {{- define "lifeboat.webhookClientAnnotations" -}}
 {{- if .Values.webhook.certManager.enabled -}}
+{{- $source := ternary (include "lifeboat.tlsSecret" .) (include "lifeboat.caCertificate" .) (not (empty .Values.webhook.certManager.issuerRef)) -}}
 annotations:
-  cert-manager.io/inject-ca-from: {{ printf "%s/%s" .Release.Namespace (include "lifeboat.tlsSecret" .) }}
+  cert-manager.io/inject-ca-from: {{ printf "%s/%s" .Release.Namespace $source }}
 {{- end -}}
 {{- end -}}

@@ -41,8 +41,10 @@ async def test_replica_gets_owned_configmap_and_conditions(
     assert owner["controller"] is True
     assert SECRET_VALUE not in yaml.safe_dump(configmap)
 
-    replica = await eventually(lambda: condition(stored(k8s, "lifeboat.dev/v1alpha1/sqlitereplicas", "db"),
-                                                 "CredentialsReady") and stored(
+    # The status timer sets conditions too, possibly before the reconcile's own patch lands: wait for
+    # the reconcile's fields, not just a condition.
+    replica = await eventually(lambda: ((stored(k8s, "lifeboat.dev/v1alpha1/sqlitereplicas", "db") or {})
+                                        .get("status") or {}).get("configMap") and stored(
         k8s, "lifeboat.dev/v1alpha1/sqlitereplicas", "db"))
     assert condition(replica, "ConfigReady")["status"] == "True"
     assert condition(replica, "CredentialsReady")["status"] == "True"

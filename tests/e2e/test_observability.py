@@ -185,6 +185,11 @@ def test_readyz_is_503_while_nothing_is_replicated(tmp_path: Path) -> None:
             assert str(blocker) in agent.output()
             return
         status, body = get(port, "/readyz")
+        if status == 0:  # it answered /healthz, then refused the replica and exited before this request
+            agent.proc.wait(timeout=60)
+            assert agent.proc.returncode != 0
+            assert str(blocker) in agent.output()
+            return
         assert status == 503, body
         agent.stop()
 

@@ -94,7 +94,8 @@ def test_full_run_never_shows_credentials(
             except OSError:
                 return None
             db_st = body["databases"][0]
-            return db_st if db_st["remote_txid"] >= 2 and db_st["remote_txid"] == db_st["txid"] else None
+            remote = db_st["remote_txid"]  # null while the agent opens its database
+            return db_st if remote is not None and remote >= 2 and remote == db_st["txid"] else None
 
         wait_for(lambda: (tmp_path / "agent.log").stat().st_size > 0 or None, 30, what="agent start")
         for b in range(1, 4):

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from kube_helpers import NAMESPACE, create, eventually, make_replica
 from lifeboat.operator import handlers
-from workloads import condition, patch, stored
+from workloads import condition, stored
 
 SECRET_VALUE = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY"
 REPLICAS = "/apis/lifeboat.dev/v1alpha1/namespaces/apps/sqlitereplicas"
@@ -22,32 +22,19 @@ async def create_secret(k8s: kmock.KubernetesEmulator, **data: str) -> None:
                   "metadata": {"name": "s3-creds", "namespace": NAMESPACE}, "data": encoded})
 
 
-async def test_replica_gets_owned_configmap_and_conditions(
+async def test_secret_with_the_needed_keys_makes_credentials_ready(
     k8s: kmock.KubernetesEmulator, operator: handlers.Options
 ) -> None:
     await create_secret(k8s, AWS_ACCESS_KEY_ID="AKIAEXAMPLE", AWS_SECRET_ACCESS_KEY=SECRET_VALUE)
     await create(k8s, REPLICAS, make_replica())
 
-    configmap = await eventually(lambda: stored(k8s, "v1/configmaps", "db-lifeboat"))
-    config = yaml.safe_load(configmap["data"]["lifeboat.yml"])
-    assert config == {
-        "addr": ":9090",
-        "dbs": [{"path": "/data/app.db", "replica": {
-            "url": "s3://backups/app", "endpoint": "http://minio:9000", "force-path-style": True,
-            "sync-interval": "1s"}}],
-    }
-    owner = configmap["metadata"]["ownerReferences"][0]
-    assert (owner["kind"], owner["name"], owner["uid"]) == ("SQLiteReplica", "db", "uid-db")
-    assert owner["controller"] is True
-    assert SECRET_VALUE not in yaml.safe_dump(configmap)
-
     replica = await eventually(lambda: condition(stored(k8s, "lifeboat.dev/v1alpha1/sqlitereplicas", "db"),
                                                  "CredentialsReady") and stored(
         k8s, "lifeboat.dev/v1alpha1/sqlitereplicas", "db"))
-    assert condition(replica, "ConfigReady")["status"] == "True"
     assert condition(replica, "CredentialsReady")["status"] == "True"
-    assert replica["status"]["configMap"] == "db-lifeboat"
     assert SECRET_VALUE not in yaml.safe_dump(replica)
+    configmap = await eventually(lambda: stored(k8s, "v1/configmaps", "db-lifeboat"))
+    assert SECRET_VALUE not in yaml.safe_dump(configmap)
 
 
 async def test_missing_secret_is_a_false_condition_and_a_warning_event(
@@ -163,20 +150,3 @@ async def test_inconsistent_spec_gets_no_configmap_and_a_false_condition(
     assert (cond["status"], cond["reason"]) == ("False", "InvalidSpec")
     assert "replica.forcePathStyle applies to s3://" in cond["message"]
     assert stored(k8s, "v1/configmaps", "db-lifeboat") is None
-
-
-async def test_spec_update_rewrites_the_configmap(k8s: kmock.KubernetesEmulator, operator: handlers.Options) -> None:
-    await create_secret(k8s, AWS_ACCESS_KEY_ID="AKIAEXAMPLE", AWS_SECRET_ACCESS_KEY=SECRET_VALUE)
-    await create(k8s, REPLICAS, make_replica())
-    await eventually(lambda: stored(k8s, "v1/configmaps", "db-lifeboat"))
-
-    await patch(k8s, f"{REPLICAS}/db", {"spec": {"syncInterval": "5s", "paused": True}})
-
-    def rendered() -> dict[str, Any] | None:
-        configmap = stored(k8s, "v1/configmaps", "db-lifeboat")
-        config = yaml.safe_load(configmap["data"]["lifeboat.yml"]) if configmap else None
-        return config if config and config["dbs"][0]["replica"]["sync-interval"] == "5s" else None
-
-    config = await eventually(rendered)
-    assert config["paused"] is True
-    assert SECRET_VALUE not in yaml.safe_dump(config)

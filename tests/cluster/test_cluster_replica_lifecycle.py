@@ -15,8 +15,8 @@ from typing import Any
 import inplace
 import pytest
 import yaml
-from k8s import Cluster, Operator, wait_until
-from lifeboat.operator import injection
+from k8s import OPERATOR_NAMESPACE, RELEASE, Cluster, Operator, wait_until
+from lifeboat.operator import handlers, injection
 from lifeboat.operator import spec as specs
 
 NAMESPACE = "lifecycle"
@@ -124,6 +124,61 @@ def test_replica_owns_its_configmap_which_follows_the_spec_and_goes_with_it(kube
     # The controller-manager's garbage collector removes what the replica owned.
     kube.kubectl("delete", "sqlitereplica", "owned", "-n", NAMESPACE)
     wait_until(lambda: configmap(kube, "owned") is None, 90, "the owned ConfigMap gone")
+
+
+CREDS_NAMESPACE = f"{NAMESPACE}-creds"
+
+
+def s3_replica(name: str, secret: str) -> dict[str, Any]:
+    obj = replica(name, replica={"url": f"s3://backups/{name}", "credentials": {"secretName": secret}})
+    obj["metadata"]["namespace"] = CREDS_NAMESPACE
+    return obj
+
+
+def s3_secret(name: str, **data: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": CREDS_NAMESPACE},
+            "stringData": data}
+
+
+def credentials(cluster: Cluster, name: str) -> dict[str, Any]:
+    status = cluster.get("sqlitereplica", name, namespace=CREDS_NAMESPACE).get("status") or {}
+    return next((c for c in status.get("conditions") or [] if c["type"] == "CredentialsReady"), {})
+
+
+def test_credentials_are_checked_where_the_chart_grants_secret_access(kube: Cluster) -> None:
+    """The access the chart grants in each of its secretNamespaces (README's install names none): `get`
+    Secrets, bound to the operator's ServiceAccount, made here for one namespace."""
+    kube.kubectl("create", "namespace", CREDS_NAMESPACE)
+    kube.apply({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                "metadata": {"name": f"{RELEASE}-secrets", "namespace": CREDS_NAMESPACE},
+                "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]},
+               {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                "metadata": {"name": f"{RELEASE}-secrets", "namespace": CREDS_NAMESPACE},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": f"{RELEASE}-secrets"},
+                "subjects": [{"kind": "ServiceAccount", "name": RELEASE, "namespace": OPERATOR_NAMESPACE}]})
+    kube.apply(s3_secret("partial", AWS_ACCESS_KEY_ID="AKIAEXAMPLE", OTHER=SECRET_VALUE),
+               s3_replica("partial", "partial"), s3_replica("late", "late"))
+
+    partial = wait_until(lambda: credentials(kube, "partial").get("status") == "False"
+                         and credentials(kube, "partial"), 60, "partial: CredentialsReady=False")
+    assert partial["reason"] == "SecretKeysMissing"
+    assert "AWS_SECRET_ACCESS_KEY" in partial["message"] and SECRET_VALUE not in partial["message"]
+
+    missing = wait_until(lambda: credentials(kube, "late").get("status") == "False"
+                         and credentials(kube, "late"), 60, "late: CredentialsReady=False")
+    assert missing["reason"] == "SecretNotFound" and "late" in missing["message"]
+    events = [e for e in kube.get("events", namespace=CREDS_NAMESPACE)["items"]
+              if e["involvedObject"]["name"] == "late" and e.get("reason") == "SecretNotFound"]
+    assert events and events[0]["type"] == "Warning"
+
+    # No spec change: the status timer's next round finds the Secret.
+    kube.apply(s3_secret("late", AWS_ACCESS_KEY_ID="AKIAEXAMPLE", AWS_SECRET_ACCESS_KEY=SECRET_VALUE))
+    healed = wait_until(lambda: credentials(kube, "late").get("status") == "True" and credentials(kube, "late"),
+                        handlers.STATUS_INTERVAL + 60, "late: CredentialsReady=True")
+    assert healed["reason"] == "SecretFound"
+    stored = kube.get("sqlitereplica", "late", namespace=CREDS_NAMESPACE)
+    assert SECRET_VALUE not in json.dumps(stored)
+    assert SECRET_VALUE not in json.dumps(kube.get("configmap", "late-lifeboat", namespace=CREDS_NAMESPACE))
 
 
 def test_an_injected_pod_admitted_again_is_left_as_it_is(kube: Cluster) -> None:

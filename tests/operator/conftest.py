@@ -2,8 +2,7 @@
 
 The acceptance of the operator's features runs on a real kube-apiserver in tests/cluster
 (test_cluster_replica_lifecycle.py, test_cluster_pod_flow.py, test_cluster_day2.py, ...). kmock stays for
-fast handler tests of what the real control plane cannot reach quickly: CredentialsReady from a Secret the
-operator may read (the chart's default install grants no Secret access), a spec the schema would refuse at
+fast handler tests of what the real control plane cannot reach quickly: a spec the schema would refuse at
 apply time, agent status from a stand-in agent at a pod IP (kwok's pod IPs answer nothing), pods that never
 terminate, failed restore Jobs with a chosen termination message, a restore held between scale-down and the
 Job, the exact JSONPatch the webhook returns, the generated certificate Secret, and the metrics gauges.

@@ -6,7 +6,6 @@ from typing import Any
 import aiohttp.web
 import kmock
 import pytest
-import yaml
 from kube_helpers import NAMESPACE, create, eventually, make_replica
 from lifeboat.operator import handlers
 from workloads import condition, stored
@@ -20,74 +19,6 @@ async def create_secret(k8s: kmock.KubernetesEmulator, **data: str) -> None:
     await create(k8s, f"/api/v1/namespaces/{NAMESPACE}/secrets",
                  {"apiVersion": "v1", "kind": "Secret",
                   "metadata": {"name": "s3-creds", "namespace": NAMESPACE}, "data": encoded})
-
-
-async def test_secret_with_the_needed_keys_makes_credentials_ready(
-    k8s: kmock.KubernetesEmulator, operator: handlers.Options
-) -> None:
-    await create_secret(k8s, AWS_ACCESS_KEY_ID="AKIAEXAMPLE", AWS_SECRET_ACCESS_KEY=SECRET_VALUE)
-    await create(k8s, REPLICAS, make_replica())
-
-    replica = await eventually(lambda: condition(stored(k8s, "lifeboat.dev/v1alpha1/sqlitereplicas", "db"),
-                                                 "CredentialsReady") and stored(
-        k8s, "lifeboat.dev/v1alpha1/sqlitereplicas", "db"))
-    assert condition(replica, "CredentialsReady")["status"] == "True"
-    assert SECRET_VALUE not in yaml.safe_dump(replica)
-    configmap = await eventually(lambda: stored(k8s, "v1/configmaps", "db-lifeboat"))
-    assert SECRET_VALUE not in yaml.safe_dump(configmap)
-
-
-async def test_missing_secret_is_a_false_condition_and_a_warning_event(
-    k8s: kmock.KubernetesEmulator, operator: handlers.Options
-) -> None:
-    await create(k8s, REPLICAS, make_replica())
-
-    def credentials() -> dict[str, Any] | None:
-        return condition(stored(k8s, "lifeboat.dev/v1alpha1/sqlitereplicas", "db"), "CredentialsReady")
-
-    cond = await eventually(credentials)
-    assert (cond["status"], cond["reason"]) == ("False", "SecretNotFound")
-    assert "s3-creds" in cond["message"]
-
-    def warnings() -> list[dict[str, Any]]:
-        return [obj.raw for (resource, _, _), obj in k8s.objects.items()
-                if resource.plural == "events" and obj.raw.get("reason") == "SecretNotFound"]
-
-    event = (await eventually(warnings))[0]
-    assert event["type"] == "Warning"
-    assert event["involvedObject"]["name"] == "db"
-
-
-async def test_credentials_condition_heals_when_the_secret_appears(
-    k8s: kmock.KubernetesEmulator, operator: handlers.Options
-) -> None:
-    await create(k8s, REPLICAS, make_replica())
-
-    def credentials() -> dict[str, Any] | None:
-        return condition(stored(k8s, "lifeboat.dev/v1alpha1/sqlitereplicas", "db"), "CredentialsReady")
-
-    assert (await eventually(credentials))["status"] == "False"
-    await create_secret(k8s, AWS_ACCESS_KEY_ID="AKIAEXAMPLE", AWS_SECRET_ACCESS_KEY=SECRET_VALUE)
-
-    # No spec change: the status timer's next round re-checks the Secret.
-    healed = await eventually(lambda: (c := credentials()) and c["status"] == "True" and c,
-                              seconds=handlers.STATUS_INTERVAL + 10)
-    assert healed["reason"] == "SecretFound"
-
-
-async def test_secret_without_needed_keys_is_reported_by_name_only(
-    k8s: kmock.KubernetesEmulator, operator: handlers.Options
-) -> None:
-    await create_secret(k8s, AWS_ACCESS_KEY_ID="AKIAEXAMPLE", OTHER=SECRET_VALUE)
-    await create(k8s, REPLICAS, make_replica())
-
-    def credentials() -> dict[str, Any] | None:
-        return condition(stored(k8s, "lifeboat.dev/v1alpha1/sqlitereplicas", "db"), "CredentialsReady")
-
-    cond = await eventually(credentials)
-    assert (cond["status"], cond["reason"]) == ("False", "SecretKeysMissing")
-    assert "AWS_SECRET_ACCESS_KEY" in cond["message"]
-    assert SECRET_VALUE not in cond["message"]
 
 
 async def test_timer_collects_agent_status_into_pods_and_ready(

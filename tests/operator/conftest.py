@@ -1,4 +1,12 @@
-"""Fixtures: a Kubernetes API emulated by kmock over HTTP, and the real operator (kopf) running against it."""
+"""Fixtures: a Kubernetes API emulated by kmock over HTTP, and the real operator (kopf) running against it.
+
+The acceptance of the operator's features runs on a real kube-apiserver in tests/cluster
+(test_cluster_replica_lifecycle.py, test_cluster_pod_flow.py, test_cluster_day2.py, ...). kmock stays for
+fast handler tests of what the real control plane cannot reach quickly: a spec the schema would refuse at
+apply time, agent status from a stand-in agent at a pod IP (kwok's pod IPs answer nothing), pods that never
+terminate, failed restore Jobs with a chosen termination message, a restore held between scale-down and the
+Job, the exact JSONPatch the webhook returns, the generated certificate Secret, and the metrics gauges.
+"""
 
 import pathlib
 from collections.abc import AsyncIterator

@@ -13,7 +13,6 @@ from workloads import (
     PODS,
     REPLICAS,
     condition,
-    deployment_with_pod,
     events,
     name_generated_objects,
     owner,
@@ -42,47 +41,6 @@ async def operator_with_metrics(
         yield options
 
 
-def single_writer(k8s: kmock.KubernetesEmulator) -> dict[str, Any] | None:
-    return condition(stored(k8s, REPLICA, "db"), guards.SINGLE_WRITER)
-
-
-async def test_two_replicas_fail_single_writer_naming_spec_replicas(
-    k8s: kmock.KubernetesEmulator, operator: handlers.Options
-) -> None:
-    await deployment_with_pod(k8s, replicas=2, pods=2)
-    await create(k8s, REPLICAS, make_replica())
-
-    cond = await eventually(lambda: single_writer(k8s), seconds=WAIT)
-    assert (cond["status"], cond["reason"]) == ("False", "MultipleWriters")
-    assert "Deployment app has spec.replicas=2: set spec.replicas to 1" in cond["message"]
-    assert "2 pods run the agent at once (app-7d9f-0, app-7d9f-1)" in cond["message"]
-    warning = await eventually(lambda: [e for e in events(k8s, "db") if e.get("reason") == "MultipleWriters"])
-    assert warning[0]["type"] == "Warning" and "spec.replicas" in warning[0]["message"]
-
-
-async def test_max_surge_fails_single_writer_naming_the_strategy(
-    k8s: kmock.KubernetesEmulator, operator: handlers.Options
-) -> None:
-    await deployment_with_pod(k8s, strategy={"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1}})
-    await create(k8s, REPLICAS, make_replica())
-
-    cond = await eventually(lambda: single_writer(k8s), seconds=WAIT)
-    assert cond["status"] == "False"
-    assert "spec.strategy.rollingUpdate.maxSurge=1" in cond["message"]
-    assert "set spec.strategy.type to Recreate, or spec.strategy.rollingUpdate.maxSurge to 0" in cond["message"]
-    assert "spec.replicas" not in cond["message"]
-
-
-async def test_recreate_single_replica_is_a_single_writer(
-    k8s: kmock.KubernetesEmulator, operator: handlers.Options
-) -> None:
-    await deployment_with_pod(k8s)
-    await create(k8s, REPLICAS, make_replica())
-
-    cond = await eventually(lambda: single_writer(k8s), seconds=WAIT)
-    assert (cond["status"], cond["reason"]) == ("True", "SingleWriter")
-
-
 async def test_labelled_pod_without_agent_is_reported_and_counted(
     k8s: kmock.KubernetesEmulator, operator_with_metrics: handlers.Options
 ) -> None:
@@ -106,26 +64,6 @@ async def test_labelled_pod_without_agent_is_reported_and_counted(
         text = await response.text()
     assert 'lifeboat_operator_uninjected_pods{namespace="apps",replica="db"} 1.0' in text
     assert "lifeboat_operator_restores_total" in text and "lifeboat_operator_reconcile_errors_total" in text
-
-
-async def test_recreate_uninjected_deletes_only_controlled_pods(
-    k8s: kmock.KubernetesEmulator, operator: handlers.Options
-) -> None:
-    await create(k8s, PODS, pod("owned-0", replica=None, injected=False, owners=owner("ReplicaSet", "owned")))
-    await create(k8s, PODS, pod("bare", replica=None, injected=False))
-    for name in ("owned-0", "bare"):
-        await patch(k8s, f"{PODS}/{name}", {"metadata": {"labels": {"lifeboat.dev/replica": "db"}}})
-    await create(k8s, REPLICAS, make_replica(recreateUninjected=True))
-
-    await eventually(lambda: stored(k8s, "v1/pods", "owned-0") is None, seconds=WAIT)
-    # The round that deletes owned-0 says so in an Event; a later round may already see it gone,
-    # so the condition itself is only sure to name the pod it keeps.
-    warning = await eventually(lambda: next((e for e in events(k8s, "db")
-                                              if "deleting owned-0" in e.get("message", "")), None))
-    assert "not deleting bare" in warning["message"]
-    cond = await eventually(lambda: condition(stored(k8s, REPLICA, "db"), guards.INJECTED))
-    assert cond["status"] == "False" and "not deleting bare" in cond["message"]
-    assert stored(k8s, "v1/pods", "bare") is not None
 
 
 # --- pure ------------------------------------------------------------------------------------------

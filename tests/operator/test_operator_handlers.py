@@ -6,10 +6,9 @@ from typing import Any
 import aiohttp.web
 import kmock
 import pytest
-import yaml
 from kube_helpers import NAMESPACE, create, eventually, make_replica
 from lifeboat.operator import handlers
-from workloads import condition, patch, stored
+from workloads import condition, stored
 
 SECRET_VALUE = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY"
 REPLICAS = "/apis/lifeboat.dev/v1alpha1/namespaces/apps/sqlitereplicas"
@@ -20,89 +19,6 @@ async def create_secret(k8s: kmock.KubernetesEmulator, **data: str) -> None:
     await create(k8s, f"/api/v1/namespaces/{NAMESPACE}/secrets",
                  {"apiVersion": "v1", "kind": "Secret",
                   "metadata": {"name": "s3-creds", "namespace": NAMESPACE}, "data": encoded})
-
-
-async def test_replica_gets_owned_configmap_and_conditions(
-    k8s: kmock.KubernetesEmulator, operator: handlers.Options
-) -> None:
-    await create_secret(k8s, AWS_ACCESS_KEY_ID="AKIAEXAMPLE", AWS_SECRET_ACCESS_KEY=SECRET_VALUE)
-    await create(k8s, REPLICAS, make_replica())
-
-    configmap = await eventually(lambda: stored(k8s, "v1/configmaps", "db-lifeboat"))
-    config = yaml.safe_load(configmap["data"]["lifeboat.yml"])
-    assert config == {
-        "addr": ":9090",
-        "dbs": [{"path": "/data/app.db", "replica": {
-            "url": "s3://backups/app", "endpoint": "http://minio:9000", "force-path-style": True,
-            "sync-interval": "1s"}}],
-    }
-    owner = configmap["metadata"]["ownerReferences"][0]
-    assert (owner["kind"], owner["name"], owner["uid"]) == ("SQLiteReplica", "db", "uid-db")
-    assert owner["controller"] is True
-    assert SECRET_VALUE not in yaml.safe_dump(configmap)
-
-    # The status timer sets conditions too, possibly before the reconcile's own patch lands: wait for
-    # the reconcile's fields, not just a condition.
-    replica = await eventually(lambda: ((stored(k8s, "lifeboat.dev/v1alpha1/sqlitereplicas", "db") or {})
-                                        .get("status") or {}).get("configMap") and stored(
-        k8s, "lifeboat.dev/v1alpha1/sqlitereplicas", "db"))
-    assert condition(replica, "ConfigReady")["status"] == "True"
-    assert condition(replica, "CredentialsReady")["status"] == "True"
-    assert replica["status"]["configMap"] == "db-lifeboat"
-    assert SECRET_VALUE not in yaml.safe_dump(replica)
-
-
-async def test_missing_secret_is_a_false_condition_and_a_warning_event(
-    k8s: kmock.KubernetesEmulator, operator: handlers.Options
-) -> None:
-    await create(k8s, REPLICAS, make_replica())
-
-    def credentials() -> dict[str, Any] | None:
-        return condition(stored(k8s, "lifeboat.dev/v1alpha1/sqlitereplicas", "db"), "CredentialsReady")
-
-    cond = await eventually(credentials)
-    assert (cond["status"], cond["reason"]) == ("False", "SecretNotFound")
-    assert "s3-creds" in cond["message"]
-
-    def warnings() -> list[dict[str, Any]]:
-        return [obj.raw for (resource, _, _), obj in k8s.objects.items()
-                if resource.plural == "events" and obj.raw.get("reason") == "SecretNotFound"]
-
-    event = (await eventually(warnings))[0]
-    assert event["type"] == "Warning"
-    assert event["involvedObject"]["name"] == "db"
-
-
-async def test_credentials_condition_heals_when_the_secret_appears(
-    k8s: kmock.KubernetesEmulator, operator: handlers.Options
-) -> None:
-    await create(k8s, REPLICAS, make_replica())
-
-    def credentials() -> dict[str, Any] | None:
-        return condition(stored(k8s, "lifeboat.dev/v1alpha1/sqlitereplicas", "db"), "CredentialsReady")
-
-    assert (await eventually(credentials))["status"] == "False"
-    await create_secret(k8s, AWS_ACCESS_KEY_ID="AKIAEXAMPLE", AWS_SECRET_ACCESS_KEY=SECRET_VALUE)
-
-    # No spec change: the status timer's next round re-checks the Secret.
-    healed = await eventually(lambda: (c := credentials()) and c["status"] == "True" and c,
-                              seconds=handlers.STATUS_INTERVAL + 10)
-    assert healed["reason"] == "SecretFound"
-
-
-async def test_secret_without_needed_keys_is_reported_by_name_only(
-    k8s: kmock.KubernetesEmulator, operator: handlers.Options
-) -> None:
-    await create_secret(k8s, AWS_ACCESS_KEY_ID="AKIAEXAMPLE", OTHER=SECRET_VALUE)
-    await create(k8s, REPLICAS, make_replica())
-
-    def credentials() -> dict[str, Any] | None:
-        return condition(stored(k8s, "lifeboat.dev/v1alpha1/sqlitereplicas", "db"), "CredentialsReady")
-
-    cond = await eventually(credentials)
-    assert (cond["status"], cond["reason"]) == ("False", "SecretKeysMissing")
-    assert "AWS_SECRET_ACCESS_KEY" in cond["message"]
-    assert SECRET_VALUE not in cond["message"]
 
 
 async def test_timer_collects_agent_status_into_pods_and_ready(
@@ -165,20 +81,3 @@ async def test_inconsistent_spec_gets_no_configmap_and_a_false_condition(
     assert (cond["status"], cond["reason"]) == ("False", "InvalidSpec")
     assert "replica.forcePathStyle applies to s3://" in cond["message"]
     assert stored(k8s, "v1/configmaps", "db-lifeboat") is None
-
-
-async def test_spec_update_rewrites_the_configmap(k8s: kmock.KubernetesEmulator, operator: handlers.Options) -> None:
-    await create_secret(k8s, AWS_ACCESS_KEY_ID="AKIAEXAMPLE", AWS_SECRET_ACCESS_KEY=SECRET_VALUE)
-    await create(k8s, REPLICAS, make_replica())
-    await eventually(lambda: stored(k8s, "v1/configmaps", "db-lifeboat"))
-
-    await patch(k8s, f"{REPLICAS}/db", {"spec": {"syncInterval": "5s", "paused": True}})
-
-    def rendered() -> dict[str, Any] | None:
-        configmap = stored(k8s, "v1/configmaps", "db-lifeboat")
-        config = yaml.safe_load(configmap["data"]["lifeboat.yml"]) if configmap else None
-        return config if config and config["dbs"][0]["replica"]["sync-interval"] == "5s" else None
-
-    config = await eventually(rendered)
-    assert config["paused"] is True
-    assert SECRET_VALUE not in yaml.safe_dump(config)

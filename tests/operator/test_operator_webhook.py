@@ -72,42 +72,6 @@ async def test_labelled_pod_gets_a_patch_that_yields_the_injected_pod(
     assert "namespace" not in patched["metadata"]  # the webhook never adds what the API server fills in
 
 
-async def test_pod_already_injected_gets_no_patch(
-    k8s: kmock.KubernetesEmulator, operator: handlers.Options, tls: webhook.TLSBundle
-) -> None:
-    replica = make_replica()
-    await create(k8s, REPLICAS, replica)
-    injected = injection.inject(make_pod(), replica)
-
-    response = await call(operator, tls, "/inject", review(injected, PODS))
-
-    assert response["allowed"] is True
-    assert "patch" not in response
-
-
-async def test_pod_naming_a_missing_replica_is_denied(
-    k8s: kmock.KubernetesEmulator, operator: handlers.Options, tls: webhook.TLSBundle
-) -> None:
-    response = await call(operator, tls, "/inject", review(make_pod(replica="nope"), PODS))
-
-    assert response["allowed"] is False
-    message = response["status"]["message"]
-    assert "lifeboat.dev/replica=nope" in message
-    assert f"namespace {NAMESPACE}" in message
-    assert "patch" not in response
-
-
-async def test_pod_without_the_database_volume_is_denied(
-    k8s: kmock.KubernetesEmulator, operator: handlers.Options, tls: webhook.TLSBundle
-) -> None:
-    await create(k8s, REPLICAS, make_replica(database="/var/lib/app/app.db"))
-
-    response = await call(operator, tls, "/inject", review(make_pod(), PODS))
-
-    assert response["allowed"] is False
-    assert "/var/lib/app/app.db is on no volume" in response["status"]["message"]
-
-
 @pytest.mark.parametrize(("replica_spec", "problem"), [
     ({"replica": {"url": "gs://bucket/app", "forcePathStyle": True}}, "replica.forcePathStyle applies to s3://"),
     ({"restore": {"timestamp": "2026-01-01T00:00:00Z", "txid": "0000000000000002"}}, "exclusive"),
@@ -120,14 +84,6 @@ async def test_inconsistent_replica_is_rejected(
 
     assert response["allowed"] is False
     assert problem in response["status"]["message"]
-
-
-async def test_consistent_replica_is_admitted(
-    k8s: kmock.KubernetesEmulator, operator: handlers.Options, tls: webhook.TLSBundle
-) -> None:
-    response = await call(operator, tls, "/validate", review(make_replica(), REPLICA_RESOURCE))
-
-    assert response["allowed"] is True
 
 
 async def test_operator_generates_its_certificate_secret_and_publishes_the_ca(

@@ -1,7 +1,8 @@
 """An app to restore in place, for tests of the operator's restore control flow on the real API.
 
 The app is a one-replica Deployment whose pods carry the replica label (so they are injected) and keep
-the database on an emptyDir: nothing runs for real, kwok fakes the pods. The restore Job's pod is ended
+the database on a PersistentVolumeClaim (in-place restores refuse scratch volumes): nothing runs for
+real, kwok fakes the pods. The restore Job's pod is ended
 by kwok with a made-up ``lifeboat restore -json`` result, which is all the operator reads of it.
 """
 
@@ -17,10 +18,25 @@ REPLICA = "db"
 RESULT = {"txid": "0000000000000001", "integrity_check": "none", "duration_ms": 1}
 
 
+def bound_claim(namespace: str, name: str) -> list[dict[str, Any]]:
+    """A ReadWriteOnce PV already bound to the claim of that name, and the claim (the scheduler waits
+    for bound claims, and no provisioner runs on the test plane)."""
+    volume = f"{namespace}-{name}"
+    return [
+        {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": volume},
+         "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                  "claimRef": {"namespace": namespace, "name": name}, "hostPath": {"path": f"/var/lib/{volume}"}}},
+        {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name, "namespace": namespace},
+         "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}},
+                  "storageClassName": "", "volumeName": volume}},
+    ]
+
+
 def manifests(namespace: str) -> list[dict[str, Any]]:
-    """The SQLiteReplica and the Deployment labelled with it."""
+    """The SQLiteReplica, the database's claim and the Deployment labelled with the replica."""
     labels = {"app": APP, "lifeboat.dev/replica": REPLICA}
     return [
+        *bound_claim(namespace, "data"),
         {"apiVersion": "lifeboat.dev/v1alpha1", "kind": "SQLiteReplica",
          "metadata": {"name": REPLICA, "namespace": namespace},
          "spec": {"database": "/data/app.db", "replica": {"url": f"s3://backups/{namespace}/{REPLICA}"}}},
@@ -29,7 +45,7 @@ def manifests(namespace: str) -> list[dict[str, Any]]:
                   "template": {"metadata": {"labels": labels}, "spec": {
                       "containers": [{"name": "app", "image": "app:1",
                                       "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
-                      "volumes": [{"name": "data", "emptyDir": {}}]}}}},
+                      "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}]}}}},
     ]
 
 

@@ -267,29 +267,12 @@ def test_uninjected_pods_are_reported_and_only_controlled_ones_recreated(kube: C
 RESTORE_NAMESPACE = f"{NAMESPACE}-restore"
 
 
-def claim(name: str) -> list[dict[str, Any]]:
-    """A ReadWriteOnce PV already bound to the claim of that name (the scheduler waits for bound claims)."""
-    volume = f"{RESTORE_NAMESPACE}-{name}"
-    return [
-        {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": volume},
-         "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
-                  "claimRef": {"namespace": RESTORE_NAMESPACE, "name": name},
-                  "hostPath": {"path": f"/var/lib/{volume}"}}},
-        {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-         "metadata": {"name": name, "namespace": RESTORE_NAMESPACE},
-         "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}},
-                  "storageClassName": "", "volumeName": volume}},
-    ]
-
-
 @pytest.fixture(scope="module")
 def restorable(kube: Cluster) -> Cluster:
     """inplace's replica and app, the app's database on PVC "data"; PVC "scratch" to restore into."""
     kube.kubectl("create", "namespace", RESTORE_NAMESPACE)
     objects = inplace.manifests(RESTORE_NAMESPACE)
-    app = next(o for o in objects if o["kind"] == "Deployment")
-    app["spec"]["template"]["spec"]["volumes"] = [{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}]
-    kube.apply(*claim("data"), *claim("scratch"), *objects)
+    kube.apply(*inplace.bound_claim(RESTORE_NAMESPACE, "scratch"), *objects)
     wait_until(lambda: inplace.running_pods(kube, RESTORE_NAMESPACE, f"app={inplace.APP}"), 90,
                "the app's pod Running")
     return kube

@@ -13,6 +13,7 @@ import json
 from typing import Any
 
 import pytest
+from inplace import bound_claim
 from k8s import S3_ENDPOINT, Cluster, Operator, wait_until
 
 NAMESPACE = "restore-jobs"
@@ -26,19 +27,6 @@ def kube(operator: Operator) -> Cluster:
     """The cluster, with the operator running and this module's namespace."""
     operator.cluster.kubectl("create", "namespace", NAMESPACE)
     return operator.cluster
-
-
-def claim_objects(claim: str) -> list[dict[str, Any]]:
-    """A ReadWriteOnce PV already bound to the claim of that name (the scheduler waits for bound claims)."""
-    volume = f"{NAMESPACE}-{claim}"
-    return [
-        {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": volume},
-         "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
-                  "claimRef": {"namespace": NAMESPACE, "name": claim}, "hostPath": {"path": f"/var/lib/{volume}"}}},
-        {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim, "namespace": NAMESPACE},
-         "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}},
-                  "storageClassName": "", "volumeName": volume}},
-    ]
 
 
 def replica(name: str) -> dict[str, Any]:
@@ -125,7 +113,7 @@ def test_the_job_runs_with_the_apps_identity_and_scheduling_on_its_node(kube: Cl
     }
     app = start_app(kube, {"apiVersion": "v1", "kind": "ServiceAccount",
                               "metadata": {"name": "app-identity", "namespace": NAMESPACE}},
-                    replica(name), *claim_objects(name), deployment(name, **pod_fields))
+                    replica(name), *bound_claim(NAMESPACE, name), deployment(name, **pod_fields))
     assert app["spec"]["nodeName"] == NODE
 
     restore(kube, name, restoreTimeoutSeconds=900)
@@ -153,7 +141,7 @@ def test_the_job_runs_with_the_apps_identity_and_scheduling_on_its_node(kube: Cl
 
 def test_a_restore_past_its_timeout_stops_the_job_then_scales_back(kube: Cluster) -> None:
     name = "slow"
-    start_app(kube, replica(name), *claim_objects(name), deployment(name))
+    start_app(kube, replica(name), *bound_claim(NAMESPACE, name), deployment(name))
     restore(kube, name, restoreTimeoutSeconds=10)
     # The Job's pod is left to run: nothing ends the restore but its timeout.
     wait_until(lambda: status(kube, name).get("job"), 120, "the restore Job")
@@ -168,7 +156,7 @@ def test_a_restore_past_its_timeout_stops_the_job_then_scales_back(kube: Cluster
 
 def test_no_app_pod_starts_while_restoring_and_a_scale_up_stops_the_restore(kube: Cluster) -> None:
     name = "guarded"
-    start_app(kube, replica(name), *claim_objects(name), deployment(name))
+    start_app(kube, replica(name), *bound_claim(NAMESPACE, name), deployment(name))
     restore(kube, name)
     job = job_pod(kube, name)["metadata"]["labels"]["job-name"]
 
@@ -194,7 +182,7 @@ def test_no_app_pod_starts_while_restoring_and_a_scale_up_stops_the_restore(kube
 
 def test_deleting_a_restore_stops_its_job_and_scales_back_once_its_pod_is_gone(kube: Cluster) -> None:
     name = "deleted"
-    start_app(kube, replica(name), *claim_objects(name), deployment(name))
+    start_app(kube, replica(name), *bound_claim(NAMESPACE, name), deployment(name))
     restore(kube, name)
     pod = job_pod(kube, name)["metadata"]["name"]
     job = status(kube, name)["job"]
@@ -241,7 +229,7 @@ def test_a_statefulset_that_deletes_its_claim_when_scaled_is_warned_about(kube: 
                  "volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {
                      "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}},
                      "storageClassName": "", "volumeName": f"{NAMESPACE}-data-{name}-0"}}]}}
-    (volume, _) = claim_objects(f"data-{name}-0")
+    (volume, _) = bound_claim(NAMESPACE, f"data-{name}-0")
     start_app(kube, replica(name), volume, statefulset)
     restore(kube, name, restoreTimeoutSeconds=5)
 

@@ -253,7 +253,7 @@ async def verify_step(
         patch.status["lastVerification"] = done
         cleared = {"job": None, "startTime": None, "target": None, "writerTxid": None, "requested": None}
         if verdict[0] == SUCCEEDED:
-            metrics.VERIFIED.labels(namespace, name).set(now.timestamp())
+            metrics.VERIFIED.labels(namespace, name).set(_time(done["time"]).timestamp())  # as the status says
             patch.status["verification"] = {**cleared, "lastSuccessTime": done["time"]}
             _condition(patch, ("True", "Verified", done["message"]))
             kopf.event(body, type="Normal", reason="Verified", message=done["message"])

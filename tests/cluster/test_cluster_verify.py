@@ -10,7 +10,9 @@ pod). The Job's restore container runs as a local process from the pod spec the 
 from __future__ import annotations
 
 import datetime
+import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -23,7 +25,7 @@ import boto3
 import pytest
 import yaml
 from helpers import LIFEBOAT, create_db, ok, run
-from k8s import S3_ENDPOINT, Cluster, Operator, pod_inputs, wait_until
+from k8s import REPO, S3_ENDPOINT, Cluster, Operator, pod_inputs, wait_until
 from podrun import Pod
 
 NAMESPACE = "verify"
@@ -229,6 +231,30 @@ def test_the_schedule_runs_a_verification(kube: Cluster, tmp_path: Path) -> None
     state = status(kube, name)["verification"]
     assert state["lastScheduleTime"] > state["since"]
     kube.kubectl("delete", "sqlitereplica", name, "-n", NAMESPACE)  # no more runs; its Jobs go with it
+
+
+def test_the_readmes_verification_commands_run(kube: Cluster, tmp_path: Path) -> None:
+    """README's block, on this namespace's replica: the example patch, the annotation, kubectl wait."""
+    name = "readme"
+    start(kube, name, replicated(tmp_path / "source"), YEARLY)
+    section = (REPO / "README.md").read_text().split("### Verifying that backups restore", 1)[1]
+    block = re.search(r"```sh\n(.*?)```", section, re.S)
+    assert block, "README's verification section has no ```sh block"
+    script = block.group(1).replace("-n demo", f"-n {NAMESPACE}").replace("app-db", name)
+    client = subprocess.Popen(["bash", "-euc", script], env=kube.env(), cwd=REPO, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _, code, message = run_job(kube, name, tmp_path / "job")
+        out, err = client.communicate(timeout=180)
+    finally:
+        client.kill()
+    assert code == 0, message
+    assert client.returncode == 0, err
+    last = json.loads(out.strip().splitlines()[-1])
+    assert last["result"] == "Succeeded" and last["target"] != "latest", last  # the example's random-in-window
+    example = yaml.safe_load((REPO / "examples" / "replica-verify.yaml").read_text())
+    stored = kube.get("sqlitereplica", name, namespace=NAMESPACE)["spec"]["verify"]
+    assert stored == example["spec"]["verify"]
 
 
 @pytest.mark.parametrize(("schedule", "refusal"), [

@@ -189,6 +189,15 @@ def record(
 
 # --- kopf ------------------------------------------------------------------------------------------
 
+def _forget(namespace: str, name: str, *families: Any) -> None:
+    """Drop these series of the replica (an alert would otherwise fire on stale ones)."""
+    for family in families:
+        try:
+            family.remove(namespace, name)
+        except KeyError:
+            pass  # never exported
+
+
 def _condition(patch: kopf.Patch, verdict: tuple[str, str, str]) -> None:
     statuses.patch_conditions(patch, {VERIFIED: verdict}, generation=None)
 
@@ -239,6 +248,11 @@ async def verify_step(
     invalid = problems(spec)
     if verify and not invalid:
         metrics.VERIFY_INTERVAL.labels(namespace, name).set(interval_seconds(verify["schedule"]))
+    elif not verify:
+        # Without a schedule the alert has nothing to count runs of; a schedule set again starts afresh.
+        _forget(namespace, name, metrics.VERIFY_INTERVAL, metrics.VERIFY_SINCE)
+        if state.get("lastScheduleTime"):
+            patch.status["verification"] = {"lastScheduleTime": None, "since": None}
 
     if state.get("job"):
         job = await lifeboat.job(namespace, state["job"])
@@ -275,3 +289,10 @@ async def verify_step(
         logger.info("Verification Job %s created.", fields["job"])
     if fields:
         patch.status["verification"] = fields
+
+
+@kopf.on.delete(specs.GROUP, specs.VERSION, specs.PLURAL, id="verify-metrics", optional=True)
+async def verify_deleted(name: str, namespace: str, **_: Any) -> None:
+    """A deleted replica's verification series go with it (its Jobs go by their owner reference)."""
+    _forget(namespace, name, metrics.VERIFIED, metrics.VERIFY_INTERVAL, metrics.VERIFY_SINCE,
+            metrics.VERIFICATION_FAILURES)

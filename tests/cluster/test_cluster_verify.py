@@ -219,7 +219,7 @@ def test_a_corrupted_replica_file_fails_the_verification_naming_the_file(
     assert events and events[0]["type"] == "Warning" and named in events[0]["message"], events
 
 
-def test_the_schedule_runs_a_verification(kube: Cluster, tmp_path: Path) -> None:
+def test_the_schedule_runs_a_verification(kube: Cluster, operator: Operator, tmp_path: Path) -> None:
     name = "scheduled"
     start(kube, name, replicated(tmp_path / "source"), "* * * * *", timestamp="random-in-window")
     # The first run comes at the next minute after the operator first saw the schedule.
@@ -230,7 +230,19 @@ def test_the_schedule_runs_a_verification(kube: Cluster, tmp_path: Path) -> None
     assert last["target"].endswith("Z")  # a point within the retention window, not "latest"
     state = status(kube, name)["verification"]
     assert state["lastScheduleTime"] > state["since"]
-    kube.kubectl("delete", "sqlitereplica", name, "-n", NAMESPACE)  # no more runs; its Jobs go with it
+    assert metric(operator, "lifeboat_restore_verification_interval_seconds", name) == 60
+
+    # No schedule, no alert: its series go, and a schedule set again starts counting afresh.
+    kube.kubectl("patch", "sqlitereplica", name, "-n", NAMESPACE, "--type=json",
+                 "-p", '[{"op": "remove", "path": "/spec/verify"}]')
+    wait_until(lambda: metric(operator, "lifeboat_restore_verification_interval_seconds", name) is None, 60,
+               "the interval series dropped")
+    assert metric(operator, "lifeboat_restore_verification_since_timestamp_seconds", name) is None
+    wait_until(lambda: "since" not in (status(kube, name).get("verification") or {}), 60, "the schedule forgotten")
+    assert metric(operator, "lifeboat_restore_verified_timestamp_seconds", name)  # the last success stays
+    kube.kubectl("delete", "sqlitereplica", name, "-n", NAMESPACE)  # its Jobs go with it (owner references)
+    wait_until(lambda: metric(operator, "lifeboat_restore_verified_timestamp_seconds", name) is None, 60,
+               "the deleted replica's series dropped")
 
 
 def test_the_readmes_verification_commands_run(kube: Cluster, tmp_path: Path) -> None:

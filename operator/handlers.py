@@ -7,8 +7,9 @@
 * admission: pods are mutated by :func:`lifeboat.operator.injection.inject`, SQLiteReplicas validated
   by :func:`lifeboat.operator.spec.problems`.
 
-SQLiteRestores are handled in :mod:`lifeboat.operator.restores` (imported here, so its handlers
-register with these).
+SQLiteRestores are handled in :mod:`lifeboat.operator.restores`, verification restores
+(``spec.verify``) in :mod:`lifeboat.operator.verify` (both imported here, so their handlers register
+with these).
 
 Every handler is idempotent: it recomputes the whole desired state from the object it is given.
 """

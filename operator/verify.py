@@ -280,7 +280,11 @@ async def verify_step(
         return
 
     if invalid:  # an API server without the validating webhook let it in
-        _condition(patch, ("False", "InvalidSchedule", "; ".join(invalid)))
+        verdict = ("False", "InvalidSchedule", "; ".join(invalid))
+        shown = next((c for c in status.get("conditions") or [] if c.get("type") == VERIFIED), {})
+        if (shown.get("status"), shown.get("reason"), shown.get("message")) != verdict:  # once, not every round
+            _condition(patch, verdict)
+            kopf.event(body, type="Warning", reason=verdict[1], message=verdict[2])
         return
     start, fields = due(spec, status, annotations.get(REQUESTED_ANNOTATION), now)
     if start is not None:

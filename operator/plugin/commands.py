@@ -19,6 +19,8 @@ RESTORE_PLURAL = "sqliterestores"
 RESTORE_KIND = "SQLiteRestore"
 TERMINAL = ("Succeeded", "Failed")
 VERIFY_ANNOTATION = "lifeboat.dev/verify-requested"
+# status.lastVerification.result of a verification that passed (the other value is Failed).
+VERIFY_SUCCESS = "Succeeded"
 # A watch is reopened this often, so that a dropped connection is noticed and the deadline kept.
 WATCH_SECONDS = 30
 
@@ -122,7 +124,7 @@ def _now() -> str:
 
 def verify(conn: Connection, name: str, timeout: float, out: TextIO,
            now: Callable[[], str] = _now) -> int:
-    """Request a verification (the annotation) and wait for its result: 0 if it is ``success``."""
+    """Request a verification (the annotation) and wait for its result: 0 if it succeeded."""
     before = ((get_replica(conn, name).get("status") or {}).get("lastVerification") or {}).get("requested")
     requested = now()
     while requested == before:  # one request a second: an older answer must not pass for this one's
@@ -143,7 +145,7 @@ def verify(conn: Connection, name: str, timeout: float, out: TextIO,
         print(f"verification: {', '.join(parts)}", file=out)
         if result.get("message"):
             print(result["message"], file=out)
-        if result.get("result") != "success":
+        if result.get("result") != VERIFY_SUCCESS:
             raise PluginError(f"verification of sqlitereplica/{name} did not succeed: "
                               f"{result.get('result')}: {result.get('message') or 'no message'}")
         return 0

@@ -45,6 +45,18 @@ def _kubeconfig_files(explicit: str | None) -> list[str]:
     return [str(default)] if default.exists() else []
 
 
+def _first_current_context(files: list[str]) -> str | None:
+    """The current-context of the first kubeconfig file that sets one (kubectl's merge rule)."""
+    for name in files:
+        path = Path(name).expanduser()
+        if path.exists():
+            loaded = yaml.safe_load(path.read_text())
+            current = loaded.get("current-context") if isinstance(loaded, dict) else None
+            if current:
+                return str(current)
+    return None
+
+
 def connect(kubeconfig: str | None, context: str | None, namespace: str | None) -> Connection:
     """The connection the flags and environment select; :class:`PluginError` if there is none."""
     configuration = client.Configuration()
@@ -53,8 +65,10 @@ def connect(kubeconfig: str | None, context: str | None, namespace: str | None) 
         if files:
             if kubeconfig and not Path(kubeconfig).exists():
                 raise PluginError(f"--kubeconfig {kubeconfig}: no such file")
-            # One path as a string, several joined: the client merges them as kubectl does.
+            # One path as a string, several joined: the client merges their entries as kubectl does,
+            # but takes the last file's current-context where kubectl takes the first one's.
             config_file = os.pathsep.join(files)
+            context = context or _first_current_context(files)
             config.load_kube_config(config_file=config_file, context=context,
                                     client_configuration=configuration)
             contexts, active = config.list_kube_config_contexts(config_file=config_file)

@@ -9,6 +9,7 @@ restore Job's pod when the test annotates it (here with a made-up successful res
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -20,7 +21,7 @@ import inplace
 import pytest
 import yaml
 from inplace import REPLICA, bound_claim
-from k8s import KUBECTL, Cluster, Operator, free_port, wait_until
+from k8s import KUBECTL, Cluster, Operator, free_port, host_address, wait_until
 
 NAMESPACE = "plugin"
 LONELY = "lonely"  # a SQLiteReplica no pod carries the label of
@@ -256,15 +257,91 @@ def test_a_failed_restore_exits_non_zero_with_its_message(plugin: Plugin) -> Non
     assert "failed: cannot identify the workload to stop" in line
 
 
-def test_logs_picks_the_writer_pod_and_says_why_it_cannot_read_it(plugin: Plugin, operator: Operator) -> None:
-    """kwok serves no kubelet API on this control plane: the API server cannot fetch the log, and the plugin
-    says so in one line naming the pod it chose."""
+def test_logs_says_in_one_line_why_it_cannot_read_a_log(plugin: Plugin, operator: Operator) -> None:
+    """Without a kubelet serving the node (no `kubelet_logs` yet), the API server cannot fetch the log: the
+    error names the pod chosen. A replica no pod carries the label of has no writer pod."""
     cluster = operator.cluster
     (pod,) = inplace.running_pods(cluster, NAMESPACE, f"app={inplace.APP}")
     line = one_error_line(plugin("logs", REPLICA))
     assert f"cannot read the log of lifeboat-agent in pod {pod['metadata']['name']}:" in line
     assert "no writer pod: no running pod carries label lifeboat.dev/replica=lonely" in one_error_line(
         plugin("logs", LONELY))
+    assert "--pod nope: no pod of that name" in one_error_line(plugin("logs", REPLICA, "--pod", "nope"))
+
+
+def cri_line(text: str) -> str:
+    """A line of a container log file as the kubelet's runtime writes it (CRI format)."""
+    return f"2024-05-01T12:00:00.000000000Z stdout F {text}\n"
+
+
+@pytest.fixture
+def kubelet_logs(plugin: Plugin, operator: Operator, tmp_path: Path) -> Iterator[Path]:
+    """kwok's kubelet server for the node, serving a file as the app pod's agent log.
+
+    A second kwok process, managing no node, runs only its kubelet-like HTTPS server with a `Logs` rule for
+    the pod; the node's status gets its address and port, so the API server fetches `pods/log` from it.
+    """
+    cluster = operator.cluster
+    (pod,) = inplace.running_pods(cluster, NAMESPACE, f"app={inplace.APP}")
+    log = tmp_path / "agent.log"
+    log.write_text(cri_line("starting") + cri_line("replicating /data/app.db"))
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-keyout", str(tmp_path / "tls.key"), "-out", str(tmp_path / "tls.crt"), "-days", "1",
+                    "-subj", "/CN=kwok-kubelet"], check=True, capture_output=True)
+    never = [{"apiVersion": "kwok.x-k8s.io/v1alpha1", "kind": "Stage", "metadata": {"name": f"never-{kind}"},
+              "spec": {"resourceRef": {"apiGroup": "v1", "kind": kind}, "next": {},
+                       "selector": {"matchExpressions": [{"key": '.metadata.annotations["lifeboat.dev/never"]',
+                                                          "operator": "Exists"}]}}}
+             for kind in ("Node", "Pod")]  # kwok refuses to start without stages; these match nothing
+    rules = {"apiVersion": "kwok.x-k8s.io/v1alpha1", "kind": "Logs",
+             "metadata": {"name": pod["metadata"]["name"], "namespace": NAMESPACE},
+             "spec": {"logs": [{"containers": ["lifeboat-agent"], "logsFile": str(log)}]}}
+    (tmp_path / "kwok.yaml").write_text(yaml.safe_dump_all([rules, *never]))
+    address, port = host_address(), free_port()
+    kwok = subprocess.Popen(
+        [str(kwok_binary()), f"--kubeconfig={cluster.kubeconfig}", f"--config={tmp_path / 'kwok.yaml'}",
+         "--manage-nodes-with-label-selector=lifeboat.dev/no-such-node=true", f"--server-address={address}:{port}",
+         f"--tls-cert-file={tmp_path / 'tls.crt'}", f"--tls-private-key-file={tmp_path / 'tls.key'}"],
+        stdout=subprocess.DEVNULL, stderr=(tmp_path / "kwok.log").open("w"), start_new_session=True)
+    node = pod["spec"]["nodeName"]
+    status = {"addresses": [{"type": "InternalIP", "address": address}],
+              "daemonEndpoints": {"kubeletEndpoint": {"Port": port}}}
+    try:
+        cluster.kubectl("patch", "node", node, "--subresource=status", "--type=merge",
+                        "-p", json.dumps({"status": status}))
+        wait_until(lambda: cluster.kubectl("logs", "-n", NAMESPACE, pod["metadata"]["name"], "-c", "lifeboat-agent",
+                                           check=False).returncode == 0, 60, "kwok serving the log")
+        yield log
+    finally:
+        cluster.kubectl("patch", "node", node, "--subresource=status", "--type=merge",
+                        "-p", json.dumps({"status": {"addresses": None, "daemonEndpoints": None}}))
+        kwok.terminate()
+        kwok.wait(timeout=30)
+
+
+def kwok_binary() -> Path:
+    """The kwok that `.ci/cluster.sh` built (the newest in its cache)."""
+    cache = Path(os.environ.get("LIFEBOAT_K8S_CACHE", Path.home() / ".cache" / "lifeboat-k8s"))
+    found = sorted(cache.glob("kwok-*/kwok"))
+    assert found, f"no kwok under {cache}"
+    return found[-1]
+
+
+def test_logs_prints_and_follows_the_writer_pods_agent_log(plugin: Plugin, kubelet_logs: Path) -> None:
+    printed = plugin("logs", REPLICA)
+    assert printed.returncode == 0, printed.stderr
+    assert printed.stdout.splitlines() == ["starting", "replicating /data/app.db"]
+
+    following = plugin.popen("logs", REPLICA, "-f")
+    try:
+        assert following.stdout is not None
+        assert [following.stdout.readline() for _ in range(2)] == ["starting\n", "replicating /data/app.db\n"]
+        with kubelet_logs.open("a") as log:
+            log.write(cri_line("synced txid 00000000000000a3"))
+        assert following.stdout.readline() == "synced txid 00000000000000a3\n"
+    finally:
+        following.terminate()
+        following.wait(timeout=30)
 
 
 def test_failures_are_one_readable_line(plugin: Plugin, operator: Operator, tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ import datetime
 import json
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, TextIO
 
 from kubernetes import client, watch
@@ -67,7 +67,8 @@ def status(conn: Connection, name: str | None, output: str, out: TextIO) -> int:
 
 def _changes(conn: Connection, plural: str, name: str, deadline: float | None,
              what: str) -> Iterator[dict[str, Any]]:
-    """The object now, then each new version of it as a watch delivers them, until ``deadline``."""
+    """The object now, then each new version of it as a watch delivers them. Never exhausted: past
+    ``deadline``, or when the object is deleted, it raises :class:`PluginError`."""
     api = _objects(conn)
     while True:
         current = api.get_namespaced_custom_object(specs.GROUP, specs.VERSION, conn.namespace, plural, name)
@@ -104,52 +105,56 @@ def restore(conn: Connection, name: str, point: Mapping[str, str], into: str | N
     when = point.get("txid") or point.get("timestamp") or "the latest state"
     print(f"sqliterestore/{restore_name} created: {name} {where}, to {when}", file=out, flush=True)
     deadline = None if timeout is None else time.monotonic() + timeout
-    seen = None
-    for current in _changes(conn, RESTORE_PLURAL, restore_name, deadline, f"sqliterestore/{restore_name}"):
+    phases: list[str] = []
+
+    def ended(current: Mapping[str, Any]) -> bool:
         state = current.get("status") or {}
         phase = state.get("phase")
-        if phase and phase != seen:
-            seen = phase
+        if phase and phase not in phases[-1:]:
+            phases.append(phase)
             print(f"{phase}: {state.get('message') or ''}".rstrip(": "), file=out, flush=True)
-        if phase == "Succeeded":
-            return 0
-        if phase == "Failed":
-            raise PluginError(f"sqliterestore/{restore_name} failed: {state.get('message') or state.get('error')}")
-    return 1  # not reached: the stream ends only by returning or raising
+        return phase in TERMINAL
+
+    final = next(filter(ended, _changes(conn, RESTORE_PLURAL, restore_name, deadline,
+                                        f"sqliterestore/{restore_name}")))
+    state = final.get("status") or {}
+    if state["phase"] == "Failed":
+        raise PluginError(f"sqliterestore/{restore_name} failed: {state.get('message') or state.get('error')}")
+    return 0
 
 
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def verify(conn: Connection, name: str, timeout: float, out: TextIO,
-           now: Callable[[], str] = _now) -> int:
+def verify(conn: Connection, name: str, timeout: float, out: TextIO) -> int:
     """Request a verification (the annotation) and wait for its result: 0 if it succeeded."""
-    before = ((get_replica(conn, name).get("status") or {}).get("lastVerification") or {}).get("requested")
-    requested = now()
+    before = _last_verification(get_replica(conn, name)).get("requested")
+    requested = _now()
     while requested == before:  # one request a second: an older answer must not pass for this one's
         time.sleep(0.2)
-        requested = now()
+        requested = _now()
     _objects(conn).patch_namespaced_custom_object(
         specs.GROUP, specs.VERSION, conn.namespace, specs.PLURAL, name,
         {"metadata": {"annotations": {VERIFY_ANNOTATION: requested}}})
     print(f"sqlitereplica/{name}: verification requested at {requested}", file=out, flush=True)
-    deadline = time.monotonic() + timeout
-    for current in _changes(conn, specs.PLURAL, name, deadline, f"the verification of sqlitereplica/{name} "
-                                                                 f"(requested {requested})"):
-        result = (current.get("status") or {}).get("lastVerification") or {}
-        if result.get("requested") != requested:
-            continue
-        parts = [f"result {result.get('result')}"]
-        parts += [f"{key} {result[key]}" for key in ("txid", "target", "time", "duration") if result.get(key)]
-        print(f"verification: {', '.join(parts)}", file=out)
-        if result.get("message"):
-            print(result["message"], file=out)
-        if result.get("result") != VERIFY_SUCCESS:
-            raise PluginError(f"verification of sqlitereplica/{name} did not succeed: "
-                              f"{result.get('result')}: {result.get('message') or 'no message'}")
-        return 0
-    return 1  # not reached
+    what = f"the verification of sqlitereplica/{name} (requested {requested})"
+    answers = _changes(conn, specs.PLURAL, name, time.monotonic() + timeout, what)
+    answered = next(c for c in answers if _last_verification(c).get("requested") == requested)
+    result = _last_verification(answered)
+    parts = [f"result {result.get('result')}"]
+    parts += [f"{key} {result[key]}" for key in ("txid", "target", "time", "duration") if result.get(key)]
+    print(f"verification: {', '.join(parts)}", file=out)
+    if result.get("message"):
+        print(result["message"], file=out)
+    if result.get("result") != VERIFY_SUCCESS:
+        raise PluginError(f"verification of sqlitereplica/{name} did not succeed: "
+                          f"{result.get('result')}: {result.get('message') or 'no message'}")
+    return 0
+
+
+def _last_verification(replica: Mapping[str, Any]) -> Mapping[str, Any]:
+    return (replica.get("status") or {}).get("lastVerification") or {}
 
 
 def set_paused(conn: Connection, name: str, paused: bool, out: TextIO) -> int:

@@ -1,5 +1,6 @@
 """``kubectl-lifeboat``'s entry point: parse, connect, run the command, and turn every failure into one line."""
 
+import os
 import sys
 from collections.abc import Sequence
 
@@ -44,7 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
-        sys.stdout = None  # nothing more can be written; keep the interpreter from complaining at exit
+        # The reader is gone: point stdout at /dev/null so that the interpreter's final flush is quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
 
 

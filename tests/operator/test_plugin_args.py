@@ -1,5 +1,9 @@
 """``kubectl-lifeboat``'s command line: restore points, connection flags anywhere, one-line refusals."""
 
+import re
+import shlex
+from pathlib import Path
+
 import pytest
 from lifeboat.operator.plugin import args
 
@@ -47,3 +51,23 @@ def test_unknown_commands_and_missing_names_are_usage_errors() -> None:
         args.parse(["explode"])
     with pytest.raises(args.UsageError, match="NAME"):
         args.parse(["logs"])
+
+
+def documented_lines() -> list[str]:
+    """The `kubectl lifeboat` lines of README's and the chart README's plugin sections (comments cut)."""
+    repo = Path(__file__).resolve().parents[2]
+    lines = []
+    for readme, heading in ((repo / "README.md", "### kubectl plugin"),
+                            (repo / "charts" / "lifeboat" / "README.md", "## kubectl plugin")):
+        section = readme.read_text().split(heading, 1)[1].split("\n#", 1)[0]
+        for block in re.findall(r"```sh\n(.*?)```", section, re.S):
+            lines += [line.split("#", 1)[0].strip() for line in block.splitlines()
+                      if line.startswith("kubectl lifeboat ")]
+    return lines
+
+
+def test_the_documented_examples_parse() -> None:
+    lines = documented_lines()
+    assert len(lines) >= 3, lines
+    for line in lines:
+        args.parse(shlex.split(line)[2:])

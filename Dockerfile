@@ -25,7 +25,8 @@ COPY operator/ operator/
 # The agent's own trimming: botocore carries API models for every AWS service (28 MB); the agent
 # calls S3, and credentials may come from STS (web identity, assume role) or SSO. numpy's C headers,
 # static libraries and f2py are for building against numpy, _simd for its tests. Third-party modules
-# ship as bytecode alone (see scripts/image-rootfs.sh).
+# ship as bytecode alone (see scripts/image-rootfs.sh). The operator's and the kubectl plugin's
+# scripts need the kubernetes client, which the agent image leaves out.
 FROM build AS agent-build
 RUN /opt/lifeboat/bin/pip install --no-cache-dir '.[s3,gcs,abs,sftp,nats]' \
  && site=$(echo /opt/lifeboat/lib/python3*/site-packages) \
@@ -33,6 +34,7 @@ RUN /opt/lifeboat/bin/pip install --no-cache-dir '.[s3,gcs,abs,sftp,nats]' \
       ! -name s3 ! -name sts ! -name sso ! -name sso-oidc ! -name signin -exec rm -rf {} + \
  && rm -rf "$site/numpy/_core/include" "$site/numpy/_core/lib" "$site/numpy/f2py" "$site/numpy/_pyinstaller" \
       "$site"/numpy/_core/_simd.* \
+ && rm /opt/lifeboat/bin/kubectl-lifeboat /opt/lifeboat/bin/lifeboat-operator* \
  && image-rootfs --sourceless /rootfs /opt/lifeboat
 
 FROM build AS operator-build

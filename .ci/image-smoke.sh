@@ -99,7 +99,11 @@ run --entrypoint python3 "$AGENT" -c 'import numpy, lz4.frame, fastcrc, yaml, pr
 for module in kopf kubernetes aiohttp; do
   if run --entrypoint python3 "$AGENT" -c "import $module" 2>/dev/null; then echo "$module in the agent image" >&2; exit 1; fi
 done
+for script in kubectl-lifeboat lifeboat-operator lifeboat-operator-uninstall; do
+  if run --entrypoint sh "$AGENT" -c "command -v $script"; then echo "$script in the agent image" >&2; exit 1; fi
+done
 run "$OPERATOR" --help >/dev/null
+run --entrypoint kubectl-lifeboat "$OPERATOR" --help >/dev/null
 run --entrypoint python3 "$OPERATOR" -c 'import kopf, kubernetes, aiohttp, cryptography, lifeboat.operator.main; print("operator imports ok")'
 
 step "smoke: restore from a file replica mounted read-only"

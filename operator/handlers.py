@@ -7,8 +7,9 @@
 * admission: pods are mutated by :func:`lifeboat.operator.injection.inject`, SQLiteReplicas validated
   by :func:`lifeboat.operator.spec.problems`.
 
-SQLiteRestores are handled in :mod:`lifeboat.operator.restores` (imported here, so its handlers
-register with these).
+SQLiteRestores are handled in :mod:`lifeboat.operator.restores`, verification restores
+(``spec.verify``) in :mod:`lifeboat.operator.verify` (both imported here, so their handlers register
+with these).
 
 Every handler is idempotent: it recomputes the whole desired state from the object it is given.
 """
@@ -31,6 +32,7 @@ from lifeboat.operator import (
     restores,  # also registers the SQLiteRestore handlers
     rotation,
     uninstall,
+    verify,  # also registers the verification timer
     webhook,
 )
 from lifeboat.operator import spec as specs
@@ -167,25 +169,6 @@ async def _credentials_verdict(
     return "True", "SecretFound", f"Secret {secret_name!r} has the keys the replica needs"
 
 
-def _set_conditions(patch: kopf.Patch, verdicts: Mapping[str, Verdict], generation: int | None) -> None:
-    """Set these conditions, keeping the others, on the freshest status at patch time.
-
-    The reconcile handler and the status timer each own some conditions of one list; a merge patch
-    would replace the whole list with a stale copy, so this goes as a JSON patch computed by kopf
-    against the object as just patched (guarded by its resourceVersion).
-    """
-    now = statuses.now_rfc3339()
-
-    def apply(body: MutableMapping[str, Any]) -> None:
-        status = body.setdefault("status", {})
-        conditions = status.get("conditions") or []
-        for type_, verdict in verdicts.items():
-            conditions = statuses.set_condition(conditions, type_, *verdict, generation=generation, now=now)
-        status["conditions"] = conditions
-
-    patch.fns.append(apply)
-
-
 @kopf.on.resume(specs.GROUP, specs.VERSION, specs.PLURAL)
 @kopf.on.create(specs.GROUP, specs.VERSION, specs.PLURAL)
 @kopf.on.update(specs.GROUP, specs.VERSION, specs.PLURAL)
@@ -206,7 +189,7 @@ async def reconcile(
         if verdict[0] == "False":
             kopf.event(body, type="Warning", reason=verdict[1], message=verdict[2])
 
-    _set_conditions(patch, {CONFIG_READY: config, CREDENTIALS_READY: credentials}, generation)
+    statuses.patch_conditions(patch, {CONFIG_READY: config, CREDENTIALS_READY: credentials}, generation)
     patch.status["observedGeneration"] = generation
     patch.status["configMap"] = specs.configmap_name(name)
 
@@ -256,7 +239,7 @@ async def collect_status(
         before = previous.get(type_) or {}
         if status_ == "False" and (before.get("status"), before.get("message")) != (status_, message):
             kopf.event(body, type="Warning", reason=reason, message=message)
-    _set_conditions(patch, verdicts, meta.get("generation"))
+    statuses.patch_conditions(patch, verdicts, meta.get("generation"))
 
 
 @kopf.on.mutate("", "v1", "pods", id="inject", operations=["CREATE"],
@@ -304,6 +287,6 @@ async def inject_pod(
 @kopf.on.validate(specs.GROUP, specs.VERSION, specs.PLURAL, id="validate", operations=["CREATE", "UPDATE"])
 async def validate_replica(spec: kopf.Spec, **_: Any) -> None:
     """Reject specs whose parts disagree (options of another scheme, two restore targets)."""
-    found = specs.problems(spec)
+    found = specs.problems(spec) + verify.problems(spec)
     if found:
         raise kopf.AdmissionError("; ".join(found), code=400)

@@ -22,6 +22,19 @@ UNINJECTED_PODS = Gauge("lifeboat_operator_uninjected_pods",
 SINGLE_WRITER_VIOLATIONS = Gauge("lifeboat_operator_single_writer_violations",
                                  "1 when a SQLiteReplica's workload allows more than one writer",
                                  ["namespace", "replica"], registry=REGISTRY)
+# Restore verification (lifeboat.operator.verify), per SQLiteReplica.
+VERIFIED = Gauge("lifeboat_restore_verified_timestamp_seconds",
+                 "When a verification restore of the replica last succeeded (Unix time)", ["namespace", "replica"],
+                 registry=REGISTRY)
+VERIFICATION_FAILURES = Counter("lifeboat_restore_verification_failures_total",
+                                "Verification restores that failed (restore error, integrity, TXID behind)",
+                                ["namespace", "replica"], registry=REGISTRY)
+VERIFY_INTERVAL = Gauge("lifeboat_restore_verification_interval_seconds",
+                        "The longest time between two runs of the replica's spec.verify.schedule",
+                        ["namespace", "replica"], registry=REGISTRY)
+VERIFY_SINCE = Gauge("lifeboat_restore_verification_since_timestamp_seconds",
+                     "When the operator first saw the replica's spec.verify (Unix time): the alert's start "
+                     "before any verification succeeded", ["namespace", "replica"], registry=REGISTRY)
 
 P = ParamSpec("P")
 R = TypeVar("R")

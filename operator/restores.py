@@ -195,7 +195,25 @@ def job_body(
     name: str, namespace: str, spec: Mapping[str, Any], replica: Mapping[str, Any], where: Mapping[str, Any],
     default_image: str,
 ) -> dict[str, Any]:
-    """The restore Job: the replica's config and credentials, the agent's image, the database volume."""
+    """The restore Job of the SQLiteRestore ``name``."""
+    labels = {"app.kubernetes.io/managed-by": "lifeboat-operator", RESTORE_LABEL: names.bounded(name)}
+    return restore_job(job_name(name), namespace, labels, restore_args(spec, replica["spec"]["database"]),
+                       replica, where, default_image,
+                       deadline=spec.get("restoreTimeoutSeconds", DEFAULT_RESTORE_TIMEOUT_SECONDS),
+                       # The restore writes a temporary file and renames it: a retry starts over cleanly.
+                       retries=2)
+
+
+def restore_job(
+    job: str, namespace: str, labels: Mapping[str, str], args: Sequence[str], replica: Mapping[str, Any],
+    where: Mapping[str, Any], default_image: str, *, deadline: int, retries: int,
+) -> dict[str, Any]:
+    """A Job running ``lifeboat ARGS`` (a restore) in the :data:`CONTAINER`: the replica's config and
+    credentials, the agent's image, the volume and pod settings of ``where`` (see :func:`volume_for`).
+
+    Its one-line result (or error) becomes the container's termination message
+    (:func:`termination_message`).
+    """
     replica_name = replica["metadata"]["name"]
     replica_spec = replica["spec"]
     pod_spec = {"securityContext": copy.deepcopy(dict(where["podSecurityContext"]))}
@@ -205,12 +223,11 @@ def job_body(
         "name": CONTAINER,
         **base,
         "command": ["sh", "-c", SCRIPT, CONTAINER],
-        "args": restore_args(spec, replica_spec["database"]),
+        "args": list(args),
         "env": [*base.get("env", []), {"name": "LIFEBOAT_RESULT", "value": TERMINATION_LOG}],
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    labels = {"app.kubernetes.io/managed-by": "lifeboat-operator", RESTORE_LABEL: names.bounded(name)}
     pod: dict[str, Any] = {
         "restartPolicy": "Never",
         "containers": [container],
@@ -224,12 +241,11 @@ def job_body(
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": {"name": job_name(name), "namespace": namespace, "labels": labels},
+        "metadata": {"name": job, "namespace": namespace, "labels": dict(labels)},
         "spec": {
-            # The restore writes a temporary file and renames it: a retry starts over cleanly.
-            "backoffLimit": 2,
-            "activeDeadlineSeconds": spec.get("restoreTimeoutSeconds", DEFAULT_RESTORE_TIMEOUT_SECONDS),
-            "template": {"metadata": {"labels": labels}, "spec": pod},
+            "backoffLimit": retries,
+            "activeDeadlineSeconds": deadline,
+            "template": {"metadata": {"labels": dict(labels)}, "spec": pod},
         },
     }
 

@@ -5,11 +5,12 @@ Aggregation is pure; :func:`fetch_agent_status` is the only I/O (one GET of an a
 
 import asyncio
 import datetime
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import kopf
 from lifeboat.operator.injection import RESTORE_CONTAINER
 
 # The most of one pod's restore error a condition repeats (a message of many pods stays readable).
@@ -55,6 +56,27 @@ def set_condition(
         new["observedGeneration"] = generation
     result.append(new)
     return sorted(result, key=lambda c: c["type"])
+
+
+def patch_conditions(
+    patch: kopf.Patch, verdicts: Mapping[str, tuple[str, str, str]], generation: int | None
+) -> None:
+    """Set these conditions (type → status, reason, message), keeping the others, on the freshest status.
+
+    Several handlers each own some conditions of one list; a merge patch would replace the whole list
+    with a stale copy, so this goes as a JSON patch computed by kopf against the object as just
+    patched (guarded by its resourceVersion).
+    """
+    now = now_rfc3339()
+
+    def apply(body: MutableMapping[str, Any]) -> None:
+        status = body.setdefault("status", {})
+        conditions = status.get("conditions") or []
+        for type_, verdict in verdicts.items():
+            conditions = set_condition(conditions, type_, *verdict, generation=generation, now=now)
+        status["conditions"] = conditions
+
+    patch.fns.append(apply)
 
 
 def _hex(txid: Any) -> str | None:

@@ -127,5 +127,5 @@ def test_resource_shape_for_kubectl() -> None:
     assert columns == {
         "Database": ".spec.database", "Replica": ".spec.replica.url", "TXID": ".status.txid",
         "Lag": ".status.lagSeconds", "Ready": '.status.conditions[?(@.type=="Ready")].status',
-        "Age": ".metadata.creationTimestamp",
+        "Verified": '.status.conditions[?(@.type=="Verified")].status', "Age": ".metadata.creationTimestamp",
     }

@@ -228,7 +228,17 @@ async def _start(
             "writerTxid": (body.get("status") or {}).get("txid"), "requested": start.requested}
 
 
-@kopf.timer(specs.GROUP, specs.VERSION, specs.PLURAL, interval=INTERVAL, id="verify")
+def has_verification(spec: kopf.Spec, annotations: kopf.Annotations, status: kopf.Status, **_: Any) -> bool:
+    """Whether a replica has anything to verify or to clean up: the timer runs only for those.
+
+    Without this filter every SQLiteReplica would wake the operator every few seconds; kopf starts and
+    stops the timer as the filter's answer changes.
+    """
+    state = status.get("verification") or {}
+    return bool(spec.get("verify") or annotations.get(REQUESTED_ANNOTATION) or any(state.values()))
+
+
+@kopf.timer(specs.GROUP, specs.VERSION, specs.PLURAL, interval=INTERVAL, id="verify", when=has_verification)
 @metrics.counted("verify")
 async def verify_step(
     body: kopf.Body, spec: kopf.Spec, name: str, namespace: str, annotations: kopf.Annotations,

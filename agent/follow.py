@@ -26,12 +26,13 @@ import sqlite3
 import struct
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from . import ltx
 from .progress import Transfer
-from .restore import MAX_LEVEL, IfExists, Report, RestoreError, download, list_levels, restore
+from .restore import MAX_LEVEL, IfExists, NoBackupError, Report, RestoreError, download, list_levels, restore
 from .storage import SNAPSHOT_LEVEL, FileInfo, ReplicaClient, StorageError
 from .storage.file import fsync_dir
 
@@ -199,15 +200,44 @@ def page_size_of(output: Path) -> int:
     return 65536 if size == 1 else size
 
 
+@dataclass
+class FollowState:
+    """What follow mode's HTTP endpoint reports: readiness, position and lag.
+
+    The follow lag is the larger of two delays, so it neither hides a stuck follower nor grows
+    while the writer is merely idle:
+    * ``delivered``: for the newest applied file, the time from its replica timestamp (the LTX
+      header time, when the writer captured the commit, on a file replica; the upload time the
+      object store lists on the others) until it was applied;
+    * the age of the oldest file the last listing showed but the follower has not applied yet.
+    """
+
+    ready: bool = False  # the first restore (or the resume check) is done
+    waiting_logged: bool = False  # said once that the replica holds no backup yet
+    txid: int = 0
+    delivered: float = 0.0
+    pending_since: datetime | None = None
+
+    def lag_seconds(self, now: datetime | None = None) -> float:
+        """The follow lag at `now` (see the class doc)."""
+        waiting = 0.0
+        if self.pending_since is not None:
+            waiting = ((now or datetime.now(UTC)) - self.pending_since).total_seconds()
+        return max(self.delivered, waiting, 0.0)
+
+
 class Follower:
     """Applies a replica's new LTX files to a restored database, from its last applied TXID."""
 
-    def __init__(self, client: ReplicaClient, output: Path, txid: int) -> None:
+    def __init__(self, client: ReplicaClient, output: Path, txid: int, state: FollowState | None = None) -> None:
         self.client = client
         self.output = output
         self.txid = txid
         self.page_size = page_size_of(output)
         self.last_created: datetime | None = None
+        self.state = state or FollowState()
+        self.state.txid = txid
+        self.state.ready = True
 
     async def _apply(self, info: FileInfo) -> None:
         name = f"level {info.level} file {info.name}"
@@ -222,6 +252,8 @@ class Follower:
             raise RestoreError(f"{name}: header says txids {header.min_txid}-{header.max_txid}")
         self.txid = info.max_txid
         self.last_created = info.created_at
+        self.state.txid = self.txid
+        self.state.delivered = max((datetime.now(UTC) - info.created_at).total_seconds(), 0.0)
         # After every file, not every poll: a resumed follower never re-applies an older file
         # over newer pages (re-applying the last one is harmless: the same page images).
         await asyncio.to_thread(write_txid, self.output, self.txid)
@@ -245,6 +277,7 @@ class Follower:
         """Apply every file past the current TXID; returns how many TXIDs were applied."""
         start = self.txid
         files = await self.client.ltx_files(0, self.txid + 1)
+        self._note_pending(files)
         for info in files:
             if info.min_txid > self.txid + 1:
                 await self._fill_gap(info.min_txid)
@@ -253,9 +286,15 @@ class Follower:
             if info.max_txid <= self.txid:
                 continue
             await self._apply(info)
+            self._note_pending(files)
         if not files:
             await self._fill_gap(self.txid + 1)
         return self.txid - start
+
+    def _note_pending(self, files: list[FileInfo]) -> None:
+        """Record when the oldest listed file not applied yet reached the replica (None: caught up)."""
+        waiting = [f.created_at for f in files if f.max_txid > self.txid]
+        self.state.pending_since = min(waiting) if waiting else None
 
     async def run(self, interval: float, stop: asyncio.Event) -> None:
         """Poll every `interval` until `stop` is set; errors are logged and retried next poll."""
@@ -309,6 +348,28 @@ async def check_resume(client: ReplicaClient, output: Path) -> int:
     return txid
 
 
+async def restore_for_follow(
+    client: ReplicaClient,
+    output: Path,
+    *,
+    parallelism: int,
+    integrity_check: str,
+    if_exists: IfExists,
+    progress: Report | None = None,
+) -> int:
+    """Restore the latest state as follow mode starts from it (rollback-journal header, `-txid`
+    file), so `restore -f` resumes there; returns the TXID (0 when `if_exists` skipped it)."""
+    result = await restore(
+        client, str(output), parallelism=parallelism, integrity_check=integrity_check, if_exists=if_exists,
+        progress=progress, before_install=to_rollback_mode, legacy_v3=False,
+    )
+    if result is None:
+        return 0
+    await asyncio.to_thread(write_txid, output, result.txid)
+    log.info("restored %s to txid %016x from %d file(s)", output, result.txid, result.files)
+    return result.txid
+
+
 def _quiet(_: Transfer) -> None:
     pass
 
@@ -322,27 +383,70 @@ async def restore_and_follow(
     parallelism: int,
     integrity_check: str,
     progress: Report | None = None,
+    addr: str | None = None,
 ) -> int:
     """`restore -f`: restore `output` (or resume following it when it exists with its `-txid`
     file, unless `if_exists` is REPLACE), then follow until SIGTERM or SIGINT. Returns the last
-    applied TXID."""
+    applied TXID.
+
+    With `addr`, `/metrics`, `/healthz` and `/readyz` are served there from the start; `/readyz`
+    answers 200 only once the restore (or the resume check) is done.
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    state = FollowState()
+    server = None
+    if addr:
+        # Imported here: `restore -f` without an address needs no HTTP server nor prometheus-client.
+        from .server import serve_follow
+
+        server = await serve_follow(addr, state, str(output))
+    try:
+        return await _restore_then_follow(
+            client, output, interval=interval, if_exists=if_exists, parallelism=parallelism,
+            integrity_check=integrity_check, progress=progress, state=state, stop=stop,
+        )
+    finally:
+        if server is not None:
+            server.close()
+            await server.wait_closed()
+
+
+async def _restore_then_follow(
+    client: ReplicaClient,
+    output: Path,
+    *,
+    interval: float,
+    if_exists: IfExists,
+    parallelism: int,
+    integrity_check: str,
+    progress: Report | None,
+    state: FollowState,
+    stop: asyncio.Event,
+) -> int:
     if os.path.lexists(output) and if_exists is not IfExists.REPLACE:
         txid = await check_resume(client, output)
         await asyncio.to_thread(roll_back, output)
         log.info("resuming follow mode: output=%s txid=%016x", output, txid)
     else:
-        result = await restore(
-            client, str(output), parallelism=parallelism, integrity_check=integrity_check, if_exists=if_exists,
-            progress=progress, before_install=to_rollback_mode, legacy_v3=False,
-        )
-        assert result is not None  # only IfExists.SKIP skips, and an existing output resumes instead
-        txid = result.txid
-        await asyncio.to_thread(write_txid, output, txid)
-        log.info("restored %s to txid %016x from %d file(s)", output, txid, result.files)
-    follower = Follower(client, output, txid)
+        while True:
+            try:
+                txid = await restore_for_follow(
+                    client, output, parallelism=parallelism, integrity_check=integrity_check, if_exists=if_exists,
+                    progress=progress,
+                )
+                break
+            except NoBackupError:
+                # A follower may start before the writer's first upload: wait for it, not ready.
+                if not state.waiting_logged:
+                    log.info("follow: %r holds no backup yet; waiting for the writer's first upload", client)
+                    state.waiting_logged = True
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), interval)
+                if stop.is_set():
+                    return 0
+    follower = Follower(client, output, txid, state)
     await follower.run(interval, stop)
     return follower.txid

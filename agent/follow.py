@@ -463,7 +463,10 @@ async def restore_and_follow(
         # Imported here: `restore -f` without an address needs no HTTP server nor prometheus-client.
         from .server import serve_follow
 
-        server = await serve_follow(addr, state, str(output))
+        try:
+            server = await serve_follow(addr, state, str(output))
+        except (ValueError, OSError) as exc:
+            raise RestoreError(f"config addr {addr!r}: cannot serve follow mode's HTTP port: {exc}") from None
     try:
         return await _restore_then_follow(
             client, output, interval=interval, if_exists=if_exists, parallelism=parallelism,

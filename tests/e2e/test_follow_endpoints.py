@@ -113,3 +113,14 @@ def test_follow_ready_refuses_a_point_in_time(tmp_path: Path) -> None:
                     file_url(tmp_path / "replica"))
     assert proc.returncode == 1 and "-follow-ready" in proc.stderr and "-txid" in proc.stderr, proc.stderr
     no_traceback(proc.stderr)
+
+
+def test_an_unusable_addr_is_one_line_naming_it(tmp_path: Path) -> None:
+    replica, out = tmp_path / "replica", tmp_path / "follower.db"
+    for addr in ("nonsense", "256.1.1.1:9090"):
+        cfg = tmp_path / "follower.yml"
+        cfg.write_text(f"addr: {addr}\ndbs:\n  - path: {out}\n    replica:\n      url: {file_url(replica)}\n")
+        proc = lifeboat("restore", "-f", "-config", str(cfg), str(out))
+        assert proc.returncode == 1, proc.stderr
+        assert f"config addr {addr!r}" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        no_traceback(proc.stderr)

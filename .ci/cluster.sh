@@ -35,6 +35,10 @@ STATE=${LIFEBOAT_CLUSTER_DIR:-$REPO/.ci-work/cluster}
 API_PORT=${LIFEBOAT_APISERVER_PORT:-16443}
 ETCD_PORT=${LIFEBOAT_ETCD_PORT:-12379}
 ETCD_PEER_PORT=$((ETCD_PORT + 1))
+# kwok gives pods addresses on loopback (every 127.x.y.z routes to lo on Linux): a test running a
+# pod's containers as local processes binds the pod's IP, where the operator asks it (status.podIP).
+# A /16 of its own per API port, so clusters of several sessions on one host do not share addresses.
+POD_CIDR=${LIFEBOAT_POD_CIDR:-127.$((API_PORT % 200 + 20)).0.1/16}
 GO=${GO:-$(command -v go || echo /usr/local/go/bin/go)}
 K8S_BIN=$CACHE/kubernetes-$K8S_VERSION
 ETCD_BIN=$CACHE/etcd-$ETCD_VERSION/etcd
@@ -298,7 +302,7 @@ start() {
     --authorization-kubeconfig="$KUBECONFIG_FILE" --leader-elect=false \
     --bind-address=127.0.0.1 --secure-port=0
   launch kwok "$KWOK_BIN" --kubeconfig="$KUBECONFIG_FILE" --config="$STATE/kwok.yaml" \
-    --manage-all-nodes=true --server-address=
+    --manage-all-nodes=true --server-address= --cidr="$POD_CIDR"
   kubectl_ apply -f - >/dev/null <<'EOF'
 apiVersion: v1
 kind: Node

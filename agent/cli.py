@@ -25,7 +25,7 @@ from .config_values import expand_path, parse_duration
 from .db import DatabaseError, default_meta_dir
 from .dirsource import all_databases, resolve
 from .fdlimit import raise_open_file_limit
-from .follow import restore_and_follow
+from .follow import restore_and_follow, restore_for_follow
 from .ltx import LTXError
 from .progress import Progress
 from .restore import IfExists, NoBackupError, RestoreError, UnservableTargetError, list_levels, plan, restore
@@ -82,6 +82,8 @@ def _build_parser() -> argparse.ArgumentParser:
     _flag(res, "follow-interval", default="1s")
     for name in ("no-expand-env", "if-db-not-exists", "if-replica-exists", "dry-run", "force", "json", "f"):
         _flag(res, name, action="store_true")
+    _flag(res, "follow-ready", action="store_true",
+          help="leave the restored database as follow mode starts from it (for a later restore -f)")
     res.add_argument("target", metavar="DB_PATH|REPLICA_URL")
 
     lt = sub.add_parser("ltx", aliases=["wal"], help="list the replica's LTX files")
@@ -280,14 +282,20 @@ def cmd_restore(args: argparse.Namespace) -> int:
     if_exists = IfExists.SKIP if args.if_db_not_exists else IfExists.REPLACE if args.force else IfExists.FAIL
     if args.f:
         _setup_logging("INFO")
+        # The config's `addr`, as `replicate` serves it: the follower's /metrics and /readyz.
+        conf = _load(args) if "://" not in args.target else None
         _run_with(
             client,
             restore_and_follow(
                 client, Path(out), interval=parse_duration(args.follow_interval, allow_zero=False),
                 if_exists=if_exists, parallelism=args.parallelism, integrity_check=check,
+                addr=conf.addr if conf is not None else None,
             ),
         )
         return 0
+    if args.follow_ready:
+        _check_follow_ready_flags(args)
+        return _restore_follow_ready(args, client, Path(out), if_exists, check)
     started = time.monotonic()
     bar = Progress()
     try:
@@ -335,6 +343,38 @@ def _check_follow_flags(args: argparse.Namespace) -> None:
         parse_duration(args.follow_interval, allow_zero=False)
     except ValueError as exc:
         raise CLIError(f"invalid -follow-interval {args.follow_interval!r}: {exc}") from None
+
+
+def _check_follow_ready_flags(args: argparse.Namespace) -> None:
+    # Follow mode continues from the latest state only: a point in time would be moved past.
+    for flag in ("txid", "timestamp"):
+        if getattr(args, flag):
+            raise CLIError(f"cannot use -follow-ready with -{flag}")
+
+
+def _restore_follow_ready(
+    args: argparse.Namespace, client: ReplicaClient, out: Path, if_exists: IfExists, check: str
+) -> int:
+    """`restore -follow-ready`: the latest state, left for `restore -f` to resume from."""
+    bar = Progress()
+    try:
+        txid = _run_with(
+            client,
+            restore_for_follow(client, out, parallelism=args.parallelism, integrity_check=check,
+                               if_exists=if_exists, progress=bar),
+        )
+    except NoBackupError:
+        if args.if_replica_exists:
+            print(f"no backup found in {client!r}, skipping restore", file=sys.stderr)
+            return 0
+        raise CLIError(f"{client!r}: no matching backup files available (the replica holds no files)") from None
+    finally:
+        bar.done()
+    if txid == 0:
+        print(f"database already exists, skipping restore: {out}", file=sys.stderr)
+    else:
+        print(f"restored {out} to txid {txid:016x}, ready to follow", file=sys.stderr)
+    return 0
 
 
 async def _dry_run(client: ReplicaClient, txid: int | None, ts: datetime | None, as_json: bool) -> int:

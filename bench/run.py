@@ -526,6 +526,142 @@ def scenario_lag_s3(work: Path, args: argparse.Namespace, moto: Moto) -> dict[st
     return out
 
 
+class FollowProc(AgentProc):
+    """Lifeboat's follow mode, `restore -f -config` into `out`, with its HTTP port at the config's addr."""
+
+    def __init__(self, config: Path, out: Path, logfile: Path) -> None:
+        self.tool = "lifeboat"
+        self._log = open(logfile, "w")
+        self.logfile = logfile
+        self.proc = subprocess.Popen([LIFEBOAT, "restore", "-f", "-config", str(config), str(out)], stdout=self._log,
+                                     stderr=subprocess.STDOUT, env=tool_env("lifeboat"))
+        self.cpu0 = 0.0
+
+
+class FollowReader:
+    """The follower's reader: a read-only connection polling every 10 ms for new rows; notes when
+    each commit marker first becomes visible, and samples lifeboat_follow_lag_seconds meanwhile."""
+
+    def __init__(self, out: Path, metrics_port: int) -> None:
+        self.out = out
+        self.port = metrics_port
+        self.seen: dict[int, float] = {}
+        self.metric: list[float] = []
+        self._stop = threading.Event()
+        self.threads = [threading.Thread(target=self._read, daemon=True),
+                        threading.Thread(target=self._sample, daemon=True)]
+        for thread in self.threads:
+            thread.start()
+
+    def _read(self) -> None:
+        conn = sqlite3.connect(f"file:{self.out}?mode=ro", uri=True, isolation_level=None, timeout=30)
+        last = 0
+        while not self._stop.is_set():
+            try:
+                rows = conn.execute("SELECT id, substr(v, 1, 11) FROM t WHERE id > ?", (last,)).fetchall()
+            except sqlite3.Error:
+                rows = []
+            now = time.time()
+            for rowid, head in rows:
+                last = max(last, rowid)
+                m = MARK.match(head.encode())
+                if m:
+                    self.seen.setdefault(int(m.group(1)), now)
+            time.sleep(0.01)
+        conn.close()
+
+    def _sample(self) -> None:
+        import urllib.request
+
+        while not self._stop.wait(0.25):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2) as resp:
+                    text = resp.read().decode()
+            except OSError:
+                continue
+            for line in text.splitlines():
+                if line.startswith("lifeboat_follow_lag_seconds"):
+                    self.metric.append(float(line.rsplit(" ", 1)[1]))
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self.threads:
+            thread.join(5)
+
+
+def scenario_follow(work: Path, args: argparse.Namespace, moto: Moto) -> dict[str, Any]:
+    """Follow lag: commit to visible in a follower's database, lifeboat writer and follower, defaults
+    (the writer's sync-interval 1 s, the follower's -follow-interval 1 s), file and S3 replicas."""
+    out: dict[str, Any] = {"rate_per_s": args.rate, "seconds": args.lag_seconds, "follow_interval": "1s"}
+    for kind in ("file", "s3"):
+        d = work / f"follow-{kind}"
+        d.mkdir()
+        db, copy = d / "app.db", d / "follower.db"
+        prefix = f"follow-{kind}"
+        replica = file_replica(d / "replica") if kind == "file" else s3_replica(moto, prefix)
+        create_db(db)
+        port = free_port()
+        writer = AgentProc("lifeboat", write_config(d / "cfg.yml", db, replica), d / "agent.log")
+        follower = None
+        try:
+            l0 = l0_dir(d / "replica")
+            if kind == "file":
+                wait_for(lambda: writer.check() or (l0.is_dir() and os.listdir(l0)), 30, "the first L0 file")
+            else:
+                wait_for(lambda: writer.check() or moto.objects(prefix + "/0000/"), 30, "the first L0 file on S3")
+            follower = FollowProc(write_config(d / "follow.yml", copy, replica, addr=f"127.0.0.1:{port}"), copy,
+                                  d / "follow.log")
+            wait_for(lambda: follower.check() or Path(f"{copy}-txid").exists(), 60, "the follower's first restore")
+            reader = FollowReader(copy, port)
+            time.sleep(1)
+            cpu0 = follower.cpu()
+            t0 = time.monotonic()
+            commits = steady_writer(db, args.rate, args.lag_seconds, check=writer.check)
+            wait_for(lambda: follower.check() or len(reader.seen) >= len(commits), 60, "every commit followed")
+            cpu = follower.cpu() - cpu0
+            window = time.monotonic() - t0
+            rss = follower.rss()
+            reader.stop()
+        finally:
+            if follower is not None:
+                follower.stop()
+            writer.stop()
+        lags = sorted(reader.seen[n] - t for n, t in commits.items() if n in reader.seen)
+        out[kind] = {"lag": {**summary(lags), "commits": len(commits), "unseen": len(commits) - len(lags)},
+                     "lag_metric": summary(sorted(reader.metric)), "follower_cpu_seconds": cpu,
+                     "follower_cpu_window_seconds": window, "follower_peak_rss_mb": rss}
+        log(f"follow/{kind}: {out[kind]['lag']} metric={out[kind]['lag_metric']}")
+    return out
+
+
+def follow_markdown(res: dict[str, Any]) -> str:
+    """The follow scenario's report (bench/results/follow.md)."""
+    sc = res["scenarios"].get("follow")
+    meta = res["meta"]
+    lines = [
+        "# Follow lag: a lifeboat writer and a `lifeboat restore -f` follower", "",
+        f"{meta['started']}, {meta['machine']}, load average {meta['loadavg_start'][0]:.1f} at the start.", "",
+        "The writer commits one ~100-byte row "
+        f"{sc['rate_per_s']:g} times a second for {sc['seconds']:g} s; lag is the wall clock from "
+        "COMMIT returning to the row being visible through a read-only connection to the follower's "
+        "database (polled every 10 ms). Defaults: the writer's sync-interval 1 s, the follower's "
+        f"-follow-interval {sc['follow_interval']}. S3 is moto on localhost behind a recording proxy.",
+        "`lifeboat_follow_lag_seconds` is the follower's own gauge, sampled every 0.25 s.", "",
+        "| replica | commits | lag p50 | lag p99 | lag max | gauge p50 | gauge p99 | follower CPU | follower RSS |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ] if sc else ["# Follow lag", "", "The scenario did not run."]
+    for kind in ("file", "s3"):
+        if not sc or kind not in sc:
+            continue
+        r = sc[kind]
+        lines.append(
+            f"| {kind} | {r['lag']['commits']} ({r['lag']['unseen']} unseen) | {fmt(r['lag']['p50'], 's')} | "
+            f"{fmt(r['lag']['p99'], 's')} | {fmt(r['lag']['max'], 's')} | {fmt(r['lag_metric']['p50'], 's')} | "
+            f"{fmt(r['lag_metric']['p99'], 's')} | {fmt(r['follower_cpu_seconds'], 's')} in "
+            f"{fmt(r['follower_cpu_window_seconds'], 's')} | {fmt(r['follower_peak_rss_mb'], ' MB')} |")
+    return "\n".join(lines) + "\n"
+
+
 def scenario_throughput(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"stream_seconds": args.stream_seconds, "row_bytes": 1024, "bulk_mb": args.bulk_mb}
     for tool in TOOLS:
@@ -882,7 +1018,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="a ~3-minute smoke run")
     p.add_argument("--only", default="",
-                   help="comma-separated: lag_file,lag_s3,throughput,idle,restore,webhook,reader,restart")
+                   help="comma-separated: lag_file,lag_s3,throughput,idle,restore,webhook,reader,restart,follow "
+                   "(follow alone writes results/follow.*)")
     p.add_argument("--rate", type=float, default=20.0, help="commits/s in the lag scenarios")
     p.add_argument("--lag-seconds", type=float)
     p.add_argument("--stream-seconds", type=float)
@@ -938,7 +1075,7 @@ def main() -> int:
     res: dict[str, Any] = {"meta": meta, "scenarios": {}}
     moto = None
     try:
-        if only & {"lag_s3", "restore"}:
+        if only & {"lag_s3", "restore", "follow"}:
             moto = Moto(work)
         plan: list[tuple[str, Callable[[], dict[str, Any]]]] = [
             ("lag_file", lambda: scenario_lag_file(work, args)),
@@ -949,6 +1086,7 @@ def main() -> int:
             ("webhook", lambda: scenario_webhook(work, args)),
             ("reader", lambda: scenario_reader(work, args)),
             ("restart", lambda: scenario_restart(work, args)),
+            ("follow", lambda: scenario_follow(work, args, moto)),  # type: ignore[arg-type]
         ]
         for name, fn in plan:
             if name not in only:
@@ -969,11 +1107,12 @@ def main() -> int:
     meta["duration_s"] = time.monotonic() - started
     meta["loadavg_end"] = os.getloadavg()
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "latest.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
-    md = markdown(res)
+    # `--only follow` has a report of its own: results/follow.*, not the comparison in latest.*.
+    name, md = ("follow", follow_markdown(res)) if only == {"follow"} else ("latest", markdown(res))
+    (args.out / f"{name}.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
     if res.get("errors"):
         md += "\nFailed scenarios:\n" + "".join(f"- {k}: {v}\n" for k, v in res["errors"].items())
-    (args.out / "latest.md").write_text(md)
+    (args.out / f"{name}.md").write_text(md)
     print(md)
     return 1 if res.get("errors") else 0
 

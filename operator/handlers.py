@@ -207,11 +207,12 @@ async def collect_status(
     labelled pods that escaped injection (``Injected``; deleted when ``spec.recreateUninjected``).
     """
     labelled = await memo.kube.labelled_pods(namespace, specs.REPLICA_LABEL, name)
-    pods = [p for p in labelled
-            if (p.get("status") or {}).get("phase") == "Running" and (p.get("status") or {}).get("podIP")]
+    pods = [p for p in labelled if statuses.running(p)]
     port = int((spec.get("agent") or {}).get("metricsPort", specs.DEFAULT_METRICS_PORT))
     summary = statuses.summarize(await statuses.collect(pods, port), database=spec["database"])
     patch.status.update(summary)
+    followers = [p for p in await memo.kube.labelled_pods(namespace, specs.FOLLOW_LABEL, name) if statuses.running(p)]
+    patch.status.update(statuses.summarize_followers(await statuses.collect(followers, port, followers=True)))
 
     single_writer = guards.single_writer(labelled, await memo.kube.owning_workloads(namespace, labelled))
     metrics.SINGLE_WRITER_VIOLATIONS.labels(namespace, name).set(single_writer[0] == "False")
@@ -242,22 +243,27 @@ async def collect_status(
     statuses.patch_conditions(patch, verdicts, meta.get("generation"))
 
 
-@kopf.on.mutate("", "v1", "pods", id="inject", operations=["CREATE"],
-                labels={specs.REPLICA_LABEL: kopf.PRESENT})
+@kopf.on.mutate("", "v1", "pods", id="inject", operations=["CREATE"], when=injection.wants_injection)
 async def inject_pod(
     body: kopf.Body, namespace: str, patch: kopf.Patch, memo: kopf.Memo, warnings: list[str], **_: Any
 ) -> None:
-    """Add the restore init container and the agent to a labelled pod, per its SQLiteReplica.
+    """Add the restore init container and the agent (or, for a follower, the follow sidecar) to a
+    labelled pod, per its SQLiteReplica.
 
     A pod that cannot be injected is refused with HTTP 400 (the request is wrong, not the webhook).
     """
     options: Options = memo.options
-    replica_name = body.metadata.labels[specs.REPLICA_LABEL]
+    try:
+        replica_name, follower = injection.target(body.metadata.labels)
+    except injection.InjectionError as exc:
+        metrics.DENIALS.labels(namespace).inc()
+        raise kopf.AdmissionError(str(exc), code=400) from exc
+    label = specs.FOLLOW_LABEL if follower else specs.REPLICA_LABEL
     replica = await memo.kube.replica(namespace, replica_name)
     if replica is None:
         metrics.DENIALS.labels(namespace).inc()
         raise kopf.AdmissionError(
-            f"pod label {specs.REPLICA_LABEL}={replica_name} names no SQLiteReplica in namespace "
+            f"pod label {label}={replica_name} names no SQLiteReplica in namespace "
             f"{namespace}: create the SQLiteReplica first, or fix the label", code=400)
     refusal = restores.pod_refusal(await memo.kube.restores(namespace), replica_name)
     if refusal:
@@ -265,7 +271,7 @@ async def inject_pod(
         raise kopf.AdmissionError(refusal, code=403)
     try:
         injected = injection.inject(body, replica, native_sidecar=options.native_sidecar,
-                                    default_image=options.agent_image)
+                                    default_image=options.agent_image, follower=follower)
     except injection.InjectionError as exc:
         metrics.DENIALS.labels(namespace).inc()
         raise kopf.AdmissionError(f"SQLiteReplica {replica_name}: {exc}", code=400) from exc

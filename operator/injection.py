@@ -21,6 +21,9 @@ from lifeboat.operator import spec as specs
 DEFAULT_IMAGE = "ghcr.io/lifeboat-dev/lifeboat-agent:0.1.0"
 RESTORE_CONTAINER = "lifeboat-restore"
 AGENT_CONTAINER = "lifeboat-agent"
+# A read replica's sidecar: `lifeboat restore -f` into the pod's volume. Another name than the
+# writer's agent, so nothing that counts writers (the single-writer guard) counts it.
+FOLLOW_CONTAINER = "lifeboat-follow"
 CONFIG_VOLUME = "lifeboat-config"
 TMP_VOLUME = "lifeboat-tmp"
 GCS_VOLUME = "lifeboat-gcs-credentials"
@@ -46,17 +49,41 @@ class InjectionError(Exception):
     """The pod cannot be injected; the message is meant for the user who created it."""
 
 
+def wants_injection(labels: Mapping[str, str], **_: Any) -> bool:
+    """Whether a pod asks for injection: it carries the writer's or the follower's label."""
+    return specs.REPLICA_LABEL in labels or specs.FOLLOW_LABEL in labels
+
+
+def target(labels: Mapping[str, str]) -> tuple[str, bool]:
+    """(SQLiteReplica name, whether the pod is a follower) from a pod's labels.
+
+    Raises :class:`InjectionError` for a pod with both labels: it would be a writer and a reader of
+    the same database at once.
+    """
+    if specs.REPLICA_LABEL in labels and specs.FOLLOW_LABEL in labels:
+        raise InjectionError(
+            f"pod carries both {specs.REPLICA_LABEL} (the one writer) and {specs.FOLLOW_LABEL} (a read "
+            "replica): keep one label; a follower only reads the database its SQLiteReplica's writer uploads")
+    if specs.FOLLOW_LABEL in labels:
+        return labels[specs.FOLLOW_LABEL], True
+    return labels[specs.REPLICA_LABEL], False
+
+
 def inject(
     pod: Mapping[str, Any],
     replica: Mapping[str, Any],
     *,
     native_sidecar: bool = True,
     default_image: str = DEFAULT_IMAGE,
+    follower: bool = False,
 ) -> dict[str, Any]:
     """Return a copy of ``pod`` with the restore init container and the agent added.
 
     ``replica`` is the whole SQLiteReplica object. ``native_sidecar`` is the operator's default,
     overridden by ``spec.agent.nativeSidecar``. A pod already injected is returned unchanged.
+    With ``follower``, the pod is a read replica: its restore always fetches the latest state, and
+    the sidecar follows the replica (``restore -f``) instead of replicating; its app container may
+    mount the database read-only.
     Raises :class:`InjectionError` when the pod has no app container or no writable volume
     holding the database.
     """
@@ -67,7 +94,7 @@ def inject(
     name = replica["metadata"]["name"]
     pod_spec = result.setdefault("spec", {})
     app = _app_container(pod_spec, spec)
-    db_mount = _database_mount(pod_spec, app, spec["database"])
+    db_mount = _database_mount(pod_spec, app, spec["database"], read_only_app=follower)
     agent_spec = spec.get("agent") or {}
     port = int(agent_spec.get("metricsPort", specs.DEFAULT_METRICS_PORT))
     _check_port_free(pod_spec, port)
@@ -76,8 +103,8 @@ def inject(
     expansion = _expansion_env(app, db_mount)
     if expansion:
         base["env"] = expansion + base.get("env", [])
-    restore = _restore_container(base, spec)
-    agent = _agent_container(base, port)
+    restore = _follower_restore_container(base, spec) if follower else _restore_container(base, spec)
+    agent = _follow_container(base, spec, port) if follower else _agent_container(base, port)
 
     init_containers = pod_spec.setdefault("initContainers", [])
     native = agent_spec.get("nativeSidecar", native_sidecar)
@@ -120,7 +147,7 @@ def warnings(pod: Mapping[str, Any], replica: Mapping[str, Any]) -> list[str]:
 def _already_injected(pod: Mapping[str, Any]) -> bool:
     if specs.INJECTED_ANNOTATION in (pod.get("metadata", {}).get("annotations") or {}):
         return True
-    return any(c.get("name") == AGENT_CONTAINER for c in _all_containers(pod.get("spec", {})))
+    return any(c.get("name") in (AGENT_CONTAINER, FOLLOW_CONTAINER) for c in _all_containers(pod.get("spec", {})))
 
 
 def _all_containers(pod_spec: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -158,13 +185,16 @@ def _longest_mount(container: Mapping[str, Any], database: str) -> dict[str, Any
     return best
 
 
-def _database_mount(pod_spec: Mapping[str, Any], app: Mapping[str, Any], database: str) -> dict[str, Any]:
+def _database_mount(
+    pod_spec: Mapping[str, Any], app: Mapping[str, Any], database: str, *, read_only_app: bool = False
+) -> dict[str, Any]:
     mount = _longest_mount(app, database)
     if mount is None:
         raise InjectionError(
             f"database {database} is on no volume of container {app['name']!r}: "
             "mount a volume at its directory (or a parent); a container's root filesystem is not replicable")
-    if mount.get("readOnly"):
+    # A follower's app only reads; our copy of the mount is writable either way (readOnly is not kept).
+    if mount.get("readOnly") and not read_only_app:
         raise InjectionError(
             f"volume {mount['name']!r} holding {database} is mounted read-only in container {app['name']!r}: "
             "the agent must write beside the database")
@@ -291,6 +321,17 @@ def _restore_container(base: Mapping[str, Any], spec: Mapping[str, Any]) -> dict
         args += ["-timestamp", restore["timestamp"]]
     elif restore.get("txid"):
         args += ["-txid", restore["txid"]]
+    return _restore_with(base, spec, args)
+
+
+def _follower_restore_container(base: Mapping[str, Any], spec: Mapping[str, Any]) -> dict[str, Any]:
+    # Always the latest state (spec.restore picks the writer's point in time), left as follow mode
+    # resumes from it; a replica without a backup yet is skipped and the sidecar waits for one.
+    args = ["restore", "-if-db-not-exists", "-if-replica-exists", "-follow-ready", "-config", agent_config.CONFIG_PATH]
+    return _restore_with(base, spec, args)
+
+
+def _restore_with(base: Mapping[str, Any], spec: Mapping[str, Any], args: list[str]) -> dict[str, Any]:
     return {"name": RESTORE_CONTAINER, **copy.deepcopy(dict(base)),
             "command": ["lifeboat"], "args": [*args, spec["database"]],
             # A failed restore's error line becomes the termination message, which the operator
@@ -313,8 +354,29 @@ def _agent_container(base: Mapping[str, Any], port: int) -> dict[str, Any]:
     }
 
 
+def _follow_container(base: Mapping[str, Any], spec: Mapping[str, Any], port: int) -> dict[str, Any]:
+    interval = spec.get("followInterval") or specs.DEFAULT_FOLLOW_INTERVAL
+    return {
+        "name": FOLLOW_CONTAINER,
+        **copy.deepcopy(dict(base)),
+        "command": ["lifeboat"],
+        "args": ["restore", "-f", "-follow-interval", interval, "-config", agent_config.CONFIG_PATH,
+                 spec["database"]],
+        "ports": [{"name": METRICS_PORT_NAME, "containerPort": port, "protocol": "TCP"}],
+        # /readyz turns 200 once the first restore is done: the app starts only then (startup probe
+        # of a native sidecar), and a Service sends reads only to followers that have the data.
+        "startupProbe": _probe("/readyz", period=1, failures=600),
+        "readinessProbe": _probe("/readyz", period=5, failures=1),
+        "livenessProbe": _healthz_probe(period=10, failures=3),
+    }
+
+
 def _healthz_probe(*, period: int, failures: int) -> dict[str, Any]:
-    return {"httpGet": {"path": "/healthz", "port": METRICS_PORT_NAME},
+    return _probe("/healthz", period=period, failures=failures)
+
+
+def _probe(path: str, *, period: int, failures: int) -> dict[str, Any]:
+    return {"httpGet": {"path": path, "port": METRICS_PORT_NAME},
             "periodSeconds": period, "failureThreshold": failures}
 
 

@@ -14,11 +14,14 @@ KIND = "SQLiteReplica"
 
 # The label a pod carries to opt in; its value names the SQLiteReplica in the pod's namespace.
 REPLICA_LABEL = "lifeboat.dev/replica"
+# The label a read-replica pod carries instead: its value names the SQLiteReplica it follows.
+FOLLOW_LABEL = "lifeboat.dev/follow"
 # Set on injected pods: the idempotence marker, and a hint for humans reading the pod.
 INJECTED_ANNOTATION = "lifeboat.dev/injected"
 
 DEFAULT_METRICS_PORT = 9090
 DEFAULT_MAX_LAG = "1m"
+DEFAULT_FOLLOW_INTERVAL = "1s"
 
 # Backend options per URL scheme: the CRD's camelCase name → the agent's (Litestream's) config key.
 BACKEND_OPTIONS: dict[str, dict[str, str]] = {
@@ -84,12 +87,15 @@ def problems(spec: Mapping[str, Any]) -> list[str]:
     restore = spec.get("restore") or {}
     if restore.get("timestamp") and restore.get("txid"):
         found.append("restore.timestamp and restore.txid are exclusive: pick one point in time")
-    for field in ("syncInterval", "maxLag"):
+    for field in ("syncInterval", "maxLag", "followInterval"):
         if spec.get(field) is not None:
             try:
-                parse_duration(spec[field])
+                seconds = parse_duration(spec[field])
             except ValueError:
                 found.append(f"{field}: {spec[field]!r} is not a duration like 1s or 1m30s")
+                continue
+            if field == "followInterval" and seconds <= 0:
+                found.append(f"followInterval: {spec[field]!r} must be longer than zero")
     return found
 
 

@@ -1,6 +1,7 @@
 """The SQLiteReplica status: conditions, and the agents' replication state gathered from the pods.
 
-Aggregation is pure; :func:`fetch_agent_status` is the only I/O (one GET of an agent's ``/status``).
+Aggregation is pure; :func:`collect` is the only I/O (one GET per pod: a writer's ``/status``, a
+follower's ``/metrics``).
 """
 
 import asyncio
@@ -13,6 +14,8 @@ import aiohttp
 import kopf
 from lifeboat.operator.injection import RESTORE_CONTAINER
 
+STATUS_PATH = "/status"  # a replicating agent's state, as JSON
+FOLLOW_PATH = "/metrics"  # a follower's lifeboat_follow_* gauges
 # The most of one pod's restore error a condition repeats (a message of many pods stays readable).
 MESSAGE_LIMIT = 1000
 
@@ -24,6 +27,12 @@ class PodReport:
     name: str
     agent_status: Mapping[str, Any] | None = None
     error: str | None = None
+
+
+def running(pod: Mapping[str, Any]) -> bool:
+    """A pod whose agent can be asked: Running, with an IP."""
+    status = pod.get("status") or {}
+    return status.get("phase") == "Running" and bool(status.get("podIP"))
 
 
 def now_rfc3339() -> str:
@@ -176,25 +185,66 @@ def summarize(reports: Iterable[PodReport], *, database: str) -> dict[str, Any]:
     }
 
 
-async def fetch_agent_status(
-    session: aiohttp.ClientSession, pod_name: str, pod_ip: str, port: int, *, time_limit: float = 5.0
+def follower_entry(report: PodReport) -> dict[str, Any]:
+    """One ``status.followerPods`` item: a follower's position and lag from its ``/metrics``."""
+    entry: dict[str, Any] = {"name": report.name, "txid": None, "lagSeconds": None, "ready": False,
+                             "error": report.error}
+    if report.agent_status is not None:
+        found = report.agent_status
+        if "lifeboat_follow_txid" not in found:
+            entry["error"] = "the agent reports no follow metrics (not in follow mode?)"
+            return entry
+        ready = bool(found.get("lifeboat_follow_ready"))
+        entry.update(ready=ready, txid=_hex(int(found["lifeboat_follow_txid"])) if ready else None,
+                     lagSeconds=found.get("lifeboat_follow_lag_seconds") if ready else None)
+    return entry
+
+
+def summarize_followers(reports: Iterable[PodReport]) -> dict[str, Any]:
+    """The status fields about read replicas: ``followers`` (running follower pods),
+    ``followLagSeconds`` (the worst lag of those that answered) and ``followerPods``."""
+    entries = [follower_entry(report) for report in sorted(reports, key=lambda r: r.name)]
+    lags = [e["lagSeconds"] for e in entries if e["lagSeconds"] is not None]
+    return {"followers": len(entries), "followLagSeconds": max(lags) if lags else None, "followerPods": entries}
+
+
+def parse_follow_metrics(text: str) -> dict[str, float]:
+    """The ``lifeboat_follow_*`` samples of a Prometheus text exposition, by metric name.
+
+    A follower serves one database, so each name has one sample; its labels are not needed.
+    """
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line.startswith("lifeboat_follow_"):
+            continue
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        found[name] = float(line.rsplit(" ", 1)[1])
+    return found
+
+
+async def _ask(
+    session: aiohttp.ClientSession, pod_name: str, pod_ip: str, port: int, path: str, *, time_limit: float
 ) -> PodReport:
-    """Ask one agent for its ``/status``; a failure becomes the report's error, never an exception."""
+    """GET one agent's ``path``; a failure becomes the report's error, never an exception."""
     host = f"[{pod_ip}]" if ":" in pod_ip else pod_ip
     try:
-        async with session.get(f"http://{host}:{port}/status",
+        async with session.get(f"http://{host}:{port}{path}",
                                timeout=aiohttp.ClientTimeout(total=time_limit)) as response:
             response.raise_for_status()
+            if path == FOLLOW_PATH:
+                return PodReport(pod_name, agent_status=parse_follow_metrics(await response.text()))
             return PodReport(pod_name, agent_status=await response.json(content_type=None))
-    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+    except (aiohttp.ClientError, TimeoutError, ValueError, IndexError) as exc:
         return PodReport(pod_name, error=f"agent unreachable: {type(exc).__name__}: {exc}".rstrip(": "))
 
 
 async def collect(
-    pods: Iterable[Mapping[str, Any]], port: int, *, time_limit: float = 5.0
+    pods: Iterable[Mapping[str, Any]], port: int, *, time_limit: float = 5.0, followers: bool = False
 ) -> list[PodReport]:
-    """Fetch every running pod's agent status concurrently."""
+    """Fetch every running pod's agent ``/status`` (or, with ``followers``, follow ``/metrics``)
+    concurrently."""
+    path = FOLLOW_PATH if followers else STATUS_PATH
     async with aiohttp.ClientSession() as session:
-        fetches = [fetch_agent_status(session, p["metadata"]["name"], p["status"]["podIP"], port,
-                                      time_limit=time_limit) for p in pods]
+        fetches = [_ask(session, p["metadata"]["name"], p["status"]["podIP"], port, path, time_limit=time_limit)
+                   for p in pods]
         return list(await asyncio.gather(*fetches))

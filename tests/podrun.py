@@ -7,6 +7,9 @@ Each container runs with exactly the command, args and env its pod spec gives it
 * volumes: every volume gets a local directory (a PVC a directory that outlives the pod, an emptyDir or
   a projected service-account token a fresh one, a ConfigMap a directory holding its keys), and every
   path under a container's mount is rewritten to that directory, in args, env and mounted files alike;
+* network: a pod whose IP (status.podIP) is on loopback, as kwok assigns them here (.ci/cluster.sh),
+  has its agent listen on that IP (the config's `addr` host), so several pods' agents share a port as
+  in their own network namespaces, and the operator reaches each at its pod IP;
 * order: init containers one after another, a native sidecar (`restartPolicy: Always`) started and
   its `startupProbe` awaited before the next, then the regular containers; on termination the app is
   SIGKILLed and the sidecar gets SIGTERM, its final sync.
@@ -17,6 +20,7 @@ writer process.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import posixpath
 import signal
@@ -107,6 +111,18 @@ class Pod:
             else:
                 raise AssertionError(f"volume kind the test does not emulate: {volume}")
 
+    @property
+    def ip(self) -> str:
+        """Where this pod's processes listen: its pod IP when on loopback, else 127.0.0.1."""
+        ip = (self.manifest.get("status") or {}).get("podIP")
+        return ip if ip and ipaddress.ip_address(ip).is_loopback else "127.0.0.1"
+
+    def _config(self, text: str, mounts: Mapping[str, Path]) -> str:
+        config = _rewrite(yaml.safe_load(text), mounts)
+        if isinstance(config, dict) and str(config.get("addr", "")).startswith(":"):
+            config["addr"] = f"{self.ip}{config['addr']}"  # ":9090": every address of the pod's own network
+        return yaml.safe_dump(config)
+
     def _container(self, spec: Mapping[str, Any]) -> Container:
         mounts: dict[str, Path] = {}
         cm_volumes = {v["name"]: v["configMap"]["name"] for v in self.manifest["spec"]["volumes"] if "configMap" in v}
@@ -119,7 +135,7 @@ class Pod:
                 local.mkdir(parents=True)
                 mounts[mount["mountPath"]] = local
                 for key, text in self.configmaps[cm_volumes[mount["name"]]].items():
-                    (local / key).write_text(yaml.safe_dump(_rewrite(yaml.safe_load(text), mounts)))
+                    (local / key).write_text(self._config(text, mounts))
         args = _rewrite(list(spec.get("args") or []), mounts)
         argv = [*LIFEBOAT, *args] if _is_ours(spec) else []  # the app is the test's own writer process
         env = _rewrite(_env(spec, self.secrets, self.root), mounts)
@@ -159,7 +175,7 @@ class Pod:
         self.procs.append(proc)
         probe = spec["startupProbe"]
         port = {p["name"]: p["containerPort"] for p in spec["ports"]}[probe["httpGet"]["port"]]
-        url = f"http://127.0.0.1:{port}{probe['httpGet']['path']}"
+        url = f"http://{self.ip}:{port}{probe['httpGet']['path']}"
 
         def started() -> bool:
             assert proc.poll() is None, f"{c.name} exited {proc.returncode}: {self.log(c.name)}"

@@ -126,7 +126,8 @@ def test_replica_status_and_printer_columns_show_what_the_operator_wrote(demo: C
     assert credentials and (credentials["status"], credentials["reason"]) == ("Unknown", "SecretUnreadable")
     ready = wait_until(lambda: replica_condition(demo, "Ready"), 60, "the status timer's Ready condition")
     (row,) = table(demo.kubectl("get", "sqlr", "-n", DEMO_NAMESPACE).stdout)
-    assert list(row) == ["NAME", "DATABASE", "REPLICA", "TXID", "LAG", "READY", "VERIFIED", "AGE"]
+    assert list(row) == ["NAME", "DATABASE", "REPLICA", "TXID", "LAG", "FOLLOWERS", "FOLLOW-LAG", "READY", "VERIFIED",
+                         "AGE"]
     assert (row["NAME"], row["DATABASE"], row["REPLICA"]) == (REPLICA, "/data/app.db", "s3://backups/app")
     status = demo.get("sqlitereplica", REPLICA, namespace=DEMO_NAMESPACE)["status"]
     assert row["TXID"] == status.get("txid", "")

@@ -126,6 +126,7 @@ def test_resource_shape_for_kubectl() -> None:
     columns = {c["name"]: c["jsonPath"] for c in VERSION["additionalPrinterColumns"]}
     assert columns == {
         "Database": ".spec.database", "Replica": ".spec.replica.url", "TXID": ".status.txid",
-        "Lag": ".status.lagSeconds", "Ready": '.status.conditions[?(@.type=="Ready")].status',
+        "Lag": ".status.lagSeconds", "Followers": ".status.followers", "Follow-Lag": ".status.followLagSeconds",
+        "Ready": '.status.conditions[?(@.type=="Ready")].status',
         "Verified": '.status.conditions[?(@.type=="Verified")].status', "Age": ".metadata.creationTimestamp",
     }

@@ -88,21 +88,23 @@ def test_every_rendered_object_is_valid_kubernetes(rendered: list[dict[str, Any]
 
 
 def test_mutating_webhook_is_fail_closed_scoped_and_fast(rendered: list[dict[str, Any]]) -> None:
-    (hook,) = only(rendered, "MutatingWebhookConfiguration")["webhooks"]
+    # One entry per label (writers, read replicas): an objectSelector cannot match either of two keys.
+    writers, followers = only(rendered, "MutatingWebhookConfiguration")["webhooks"]
 
-    assert hook["failurePolicy"] == "Fail"
-    assert hook["sideEffects"] == "None"
-    assert hook["timeoutSeconds"] <= 10
-    assert hook["reinvocationPolicy"] == "IfNeeded"
-    assert [r["operations"] for r in hook["rules"]] == [["CREATE"]]
-    assert [r["resources"] for r in hook["rules"]] == [["pods"]]
-    assert hook["objectSelector"] == {"matchExpressions": [{"key": spec.REPLICA_LABEL, "operator": "Exists"}]}
-    excluded = hook["namespaceSelector"]["matchExpressions"][0]
-    assert excluded["operator"] == "NotIn"
-    assert {"kube-system", RELEASE_NAMESPACE} <= set(excluded["values"])
-    service = only(rendered, "Service")
-    assert hook["clientConfig"]["service"] == {
-        "name": service["metadata"]["name"], "namespace": RELEASE_NAMESPACE, "path": "/inject", "port": 443}
+    for hook, label in ((writers, spec.REPLICA_LABEL), (followers, spec.FOLLOW_LABEL)):
+        assert hook["failurePolicy"] == "Fail"
+        assert hook["sideEffects"] == "None"
+        assert hook["timeoutSeconds"] <= 10
+        assert hook["reinvocationPolicy"] == "IfNeeded"
+        assert [r["operations"] for r in hook["rules"]] == [["CREATE"]]
+        assert [r["resources"] for r in hook["rules"]] == [["pods"]]
+        assert hook["objectSelector"] == {"matchExpressions": [{"key": label, "operator": "Exists"}]}
+        excluded = hook["namespaceSelector"]["matchExpressions"][0]
+        assert excluded["operator"] == "NotIn"
+        assert {"kube-system", RELEASE_NAMESPACE} <= set(excluded["values"])
+        service = only(rendered, "Service")
+        assert hook["clientConfig"]["service"] == {
+            "name": service["metadata"]["name"], "namespace": RELEASE_NAMESPACE, "path": "/inject", "port": 443}
 
 
 def test_validating_webhooks_cover_sqlitereplicas_and_sqliterestores(rendered: list[dict[str, Any]]) -> None:

@@ -13,7 +13,15 @@ from pathlib import Path
 
 import pytest
 from lifeboat.agent import ltx
-from lifeboat.agent.follow import _write_journal, apply_file, read_txid, roll_back, to_rollback_mode, write_txid
+from lifeboat.agent.follow import (
+    _write_journal,
+    apply_file,
+    apply_files,
+    read_txid,
+    roll_back,
+    to_rollback_mode,
+    write_txid,
+)
 from lifeboat.agent.restore import RestoreError
 
 PAGE = 4096
@@ -95,6 +103,46 @@ def test_corrupt_file_leaves_database_untouched(pair: tuple[Path, Path]) -> None
     with pytest.raises(ltx.LTXError):
         apply_file(out, file, "2.ltx", PAGE)
     assert out.read_bytes() == original
+
+
+def _counter(path: Path) -> int:
+    return int.from_bytes(path.read_bytes()[24:28], "big")
+
+
+def test_consecutive_files_apply_as_one_transaction(tmp_path: Path, pair: tuple[Path, Path]) -> None:
+    """A busy writer's many small files per poll cost one journal and one set of fsyncs."""
+    out, second = pair
+    newer = tmp_path / "newer.db"  # the pair's 300-row state; one more transaction on top
+    _db(newer, 50)
+    _ltx_of(newer, tmp_path / "3.ltx", 3)
+    before = _counter(out)
+
+    headers = apply_files(out, [(second, "2.ltx"), (tmp_path / "3.ltx", "3.ltx")], PAGE)
+
+    assert [h.max_txid for h in headers] == [2, 3]
+    assert _count(out) == 350
+    assert _counter(out) == before + 1, "not one transaction"
+    assert not Path(f"{out}-journal").exists()
+
+
+def test_a_shrinking_file_ends_its_transaction(tmp_path: Path, pair: tuple[Path, Path]) -> None:
+    out, second = pair
+    shrunk = tmp_path / "shrunk.db"
+    shutil.copy(tmp_path / "newer.db", shrunk)
+    conn = sqlite3.connect(shrunk, isolation_level=None)
+    conn.execute("DELETE FROM t WHERE id > 10")
+    conn.execute("VACUUM")
+    conn.close()
+    _ltx_of(shrunk, tmp_path / "3.ltx", 3)
+    _db(shrunk, 5)
+    _ltx_of(shrunk, tmp_path / "4.ltx", 4)
+    before = _counter(out)
+
+    apply_files(out, [(second, "2.ltx"), (tmp_path / "3.ltx", "3.ltx"), (tmp_path / "4.ltx", "4.ltx")], PAGE)
+
+    assert _count(out) == 15
+    assert _counter(out) == before + 2, "the shrinking file did not end its transaction"
+    assert out.read_bytes()[100:] == shrunk.read_bytes()[100:]
 
 
 def test_txid_file_round_trip(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from .db import Database, DatabaseError
 from .storage import SNAPSHOT_LEVEL, FileInfo, ReplicaClient, StorageError
+from .storage.file import SealedFile
 
 log = logging.getLogger("lifeboat.replica")
 
@@ -76,7 +77,7 @@ class Replica:
                         "run `lifeboat reset` on this database"
                     )
                 path = self.db.l0_path(txid)
-                with open(path, "rb") as f:
+                with SealedFile(path) as f:
                     info = await self.client.write_ltx_file(0, txid, txid, f)
                 self.pos = txid
                 self.stats.uploads += 1

@@ -30,6 +30,8 @@ from .storage.retry import retry
 log = logging.getLogger("lifeboat")
 Report = Callable[[Transfer], None]
 
+# -parallelism: GETs at once. Each runs in a worker thread of the blocking SDKs, so it is bounded.
+MAX_PARALLELISM = 64
 # A file larger than this is fetched as ranged GETs of this size, in parallel.
 PART_SIZE = 16 << 20
 # Files running ahead of the applier: per GET allowed at once, and in bytes (beyond the file the
@@ -41,6 +43,12 @@ AHEAD_BYTES = 256 << 20
 DOWNLOAD_ATTEMPTS = 5
 DOWNLOAD_BACKOFF = 0.5
 DOWNLOAD_BACKOFF_CAP = 8.0
+
+
+def threads_for(parallelism: int) -> int:
+    """Worker threads a restore with `parallelism` GETs needs: one per GET, plus the applier's and
+    a few for listings (asyncio's default pool, CPUs + 4, would cap the GETs on a small machine)."""
+    return max(parallelism + 4, min(32, (os.cpu_count() or 1) + 4))
 
 
 def file_name(info: FileInfo) -> str:

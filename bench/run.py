@@ -1039,6 +1039,8 @@ def markdown(res: dict[str, Any]) -> str:
             x["s3"]["litestream"]["mb_per_s"])
         add(f"5b. restore {at}: peak RSS (MB)", x["s3"]["lifeboat"]["peak_rss_mb"],
             x["s3"]["litestream"]["peak_rss_mb"], "≤ 1.5×", lambda r: r <= 1.5)
+        add(f"5b. restore {at}: CPU of the median run (s)", x["s3"]["lifeboat"]["cpu_seconds"],
+            x["s3"]["litestream"]["cpu_seconds"])
     lines = ["| metric | lifeboat | litestream 0.5.17 | ratio | target | met |", "|---|---:|---:|---:|---|---|"]
     for name, lb, ls, target, ok in rows:
         r = ratio(lb, ls) if isinstance(lb, (int, float)) and isinstance(ls, (int, float)) else None

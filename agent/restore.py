@@ -27,14 +27,21 @@ from pathlib import Path
 from . import ltx, restore_v3
 from .progress import Transfer
 from .restore_errors import NoBackupError, OutputExistsError, RestoreError, UnservableTargetError
-from .restore_fetch import DOWNLOAD_ATTEMPTS, DOWNLOAD_BACKOFF, DOWNLOAD_BACKOFF_CAP, Fetcher, fetch_range, file_name
+from .restore_fetch import (
+    DOWNLOAD_ATTEMPTS,
+    DOWNLOAD_BACKOFF,
+    DOWNLOAD_BACKOFF_CAP,
+    Fetcher,
+    Report,
+    fetch_range,
+    file_name,
+)
 from .sqlite import lock_pgno
 from .storage import SNAPSHOT_LEVEL, FileInfo, NotFound, ReplicaClient, format_timestamp
 from .storage.file import fsync_dir
 from .storage.retry import retry
 
 log = logging.getLogger("lifeboat")
-Report = Callable[[Transfer], None]
 
 MAX_LEVEL = SNAPSHOT_LEVEL
 REPLAN_ATTEMPTS = 3

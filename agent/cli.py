@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import json
 import logging
 import os
@@ -29,6 +30,7 @@ from .follow import restore_and_follow, restore_for_follow
 from .ltx import LTXError
 from .progress import Progress
 from .restore import IfExists, NoBackupError, RestoreError, UnservableTargetError, list_levels, plan, restore
+from .restore_fetch import MAX_PARALLELISM, threads_for
 from .sqlite import SQLiteFormatError
 from .storage import ConfigError, ReplicaClient, StorageError, new_client, parse_timestamp
 
@@ -264,8 +266,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
     output = args.o or (db.path if db is not None else None)
     if output is None:
         raise CLIError("restore from a replica URL needs an output path (-o)")
-    if args.parallelism < 1:
-        raise CLIError(f"invalid -parallelism {args.parallelism}: must be at least 1")
+    if not 1 <= args.parallelism <= MAX_PARALLELISM:
+        raise CLIError(f"invalid -parallelism {args.parallelism}: must be between 1 and {MAX_PARALLELISM}")
     if args.txid and args.timestamp:
         raise CLIError("cannot specify both -txid and -timestamp")
     txid = _parse_txid(args.txid) if args.txid else None
@@ -291,6 +293,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
                 if_exists=if_exists, parallelism=args.parallelism, integrity_check=check,
                 addr=conf.addr if conf is not None else None,
             ),
+            threads_for(args.parallelism),
         )
         return 0
     if args.follow_ready:
@@ -305,6 +308,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
                 client, out, txid=txid, timestamp=ts, parallelism=args.parallelism, integrity_check=check,
                 if_exists=if_exists, progress=bar,
             ),
+            threads_for(args.parallelism),
         )
     except NoBackupError:
         if args.if_replica_exists:
@@ -398,10 +402,13 @@ async def _dry_run(client: ReplicaClient, txid: int | None, ts: datetime | None,
     return 0
 
 
-def _run_with(client: ReplicaClient, coro: Coroutine[Any, Any, T]) -> T:
-    """Run one client operation, then close the client's connections (SFTP, NATS hold some)."""
+def _run_with(client: ReplicaClient, coro: Coroutine[Any, Any, T], threads: int | None = None) -> T:
+    """Run one client operation, then close the client's connections (SFTP, NATS hold some).
+    `threads` sizes the worker pool the blocking SDK calls run in (default: asyncio's)."""
 
     async def run() -> T:
+        if threads is not None:
+            asyncio.get_running_loop().set_default_executor(concurrent.futures.ThreadPoolExecutor(threads))
         try:
             return await coro
         finally:

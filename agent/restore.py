@@ -1,6 +1,7 @@
 """Restore: plan which replica files rebuild the database, fetch them in parallel, apply, verify.
 
-The output is assembled in `<out>.tmp`, checked (every input's checksum, TXID contiguity, pages
+Files are applied in plan order while later ones still download (`restore_fetch`). The output is
+assembled in `<out>.tmp`, checked (every input's checksum, TXID contiguity, pages
 1..Commit all present, optionally `PRAGMA integrity_check`), fsynced and renamed: a failed restore
 never leaves a database behind, and never touches the one already there. What happens to an
 existing output (`IfExists`) is decided here, for every caller: the CLI, the restore init container
@@ -25,41 +26,28 @@ from pathlib import Path
 
 from . import ltx, restore_v3
 from .progress import Transfer
+from .restore_errors import NoBackupError, OutputExistsError, RestoreError, UnservableTargetError
+from .restore_fetch import (
+    DOWNLOAD_ATTEMPTS,
+    DOWNLOAD_BACKOFF,
+    DOWNLOAD_BACKOFF_CAP,
+    Fetcher,
+    Report,
+    fetch_range,
+    file_name,
+)
 from .sqlite import lock_pgno
-from .storage import SNAPSHOT_LEVEL, FileInfo, NotFound, ReplicaClient, Transient, format_timestamp
+from .storage import SNAPSHOT_LEVEL, FileInfo, NotFound, ReplicaClient, format_timestamp
 from .storage.file import fsync_dir
 from .storage.retry import retry
 
 log = logging.getLogger("lifeboat")
-Report = Callable[[Transfer], None]
 
 MAX_LEVEL = SNAPSHOT_LEVEL
 REPLAN_ATTEMPTS = 3
 # A snapshot's pages come in order: writing runs of them with one pwritev each saves a system call
 # per page. 256 pages stay within IOV_MAX (1024) and bound what is held at once.
 WRITE_RUN_PAGES = 256
-# A download that fails without progress: tries, and the full-jitter backoff between them (at most
-# about 15 s of waiting in all, on top of what a backend's SDK retries by itself).
-DOWNLOAD_ATTEMPTS = 5
-DOWNLOAD_BACKOFF = 0.5
-DOWNLOAD_BACKOFF_CAP = 8.0
-
-
-class RestoreError(RuntimeError):
-    """A restore could not produce a correct database; the message names the file at fault."""
-
-
-class NoBackupError(RestoreError):
-    """The replica holds no files at all (the only case `-if-replica-exists` skips)."""
-
-
-class UnservableTargetError(RestoreError):
-    """The replica has files, but none that restore the requested TXID or timestamp."""
-
-
-class OutputExistsError(RestoreError):
-    """The output, or a -wal/-shm/-journal beside it, exists and the policy forbids touching it."""
-
 
 class IfExists(enum.Enum):
     """What a restore does when its output already exists."""
@@ -168,90 +156,83 @@ async def list_levels(client: ReplicaClient, use_metadata: bool = False) -> dict
 
 
 async def download(client: ReplicaClient, info: FileInfo, dest: Path, transfer: Transfer, report: Report) -> None:
-    """Fetch one replica file into `dest`. A broken stream resumes by range where it stopped (at once: it
-    made progress); a failure with no progress is retried with backoff, and surfaces when the tries
-    run out. One reset connection costs one request, never the multi-GB download before it."""
-    name = f"level {info.level} file {info.name}"
-    with open(dest, "wb") as f:
-
-        async def rest() -> bool:
-            start = f.tell()
-            try:
-                async for chunk in client.open_ltx_file(info.level, info.min_txid, info.max_txid, offset=start):
-                    f.write(chunk)
-                    transfer.bytes += len(chunk)
-                    report(transfer)
-            except Transient as exc:
-                if f.tell() == start:
-                    raise
-                log.warning("%s: %s; resuming at byte %d", name, exc, f.tell())
-                return False
-            # A stream that ended early without an error (a proxy closing cleanly) resumes too.
-            return not (info.size and start < f.tell() < info.size)
-
-        while not await retry(rest, attempts=DOWNLOAD_ATTEMPTS, base=DOWNLOAD_BACKOFF, cap=DOWNLOAD_BACKOFF_CAP):
-            pass
-        size = f.tell()
+    """Fetch one replica file into `dest` with one GET, resumed by range and retried (`fetch_range`)."""
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        size = await fetch_range(client, info, fd, 0, None, transfer, report)
+    finally:
+        os.close(fd)
     if size != info.size and info.size:
-        raise RestoreError(f"{name}: downloaded {size} bytes, listing says {info.size}")
+        raise RestoreError(f"{file_name(info)}: downloaded {size} bytes, listing says {info.size}")
     transfer.files += 1
     report(transfer)
 
 
-def _apply(files: list[tuple[FileInfo, Path]], out: Path) -> int:
-    """Write every file's pages into `out` in order (newest wins); returns the final commit."""
-    page_size = 0
-    commit = 0
-    prev_max = 0
-    present = bytearray()
-    # A header's commit sizes the page bitmap: it must be one these files can physically back (each
-    # stored page costs at least its header, size and LZ4 output), or a forged header would make
-    # restore allocate (and scan) gigabytes.
-    total_bytes = sum(os.path.getsize(path) for _, path in files)
-    fd = os.open(out, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        for info, path in files:
-            name = f"level {info.level} file {info.name}"
-            with open(path, "rb", buffering=1 << 20) as f:
-                dec = ltx.Decoder(f, name)
-                h = dec.header
-                if (h.min_txid, h.max_txid) != (info.min_txid, info.max_txid):
-                    raise RestoreError(f"{name}: header says txids {h.min_txid}-{h.max_txid}")
-                if page_size and h.page_size != page_size:
-                    raise RestoreError(f"{name}: page size {h.page_size} differs from {page_size}")
-                if prev_max and not (h.min_txid <= prev_max + 1 and h.max_txid > prev_max):
-                    raise RestoreError(f"{name}: not contiguous with txid {prev_max}")
-                page_size = h.page_size
-                commit = h.commit
-                if commit > total_bytes // (8 + page_size // 512) + 2:
-                    raise RestoreError(
-                        f"{name}: header claims {commit} pages of {page_size} bytes, more than the "
-                        f"{total_bytes} bytes of replica files can hold"
-                    )
-                if len(present) < commit + 1:
-                    present.extend(bytes(commit + 1 - len(present)))
-                run: list[bytes] = []  # consecutive pages, written with one pwritev
-                first = 0
-                for pgno, data in dec.pages():
-                    if run and (pgno != first + len(run) or len(run) == WRITE_RUN_PAGES):
-                        os.pwritev(fd, run, (first - 1) * page_size)
-                        run.clear()
-                    if not run:
-                        first = pgno
-                    run.append(data)
-                    present[pgno] = 1
-                if run:  # before the next file, whose pages may overwrite these
-                    os.pwritev(fd, run, (first - 1) * page_size)
-                prev_max = h.max_txid
-        lock = lock_pgno(page_size)
-        missing = [p for p in range(1, commit + 1) if not present[p] and p != lock][:5]
+class _Applier:
+    """Writes files' pages into `out`, one file at a time in plan order (newest wins), checking
+    each file against the ones before; `finish` checks pages 1..Commit are all there."""
+
+    def __init__(self, out: Path, files: list[FileInfo]) -> None:
+        self.page_size = 0
+        self.commit = 0
+        self.prev_max = 0
+        self.present = bytearray()
+        # A header's commit sizes the page bitmap: it must be one these files can physically back
+        # (each stored page costs at least its header, size and LZ4 output), or a forged header
+        # would make restore allocate (and scan) gigabytes. Downloads are checked against the
+        # listing's sizes; a file listed without one counts by its downloaded size once applied.
+        self.total_bytes = sum(f.size for f in files)
+        self.fd = os.open(out, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+
+    def apply(self, info: FileInfo, path: Path) -> None:
+        """Write the pages of `info`, downloaded at `path`."""
+        name = file_name(info)
+        if not info.size:
+            self.total_bytes += os.path.getsize(path)
+        with open(path, "rb", buffering=1 << 20) as f:
+            dec = ltx.Decoder(f, name)
+            h = dec.header
+            if (h.min_txid, h.max_txid) != (info.min_txid, info.max_txid):
+                raise RestoreError(f"{name}: header says txids {h.min_txid}-{h.max_txid}")
+            if self.page_size and h.page_size != self.page_size:
+                raise RestoreError(f"{name}: page size {h.page_size} differs from {self.page_size}")
+            if self.prev_max and not (h.min_txid <= self.prev_max + 1 and h.max_txid > self.prev_max):
+                raise RestoreError(f"{name}: not contiguous with txid {self.prev_max}")
+            page_size = self.page_size = h.page_size
+            self.commit = h.commit
+            if self.commit > self.total_bytes // (8 + page_size // 512) + 2:
+                raise RestoreError(
+                    f"{name}: header claims {self.commit} pages of {page_size} bytes, more than the "
+                    f"{self.total_bytes} bytes of replica files can hold"
+                )
+            if len(self.present) < self.commit + 1:
+                self.present.extend(bytes(self.commit + 1 - len(self.present)))
+            run: list[bytes] = []  # consecutive pages, written with one pwritev
+            first = 0
+            for pgno, data in dec.pages():
+                if run and (pgno != first + len(run) or len(run) == WRITE_RUN_PAGES):
+                    os.pwritev(self.fd, run, (first - 1) * page_size)
+                    run.clear()
+                if not run:
+                    first = pgno
+                run.append(data)
+                self.present[pgno] = 1
+            if run:  # before the next file, whose pages may overwrite these
+                os.pwritev(self.fd, run, (first - 1) * page_size)
+            self.prev_max = h.max_txid
+
+    def finish(self) -> int:
+        """Check every page is present, size and fsync the file; returns the final commit."""
+        lock = lock_pgno(self.page_size)
+        missing = [p for p in range(1, self.commit + 1) if not self.present[p] and p != lock][:5]
         if missing:
-            raise RestoreError(f"restored database lacks pages {missing} (of 1..{commit})")
-        os.ftruncate(fd, commit * page_size)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return commit
+            raise RestoreError(f"restored database lacks pages {missing} (of 1..{self.commit})")
+        os.ftruncate(self.fd, self.commit * self.page_size)
+        os.fsync(self.fd)
+        return self.commit
+
+    def close(self) -> None:
+        os.close(self.fd)
 
 
 def _integrity_check(path: Path, mode: str) -> str:
@@ -324,11 +305,10 @@ async def restore(
     tmp = out.with_name(out.name + ".tmp")
     with tempfile.TemporaryDirectory(prefix=".lifeboat-restore-", dir=out.parent) as work:
         legacy = await _newer_v3(client) if legacy_v3 and txid is None and timestamp is None else None
-        if legacy is None:
-            files, paths = await _fetch_plan(client, Path(work), txid, timestamp, parallelism, progress or _quiet)
         try:
             if legacy is None:
-                await asyncio.to_thread(_apply, list(zip(files, paths, strict=True)), tmp)
+                report = progress or _quiet
+                files = await _fetch_and_apply(client, Path(work), tmp, txid, timestamp, parallelism, report)
                 result = RestoreResult(str(out), files[-1].max_txid, files[-1].created_at, len(files), "")
             else:
                 log.info("restoring from the Litestream 0.3 backup (newer than any LTX file)")
@@ -430,41 +410,43 @@ def _install(tmp: Path, out: Path, aside: Path) -> None:
     fsync_dir(out.parent)
 
 
-async def _download_all(
-    client: ReplicaClient, files: list[FileInfo], paths: list[Path], parallelism: int, report: Report
-) -> None:
-    sem = asyncio.Semaphore(max(1, parallelism))
-    transfer = Transfer(len(files), sum(f.size for f in files))
-    report(transfer)
-
-    async def fetch(info: FileInfo, dest: Path) -> None:
-        async with sem:
-            await download(client, info, dest, transfer, report)
-
-    # Every download runs to its end before the first error is raised: none is left writing into
-    # the work directory while a new plan downloads there, or cancelled mid-read at shutdown.
-    results = await asyncio.gather(*(fetch(f, p) for f, p in zip(files, paths, strict=True)), return_exceptions=True)
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
-
-
-async def _fetch_plan(
-    client: ReplicaClient, work: Path, txid: int | None, timestamp: datetime | None, parallelism: int, report: Report
-) -> tuple[list[FileInfo], list[Path]]:
-    """Plan and download. A file deleted between listing and download (retention or compaction of
-    a running agent) makes the plan stale, not the restore impossible: plan again."""
+async def _fetch_and_apply(
+    client: ReplicaClient,
+    work: Path,
+    tmp: Path,
+    txid: int | None,
+    timestamp: datetime | None,
+    parallelism: int,
+    report: Report,
+) -> list[FileInfo]:
+    """Plan, then apply the plan's files into `tmp` while later ones download; returns the plan.
+    A file deleted between listing and download (retention or compaction of a running agent)
+    makes the plan stale, not the restore impossible: plan again, and apply from the start."""
     for attempt in range(REPLAN_ATTEMPTS):
         levels = await list_levels(client, use_metadata=timestamp is not None)
         files = plan(levels, txid=txid, timestamp=timestamp)
-        paths = [work / f"{i:06d}-{f.level}-{f.name}" for i, f in enumerate(files)]
         try:
-            await _download_all(client, files, paths, parallelism, report)
-            return files, paths
+            await _apply_plan(client, files, work, tmp, parallelism, report)
+            return files
         except NotFound:
             if attempt == REPLAN_ATTEMPTS - 1:
                 raise
     raise AssertionError("unreachable")
+
+
+async def _apply_plan(
+    client: ReplicaClient, files: list[FileInfo], work: Path, tmp: Path, parallelism: int, report: Report
+) -> None:
+    applier = _Applier(tmp, files)
+    try:
+        async with Fetcher(client, files, work, parallelism, report) as fetcher:
+            for i, info in enumerate(files):
+                path = await fetcher.ready(i)
+                await asyncio.to_thread(applier.apply, info, path)
+                await fetcher.release(i)
+        await asyncio.to_thread(applier.finish)
+    finally:
+        applier.close()
 
 
 def _quiet(_: Transfer) -> None:

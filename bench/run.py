@@ -5,8 +5,9 @@
     python bench/run.py --quick    # smoke run (about 3 minutes)
     python bench/run.py --only lag_file,idle
 
-Writes bench/results/latest.json and bench/results/latest.md. Never run in CI; tests never assert
-wall-clock times.
+Writes bench/results/latest.json and bench/results/latest.md (`--only follow` and `--only
+restore_latency` write results/follow.* and results/restore_latency.* instead). Never run in CI;
+tests never assert wall-clock times.
 
 How each number is measured (the same way for both tools):
 
@@ -57,6 +58,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 BUCKET = "bench"
 MARK = re.compile(rb"MRK(\d{8})")
 RESTORE_REPEATS = 3
+LATENCY_MS = 20  # a cloud object store's answer time (10-50 ms), added to every request
 
 
 
@@ -860,8 +862,9 @@ def scenario_restart(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def scenario_restore(work: Path, args: argparse.Namespace, moto: Moto) -> dict[str, Any]:
-    d = work / "restore"
+def build_restore_replica(d: Path, args: argparse.Namespace, moto: Moto, prefix: str) -> dict[str, Any]:
+    """A `restore_mb` database replicated by lifeboat into `d/replica` (an L9 snapshot, then about
+    `restore_l0` L0 files), and uploaded to moto under `prefix` in Litestream's S3 key layout."""
     d.mkdir()
     db, replica = d / "app.db", d / "replica"
     create_db(db)
@@ -893,31 +896,66 @@ def scenario_restore(work: Path, args: argparse.Namespace, moto: Moto) -> dict[s
         agent.stop()
     levels = {lvl: len(os.listdir(replica / "ltx" / lvl)) for lvl in sorted(os.listdir(replica / "ltx"))}
     log(f"restore: replica levels {levels}; uploading it to S3")
-    prefix = "restore"
     for lvl in os.listdir(replica / "ltx"):
         for name in os.listdir(replica / "ltx" / lvl):
             moto.s3.upload_file(str(replica / "ltx" / lvl / name), BUCKET, f"{prefix}/{int(lvl):04x}/{name}")
-    s3_url = f"s3://{BUCKET}/{prefix}?endpoint={moto.endpoint}&forcePathStyle=true&region=us-east-1"
-    out: dict[str, Any] = {"db_mb": db_mb, "replica_files": levels, "writes_after_snapshot": i}
-    for store, url in (("file", f"file://{replica}"), ("s3", s3_url)):
-        runs: dict[str, list[dict[str, Any]]] = {tool: [] for tool in TOOLS}
-        # Alternate which tool goes first, and flush dirty pages before each run, so that neither
-        # pays for the other's (or the set-up's) writeback; report each tool's median run.
-        for rep in range(RESTORE_REPEATS):
-            for tool in TOOLS if rep % 2 == 0 else TOOLS[::-1]:
-                target = d / f"out-{store}-{tool}.db"
-                exe = LIFEBOAT if tool == "lifeboat" else LITESTREAM
-                os.sync()
-                r = timed_run([exe, "restore", "-o", str(target), url], tool_env(tool))
-                conn = sqlite3.connect(target)
-                r["rows"] = conn.execute("SELECT count(*) FROM t").fetchone()[0]
-                conn.close()
-                runs[tool].append(r)
-                log(f"restore {store} {tool}: {r}")
-                target.unlink()
-        for tool, results in runs.items():
-            median = sorted(results, key=lambda r: r["seconds"])[len(results) // 2]
-            out.setdefault(store, {})[tool] = median | {"all_seconds": [r["seconds"] for r in results]}
+    return {"db_mb": db_mb, "replica_files": levels, "writes_after_snapshot": i}
+
+
+def restore_runs(d: Path, url: str, label: str) -> dict[str, Any]:
+    """Each tool restores `url` RESTORE_REPEATS times, alternating which goes first, after a sync (so
+    that neither pays for the other's, or the set-up's, writeback); each tool's median run."""
+    runs: dict[str, list[dict[str, Any]]] = {tool: [] for tool in TOOLS}
+    for rep in range(RESTORE_REPEATS):
+        for tool in TOOLS if rep % 2 == 0 else TOOLS[::-1]:
+            target = d / f"out-{label}-{tool}.db"
+            exe = LIFEBOAT if tool == "lifeboat" else LITESTREAM
+            os.sync()
+            r = timed_run([exe, "restore", "-o", str(target), url], tool_env(tool))
+            conn = sqlite3.connect(target)
+            r["rows"] = conn.execute("SELECT count(*) FROM t").fetchone()[0]
+            conn.close()
+            runs[tool].append(r)
+            log(f"restore {label} {tool}: {r}")
+            target.unlink()
+    out: dict[str, Any] = {}
+    for tool, results in runs.items():
+        median = sorted(results, key=lambda r: r["seconds"])[len(results) // 2]
+        out[tool] = median | {"all_seconds": [r["seconds"] for r in results]}
+    return out
+
+
+def scenario_restore(work: Path, args: argparse.Namespace, moto: Moto) -> dict[str, Any]:
+    d = work / "restore"
+    out = build_restore_replica(d, args, moto, "restore")
+    s3_url = f"s3://{BUCKET}/restore?endpoint={moto.endpoint}&forcePathStyle=true&region=us-east-1"
+    for store, url in (("file", f"file://{d / 'replica'}"), ("s3", s3_url)):
+        out[store] = restore_runs(d, url, store)
+    return out
+
+
+def scenario_restore_latency(work: Path, args: argparse.Namespace, moto: Moto) -> dict[str, Any]:
+    """Scenario 5 from S3 with LATENCY_MS added to every request (bench/latency_proxy.py, straight
+    in front of moto: the recording proxy would buffer whole bodies)."""
+    import importlib.util
+
+    # By path: `python -P bench/run.py` puts no bench/ on sys.path.
+    spec = importlib.util.spec_from_file_location("latency_proxy", BENCH / "latency_proxy.py")
+    assert spec is not None and spec.loader is not None
+    latency_proxy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(latency_proxy)
+    d = work / "restore_latency"
+    out = build_restore_replica(d, args, moto, "restore-latency")
+    proxy = latency_proxy.LatencyProxy(moto.port, LATENCY_MS / 1000)
+    try:
+        url = (f"s3://{BUCKET}/restore-latency?endpoint=http://127.0.0.1:{proxy.port}&forcePathStyle=true"
+               "&region=us-east-1")
+        out["s3"] = restore_runs(d, url, "s3-latency")
+    finally:
+        proxy.stop()
+    out["latency_ms"] = LATENCY_MS
+    for r in out["s3"].values():
+        r["mb_per_s"] = out["db_mb"] / r["seconds"]
     return out
 
 
@@ -1021,6 +1059,17 @@ def markdown(res: dict[str, Any]) -> str:
                 x[store]["litestream"]["seconds"], "≤ 0.5×", lambda r, v: r <= 0.5)
             add(f"5. restore from {store}: peak RSS (MB)", x[store]["lifeboat"]["peak_rss_mb"],
                 x[store]["litestream"]["peak_rss_mb"], "≤ 1.5×", lambda r, v: r <= 1.5)
+    if "restore_latency" in s:
+        x = s["restore_latency"]
+        at = f"from s3 at +{x['latency_ms']} ms a request"
+        add(f"5b. restore {x['db_mb']:.0f} MB {at} (s)", x["s3"]["lifeboat"]["seconds"],
+            x["s3"]["litestream"]["seconds"], "≤ 0.5×", lambda r, v: r <= 0.5)
+        add(f"5b. restore {at}: throughput (MB/s)", x["s3"]["lifeboat"]["mb_per_s"],
+            x["s3"]["litestream"]["mb_per_s"])
+        add(f"5b. restore {at}: peak RSS (MB)", x["s3"]["lifeboat"]["peak_rss_mb"],
+            x["s3"]["litestream"]["peak_rss_mb"], "≤ 1.5×", lambda r, v: r <= 1.5)
+        add(f"5b. restore {at}: CPU of the median run (s)", x["s3"]["lifeboat"]["cpu_seconds"],
+            x["s3"]["litestream"]["cpu_seconds"])
     lines = ["| metric | lifeboat | litestream 0.5.17 | ratio | target | met |", "|---|---:|---:|---:|---|---|"]
     for name, lb, ls, target, ok in rows:
         r = ratio(lb, ls) if isinstance(lb, (int, float)) and isinstance(ls, (int, float)) else None
@@ -1053,8 +1102,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="a ~3-minute smoke run")
     p.add_argument("--only", default="",
-                   help="comma-separated: lag_file,lag_file_fast,lag_s3,throughput,idle,restore,webhook,reader,"
-                   "restart,follow (follow alone writes results/follow.*)")
+                   help="comma-separated: lag_file,lag_file_fast,lag_s3,throughput,idle,restore,"
+                   "restore_latency,webhook,reader,restart,follow "
+                   "(follow or restore_latency alone writes results/<scenario>.*)")
     p.add_argument("--rate", type=float, default=20.0, help="commits/s in the lag scenarios")
     p.add_argument("--fast-rate", type=float, default=200.0, help="commits/s in lag_file_fast")
     p.add_argument("--lag-seconds", type=float)
@@ -1106,6 +1156,8 @@ def main() -> int:
             f"restore: a {args.restore_mb} MB database, an L9 snapshot plus ~{args.restore_l0} L0 files written "
             "by lifeboat; each tool restores the same replica, from a directory and from moto S3, "
             f"{RESTORE_REPEATS} times in alternating order after a sync (the median run is shown).",
+            f"restore_latency: the restore scenario's replica restored from moto S3 through bench/latency_proxy.py, "
+            f"which holds every request back {LATENCY_MS} ms; lifeboat with its default -parallelism 8.",
             f"reader: a read transaction held open for {args.reader_seconds:g} s with the application idle, then "
             f"as long while it commits {args.rate:g} rows/s; files written = L0 TXIDs advanced, per minute.",
             f"restart: a {args.restart_mb} MB database, graceful stop (the WAL is deleted on the last close), start, "
@@ -1119,7 +1171,7 @@ def main() -> int:
     res: dict[str, Any] = {"meta": meta, "scenarios": {}}
     moto = None
     try:
-        if only & {"lag_s3", "restore", "follow"}:
+        if only & {"lag_s3", "restore", "restore_latency", "follow"}:
             moto = Moto(work)
         plan: list[tuple[str, Callable[[], dict[str, Any]]]] = [
             ("lag_file", lambda: scenario_lag_file(work, args, args.rate, args.lag_seconds)),
@@ -1128,6 +1180,7 @@ def main() -> int:
             ("throughput", lambda: scenario_throughput(work, args)),
             ("idle", lambda: scenario_idle(work, args)),
             ("restore", lambda: scenario_restore(work, args, moto)),  # type: ignore[arg-type]
+            ("restore_latency", lambda: scenario_restore_latency(work, args, moto)),  # type: ignore[arg-type]
             ("webhook", lambda: scenario_webhook(work, args)),
             ("reader", lambda: scenario_reader(work, args)),
             ("restart", lambda: scenario_restart(work, args)),
@@ -1153,8 +1206,13 @@ def main() -> int:
     meta["loadavg_end"] = os.getloadavg()
     meta["uptime_end"] = _uptime()
     args.out.mkdir(parents=True, exist_ok=True)
-    # `--only follow` has a report of its own: results/follow.*, not the comparison in latest.*.
-    name, md = ("follow", follow_markdown(res)) if only == {"follow"} else ("latest", markdown(res))
+    # `--only follow` and `--only restore_latency` have reports of their own: results/<scenario>.*, not the
+    # comparison in latest.*.
+    if only == {"follow"}:
+        name, md = "follow", follow_markdown(res)
+    else:
+        name = "restore_latency" if only == {"restore_latency"} else "latest"
+        md = markdown(res)
     (args.out / f"{name}.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
     if res.get("errors"):
         md += "\nFailed scenarios:\n" + "".join(f"- {k}: {v}\n" for k, v in res["errors"].items())

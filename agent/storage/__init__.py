@@ -100,7 +100,11 @@ def parse_timestamp(text: str) -> datetime:
 
 @runtime_checkable
 class ReplicaClient(Protocol):
-    """What a storage backend provides. Every backend passes the same contract suite."""
+    """What a storage backend provides. Every backend passes the same contract suite.
+
+    A backend whose range reads stream the object from its start sets the class attribute
+    `sequential_ranges = True`; restore then fetches each file with one read, not ranged parts.
+    """
 
     type: str
 

@@ -117,6 +117,8 @@ class NATSReplicaClient:
     """Replica in a JetStream object store bucket."""
 
     type = "nats"
+    # A range read replays the object's chunks from its start: restore fetches a file in one read.
+    sequential_ranges = True
 
     def __init__(self, server: str, bucket: str, options: dict[str, Any]) -> None:
         self.server = server

@@ -1,5 +1,7 @@
 """The operator's settings for peering and for waiting on the API server, as ``lifeboat-operator`` sets them."""
 
+import datetime
+
 import kopf
 from lifeboat.operator import leadership, timeouts
 
@@ -33,3 +35,14 @@ def test_no_watch_nor_call_waits_unbounded() -> None:
 def test_peering_objects_follow_the_watched_namespaces() -> None:
     assert leadership.peering_objects(()) == [("clusterkopfpeerings", None)]
     assert leadership.peering_objects(("a", "b")) == [("kopfpeerings", "a"), ("kopfpeerings", "b")]
+
+
+def test_a_replica_leads_while_no_live_record_outranks_it() -> None:
+    now = datetime.datetime(2026, 1, 1, 12, 0, 0, tzinfo=datetime.UTC)
+    me = {"priority": -200, "lifetime": 15, "lastseen": "2026-01-01T11:59:58+00:00"}
+    elder = {"priority": -100, "lifetime": 15, "lastseen": "2026-01-01T11:59:58+00:00"}
+    younger = {"priority": -300, "lifetime": 15, "lastseen": "2026-01-01T11:59:58.5"}
+    assert leadership.leads({"me": me, "younger": younger}, -200, now)
+    assert not leadership.leads({"me": me, "elder": elder}, -200, now)
+    # The elder's record has run out (it died without a goodbye): the next in line leads.
+    assert leadership.leads({"me": me, "elder": {**elder, "lastseen": "2026-01-01T11:59:44+00:00"}}, -200, now)

@@ -4,8 +4,9 @@
   ``ConfigReady`` and ``CredentialsReady`` conditions and Events;
 * a timer → every labelled pod's agent ``/status`` into ``status.pods`` and the ``Ready`` condition, and
   its restore init container's failure into the ``Restored`` condition;
-* admission: pods are mutated by :func:`lifeboat.operator.injection.inject`, SQLiteReplicas validated
-  by :func:`lifeboat.operator.spec.problems`.
+* admission: pods are mutated by :func:`lifeboat.operator.injection.inject`. SQLiteReplicas are validated
+  by the CRD's schema alone (its CEL rules): a validating webhook would refuse every update of an object
+  stored before a rule was tightened, even the one that removes its finalizer while it is deleted.
 
 SQLiteRestores are handled in :mod:`lifeboat.operator.restores` (imported here, so its handlers
 register with these).
@@ -324,11 +325,3 @@ async def inject_pod(
     metrics.INJECTIONS.labels(namespace, replica_name).inc()
     # kopf turns the difference between the request's pod and this one into the JSON patch.
     patch.fns.append(replace)
-
-
-@kopf.on.validate(specs.GROUP, specs.VERSION, specs.PLURAL, id="validate", operations=["CREATE", "UPDATE"])
-async def validate_replica(spec: kopf.Spec, **_: Any) -> None:
-    """Reject specs whose parts disagree (options of another scheme, two restore targets)."""
-    found = specs.problems(spec)
-    if found:
-        raise kopf.AdmissionError("; ".join(found), code=400)

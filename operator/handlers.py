@@ -4,8 +4,9 @@
   ``ConfigReady`` and ``CredentialsReady`` conditions and Events;
 * a timer → every labelled pod's agent ``/status`` into ``status.pods`` and the ``Ready`` condition, and
   its restore init container's failure into the ``Restored`` condition;
-* admission: pods are mutated by :func:`lifeboat.operator.injection.inject`, SQLiteReplicas validated
-  by :func:`lifeboat.operator.spec.problems`.
+* admission: pods are mutated by :func:`lifeboat.operator.injection.inject`. SQLiteReplicas are validated
+  by the CRD's schema alone (its CEL rules): a validating webhook would refuse every update of an object
+  stored before a rule was tightened, even the one that removes its finalizer while it is deleted.
 
 SQLiteRestores are handled in :mod:`lifeboat.operator.restores`, verification restores
 (``spec.verify``) in :mod:`lifeboat.operator.verify` (both imported here, so their handlers register
@@ -17,7 +18,9 @@ Every handler is idempotent: it recomputes the whole desired state from the obje
 import asyncio
 import dataclasses
 import logging
+import os
 import pathlib
+import random
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
@@ -25,14 +28,16 @@ import kopf
 from lifeboat.operator import (
     agent_config,
     guards,
+    indexes,  # also registers the indexes
     injection,
     kube,
+    leadership,  # also registers its startup handlers
     metrics,
     openshift,
     restores,  # also registers the SQLiteRestore handlers
     rotation,
     uninstall,
-    verify,  # also registers the verification timer
+    verify,  # noqa: F401 - registers the verification timer
     webhook,
 )
 from lifeboat.operator import spec as specs
@@ -45,7 +50,9 @@ CONFIG_APPLIED = "ConfigApplied"
 RESTORED = "Restored"
 # A condition's (status, reason, message).
 Verdict = tuple[str, str, str]
-STATUS_INTERVAL = 15.0
+# Test-only: the cluster tests shorten the status round to see several within a test's time.
+TEST_STATUS_INTERVAL_ENV = "LIFEBOAT_TEST_STATUS_INTERVAL"
+STATUS_INTERVAL = float(os.environ.get(TEST_STATUS_INTERVAL_ENV) or 15.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +101,7 @@ async def configure(
     settings.scanning.disabled = bool(options.namespaces)
     # The chart owns the webhook configurations (namespaceSelector, reinvocation, timeout, Service ref).
     settings.admission.managed = None
+    indexes.watch_labelled_pods_only(settings)
 
     memo.kube = kube.Kube(kube.load_api_client())
     if options.tls_secret:
@@ -194,11 +202,18 @@ async def reconcile(
     patch.status["configMap"] = specs.configmap_name(name)
 
 
-@kopf.timer(specs.GROUP, specs.VERSION, specs.PLURAL, interval=STATUS_INTERVAL)
+def status_delay(**_: Any) -> float:
+    """The first round's delay: random within one interval, so that the rounds of many
+    SQLiteReplicas (all resumed at once when the operator starts or takes the lead) do not hit the
+    API server in one burst every interval."""
+    return random.uniform(0, STATUS_INTERVAL)
+
+
+@kopf.timer(specs.GROUP, specs.VERSION, specs.PLURAL, interval=STATUS_INTERVAL, initial_delay=status_delay)
 @metrics.counted("collect_status")
 async def collect_status(
     body: kopf.Body, spec: kopf.Spec, name: str, namespace: str, meta: kopf.Meta, patch: kopf.Patch,
-    memo: kopf.Memo, logger: logging.Logger, **_: Any,
+    memo: kopf.Memo, logger: logging.Logger, pod_index: kopf.Index[indexes.ReplicaKey, dict[str, Any]], **_: Any,
 ) -> None:
     """Ask every running labelled pod's agent for its state; Ready = all replicate within maxLag.
 
@@ -206,13 +221,14 @@ async def collect_status(
     created after its SQLiteReplica), checks the single-writer guards (``SingleWriter``) and the
     labelled pods that escaped injection (``Injected``; deleted when ``spec.recreateUninjected``).
     """
-    labelled = await memo.kube.labelled_pods(namespace, specs.REPLICA_LABEL, name)
+    labelled = indexes.labelled_pods(pod_index, namespace, name)
     pods = [p for p in labelled if statuses.running(p)]
     port = int((spec.get("agent") or {}).get("metricsPort", specs.DEFAULT_METRICS_PORT))
     summary = statuses.summarize(await statuses.collect(pods, port), database=spec["database"])
-    patch.status.update(summary)
+    # Followers are listed, not indexed: one label selector cannot watch pods of either label, and a
+    # watch of every pod would cost far more than one list (from the API server's cache) per round.
     followers = [p for p in await memo.kube.labelled_pods(namespace, specs.FOLLOW_LABEL, name) if statuses.running(p)]
-    patch.status.update(statuses.summarize_followers(await statuses.collect(followers, port, followers=True)))
+    summary.update(statuses.summarize_followers(await statuses.collect(followers, port, followers=True)))
 
     single_writer = guards.single_writer(labelled, await memo.kube.owning_workloads(namespace, labelled))
     metrics.SINGLE_WRITER_VIOLATIONS.labels(namespace, name).set(single_writer[0] == "False")
@@ -222,7 +238,7 @@ async def collect_status(
     for pod_name in delete:
         logger.info("Deleting pod %s: it carries the replica label but runs no agent.", pod_name)
         await memo.kube.delete_pod(namespace, pod_name)
-    patch.status["uninjectedPods"] = sorted(p["metadata"]["name"] for p in missing)
+    fields = {**summary, "uninjectedPods": sorted(p["metadata"]["name"] for p in missing)}
 
     verdicts = {
         CONFIG_READY: _config_verdict(name, spec),
@@ -240,12 +256,22 @@ async def collect_status(
         before = previous.get(type_) or {}
         if status_ == "False" and (before.get("status"), before.get("message")) != (status_, message):
             kopf.event(body, type="Warning", reason=reason, message=message)
+    # A round that finds nothing new writes nothing: no API call, and no watch event to every
+    # client of SQLiteReplicas. Conditions are compared as this round would set them.
+    current = body.get("status") or {}
+    conditions = statuses.set_conditions(current.get("conditions") or [], verdicts,
+                                         generation=meta.get("generation"), now=statuses.now_rfc3339())
+    if not statuses.changes(current, {**fields, "conditions": conditions}):
+        return
+    patch.status.update(fields)
     statuses.patch_conditions(patch, verdicts, meta.get("generation"))
 
 
 @kopf.on.mutate("", "v1", "pods", id="inject", operations=["CREATE"], when=injection.wants_injection)
 async def inject_pod(
-    body: kopf.Body, namespace: str, patch: kopf.Patch, memo: kopf.Memo, warnings: list[str], **_: Any
+    body: kopf.Body, namespace: str, patch: kopf.Patch, memo: kopf.Memo, warnings: list[str],
+    replica_index: kopf.Index[indexes.ReplicaKey, dict[str, Any]], restore_index: kopf.Index[str, dict[str, Any]],
+    **_: Any,
 ) -> None:
     """Add the restore init container and the agent (or, for a follower, the follow sidecar) to a
     labelled pod, per its SQLiteReplica.
@@ -259,13 +285,17 @@ async def inject_pod(
         metrics.DENIALS.labels(namespace).inc()
         raise kopf.AdmissionError(str(exc), code=400) from exc
     label = specs.FOLLOW_LABEL if follower else specs.REPLICA_LABEL
-    replica = await memo.kube.replica(namespace, replica_name)
+    # Indexes where this replica's watches run (it leads); the API server where they are paused.
+    lead: leadership.Lead = memo.lead
+    trusted = lead.trusted
+    replica = await indexes.find_replica(memo.kube, replica_index, namespace, replica_name, trusted=trusted)
     if replica is None:
         metrics.DENIALS.labels(namespace).inc()
         raise kopf.AdmissionError(
             f"pod label {label}={replica_name} names no SQLiteReplica in namespace "
             f"{namespace}: create the SQLiteReplica first, or fix the label", code=400)
-    refusal = restores.pod_refusal(await memo.kube.restores(namespace), replica_name)
+    refusal = restores.pod_refusal(await indexes.restores(memo.kube, restore_index, namespace, trusted=trusted),
+                                   replica_name)
     if refusal:
         metrics.DENIALS.labels(namespace).inc()
         raise kopf.AdmissionError(refusal, code=403)
@@ -288,11 +318,3 @@ async def inject_pod(
     metrics.INJECTIONS.labels(namespace, replica_name).inc()
     # kopf turns the difference between the request's pod and this one into the JSON patch.
     patch.fns.append(replace)
-
-
-@kopf.on.validate(specs.GROUP, specs.VERSION, specs.PLURAL, id="validate", operations=["CREATE", "UPDATE"])
-async def validate_replica(spec: kopf.Spec, **_: Any) -> None:
-    """Reject specs whose parts disagree (options of another scheme, two restore targets)."""
-    found = specs.problems(spec) + verify.problems(spec)
-    if found:
-        raise kopf.AdmissionError("; ".join(found), code=400)

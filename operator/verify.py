@@ -289,7 +289,7 @@ async def verify_step(
         logger.info("Verification %s: %s", done["result"], done["message"])
         return
 
-    if invalid:  # an API server without the validating webhook let it in
+    if invalid:  # stored before the CRD rule existed, or a range the rule lets through (e.g. 30-10)
         verdict = ("False", "InvalidSchedule", "; ".join(invalid))
         shown = next((c for c in status.get("conditions") or [] if c.get("type") == VERIFIED), {})
         if (shown.get("status"), shown.get("reason"), shown.get("message")) != verdict:  # once, not every round

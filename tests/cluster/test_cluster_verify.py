@@ -270,7 +270,8 @@ def test_the_readmes_verification_commands_run(kube: Cluster, tmp_path: Path) ->
 
 
 @pytest.mark.parametrize(("schedule", "refusal"), [
-    ("61 * * * *", "spec.verify.schedule '61 * * * *': minute 61 is out of range 0-59"),
+    ("61 * * * *", "spec.verify.schedule: Invalid value"),
+    ("0 0 * 13 *", "month 1-12"),
     ("every day", "spec.verify.schedule: Invalid value"),
 ])
 def test_a_bad_schedule_is_refused_naming_the_field(kube: Cluster, schedule: str, refusal: str) -> None:

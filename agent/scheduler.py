@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Protocol
 
 MAX_TICK = 1.0  # the timers' resolution: lease renewals are taken up to this much early
@@ -33,20 +33,26 @@ class Scheduler:
 
     def __init__(self) -> None:
         self._items: dict[int, Ticked] = {}
+        self._interval: float | None = None
         self._wake = asyncio.Event()
 
     def add(self, item: Ticked) -> None:
         """Tick `item` from the next tick on."""
         self._items[id(item)] = item
+        self._interval = None
         self._wake.set()  # its interval may be shorter than the current one
 
     def discard(self, item: Ticked) -> None:
         """Tick `item` no more."""
         self._items.pop(id(item), None)
+        self._interval = None
 
     @property
     def interval(self) -> float:
-        return min([MAX_TICK, *(i.tick_interval for i in self._items.values())])
+        """The shortest interval any item asks for (recomputed when items come and go)."""
+        if self._interval is None:
+            self._interval = min([MAX_TICK, *(i.tick_interval for i in self._items.values())])
+        return self._interval
 
     async def run(self, stop: asyncio.Event) -> None:
         """Tick until `stop`."""
@@ -107,6 +113,38 @@ class OnDemand:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+
+class Gate:
+    """Room for background work (compaction, snapshots, retention): a few jobs at a time, none while
+    priority work is under way (databases being opened: their first snapshots come first)."""
+
+    def __init__(self, limit: int) -> None:
+        self._room = asyncio.Semaphore(limit)
+        self._priority = 0
+        self._clear = asyncio.Event()
+        self._clear.set()
+
+    @contextlib.contextmanager
+    def priority(self) -> Iterator[None]:
+        """Hold background work back while the block runs."""
+        self._priority += 1
+        self._clear.clear()
+        try:
+            yield
+        finally:
+            self._priority -= 1
+            if self._priority == 0:
+                self._clear.set()
+
+    async def run(self, job: Callable[[], Awaitable[None]]) -> None:
+        """Run `job` when there is room and no priority work."""
+        while True:
+            await self._clear.wait()
+            async with self._room:
+                if self._clear.is_set():
+                    await job()
+                    return
 
 
 class Jobs:

@@ -26,7 +26,7 @@ from .compaction import Lifecycle, LifecycleSettings
 from .db import Database, DatabaseOptions, SyncResult
 from .lease import FencedClient, Lease
 from .replica import Replica
-from .scheduler import MAX_TICK, Jobs, OnDemand, Scheduler
+from .scheduler import MAX_TICK, Gate, Jobs, OnDemand, Scheduler
 from .storage import ReplicaClient, StorageError, format_timestamp
 from .watch import SharedWatcher
 
@@ -39,6 +39,7 @@ Hook = Callable[[str, dict[str, Any]], None]
 UNPUBLISHED_RECHECKS = (0.002, 0.008, 0.032, 0.128)
 UNPUBLISHED_CAP = 1.0
 OPEN_CONCURRENCY = 8  # databases opened (and snapshotted) at once when added while running
+LIFECYCLE_CONCURRENCY = 4  # compactions, snapshots and retention runs at once across the store
 
 
 @dataclass
@@ -90,6 +91,7 @@ class DatabaseRunner:
         self._stop = asyncio.Event()
         self._on_lost: Callable[[], None] = lambda: None
         self._scheduler: Scheduler | None = None
+        self._gate: Gate | None = None
         self._shipped = False
         self._lifecycle_started = False
         self._next_poll = 0.0
@@ -193,11 +195,13 @@ class DatabaseRunner:
                     {"db": self.db.path, "txid": txid, "lag": now - seen, "replica_type": self.replica.client.type},
                 )
 
-    def start(self, scheduler: Scheduler, on_lost: Callable[[], None]) -> None:
+    def start(self, scheduler: Scheduler, on_lost: Callable[[], None], gate: Gate) -> None:
         """Replicate from now on: woken by WAL events and by the scheduler's ticks. `on_lost` is
-        called if the lease is lost (this database's work then stops with the agent's)."""
+        called if the lease is lost (this database's work then stops with the agent's); lifecycle
+        work waits for room at `gate`."""
         self._on_lost = on_lost
         self._scheduler = scheduler
+        self._gate = gate
         self._lease_due = time.monotonic() + self.lease.renewal_due_in()
         if self.watcher is not None:
             self.watcher.add(self.db.wal_path, self._changed.set)
@@ -224,7 +228,7 @@ class DatabaseRunner:
         if own_watcher:
             self.watcher = SharedWatcher()
         scheduler = Scheduler()
-        self.start(scheduler, stop.set)
+        self.start(scheduler, stop.set, Gate(LIFECYCLE_CONCURRENCY))
         try:
             await scheduler.run(stop)
         finally:
@@ -253,8 +257,10 @@ class DatabaseRunner:
             if not self._lifecycle_started:
                 self._lifecycle_started = True
                 self.lifecycle.start()
+            gate = self._gate
+            assert gate is not None  # set by `start`, before the first tick
             for job in self.lifecycle.due():
-                self._jobs.spawn(job)
+                self._jobs.spawn(lambda job=job: gate.run(job))
 
     def _poll(self) -> None:
         """The fallback under inotify: look at the WAL if its size or mtime moved or a checkpoint
@@ -518,6 +524,7 @@ class Store:
         self._adding: set[str] = set()
         self._running: set[str] = set()
         self.scheduler = Scheduler()
+        self.gate = Gate(LIFECYCLE_CONCURRENCY)
 
     @property
     def runners(self) -> list[DatabaseRunner]:
@@ -628,15 +635,16 @@ class Store:
     async def _open_runner(self, runner: DatabaseRunner) -> None:
         if self._opening is None:
             self._opening = asyncio.Semaphore(self._open_concurrency)
-        async with self._opening:
-            await runner.open()
-            await runner.capture()
+        with self.gate.priority():  # first snapshots before the lifecycle work of databases already open
+            async with self._opening:
+                await runner.open()
+                await runner.capture()
 
     def _launch(self, runner: DatabaseRunner) -> None:
         if runner.db.path in self._running:
             return  # added while `run` was starting: launched once
         self._running.add(runner.db.path)
-        runner.start(self.scheduler, self._lease_lost)
+        runner.start(self.scheduler, self._lease_lost, self.gate)
 
     def _lease_lost(self) -> None:
         # A takeover ends replication of that database; the agent stops as a whole and reports it.

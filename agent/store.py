@@ -40,10 +40,6 @@ UNPUBLISHED_RECHECKS = (0.002, 0.008, 0.032, 0.128)
 UNPUBLISHED_CAP = 1.0
 OPEN_CONCURRENCY = 8  # databases opened (and snapshotted) at once when added while running
 LIFECYCLE_CONCURRENCY = 4  # compactions, snapshots and retention runs at once across the store
-# A database written without pause is captured at most this often: a hot tenant's commits are
-# batched into fewer, larger L0 files instead of a capture (file, fsync, upload) per few commits,
-# which took the event loop and the worker threads from every other database.
-BUSY_CAPTURE_GAP = 0.05
 
 
 @dataclass
@@ -323,7 +319,7 @@ class DatabaseRunner:
         """One capture, as a change asked for it (a failed one is retried every monitor-interval)."""
         if self.paused:
             return  # the WAL keeps everything; unpausing captures it in one sync
-        gap = self._last_capture + max(self._min_gap, BUSY_CAPTURE_GAP) - time.monotonic()
+        gap = self._last_capture + self._min_gap - time.monotonic()
         if gap > 0:
             await asyncio.sleep(gap)
         self._last_capture = time.monotonic()

@@ -184,8 +184,9 @@ class DatabaseRunner:
         """Ship every local L0 file the replica lacks (retrying failures, every `interval` if given)."""
         before = self.replica.pos
         await self.replica.sync_with_retry(stop, deadline, interval)
-        if self.replica.pos:
+        if self.replica.pos and not self._shipped:
             self._shipped = True
+            self._lifecycle_due()  # its first jobs at once, not a tick later
         now = time.time()
         for txid in range(before + 1, self.replica.pos + 1):
             seen = self.seen_at.pop(txid, None)
@@ -252,15 +253,19 @@ class DatabaseRunner:
         if now + min(MAX_TICK, self.tick_interval) >= self._lease_due and not self._renewal.busy:
             self._lease_due = float("inf")  # set again when the renewal ends
             self._renewal.set()
-        if self.lifecycle is not None and self._shipped:
-            # Compaction reads remote L0 files: the initial capture and upload go first.
-            if not self._lifecycle_started:
-                self._lifecycle_started = True
-                self.lifecycle.start()
-            gate = self._gate
-            assert gate is not None  # set by `start`, before the first tick
-            for job in self.lifecycle.due():
-                self._jobs.spawn(lambda job=job: gate.run(job))
+        self._lifecycle_due()
+
+    def _lifecycle_due(self) -> None:
+        """Start the lifecycle jobs that are due (compaction reads remote L0 files: none before the
+        initial capture and upload have shipped)."""
+        gate = self._gate
+        if self.lifecycle is None or not self._shipped or gate is None or self._stop.is_set():
+            return
+        if not self._lifecycle_started:
+            self._lifecycle_started = True
+            self.lifecycle.start()
+        for job in self.lifecycle.due():
+            self._jobs.spawn(lambda job=job: gate.run(job))
 
     def _poll(self) -> None:
         """The fallback under inotify: look at the WAL if its size or mtime moved or a checkpoint

@@ -22,17 +22,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
 from . import ltx
-from .aio import run_until
 from .db import Database
 from .storage import SNAPSHOT_LEVEL, FileInfo, ReplicaClient
 from .validation import LevelProblem, level_problems, read_back_problems
@@ -118,14 +118,23 @@ class Lifecycle:
         settings: LifecycleSettings,
         hook: Hook | None = None,
         on_new_l0: Callable[[], None] | None = None,
+        input_mark: Callable[[], int] | None = None,
     ) -> None:
         """`on_new_l0` is called (on the event loop) when a snapshot's own sync wrote L0 files: the
-        uploader should ship them now, since no WAL change will announce them."""
+        uploader should ship them now, since no WAL change will announce them. `input_mark` gives
+        the replica's L0 position: with it, timers skip work when no new file arrived (without it,
+        every timer runs its job)."""
         self.db = db
         self.client = client
         self.settings = settings
         self.hook = hook or (lambda event, fields: None)
         self.on_new_l0 = on_new_l0 or (lambda: None)
+        self.input_mark = input_mark
+        self._next: dict[str, float] = {}
+        self._running: set[str] = set()
+        self._written: dict[int, int] = {}
+        self._done_at: dict[str, object] = {}
+        self._l0_eligible_at = 0.0
         self.lock = asyncio.Lock()
         self.work_dir = db.meta_dir / "tmp"
 
@@ -282,8 +291,17 @@ class Lifecycle:
             l1 = await self.client.ltx_files(1)
             l0 = await self.client.ltx_files(0)
             if not l1 or not l0:
+                self._l0_eligible_at = math.inf
                 return []
             doomed = l0_files_to_delete(l0, l1[-1].max_txid, now, self.settings.l0_retention)
+            # The oldest file kept is the next one retention can take (never the newest), and only
+            # once it is old enough, unless L1 grows or new L0 files arrive meanwhile.
+            rest = l0[len(doomed) : -1]
+            self._l0_eligible_at = (
+                rest[0].created_at.timestamp() + self.settings.l0_retention
+                if rest and rest[0].max_txid <= l1[-1].max_txid
+                else math.inf
+            )
             if self.settings.retention_enabled and doomed:
                 await self.client.delete_ltx_files(doomed)
             # Local copies go whether or not remote retention is on: they exist only to resume and
@@ -293,13 +311,103 @@ class Lifecycle:
                     os.unlink(self.db.l0_path(f.max_txid))
             return doomed
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Timers for every level, snapshots and L0 retention, until `stop`."""
-        loops = [self._level_loop(lvl, stop) for lvl in range(1, self.max_level + 1)]
-        loops += [self._snapshot_loop(stop), self._l0_loop(stop)]
+    # -- timers: driven by the store's scheduler, which asks what is due ---------------------------
+
+    def start(self, now: float | None = None) -> None:
+        """Arm the timers: every level's compaction and the snapshot check at once, then on their
+        wall-clock boundaries; L0 retention and validation one interval from now."""
+        now = time.time() if now is None else now
+        self._next = {f"L{lvl}": now for lvl in range(1, self.max_level + 1)}
+        self._next["startup snapshot"] = now
+        self._next["L0 retention"] = now + self.settings.l0_retention_check_interval
         if self.settings.validation_interval > 0:
-            loops.append(self._validation_loop(stop))
-        await run_until(stop, loops)
+            self._next["validation"] = now + self.settings.validation_interval
+
+    def due(self, now: float | None = None) -> list[Callable[[], Awaitable[None]]]:
+        """The jobs due at `now` (wall clock), each armed again for its next time. A job still
+        running is not started twice, and a job with provably nothing to do is not started at all:
+        an idle database costs its timers a comparison, not a task."""
+        now = time.time() if now is None else now
+        jobs = []
+        for name, when in list(self._next.items()):
+            if when > now:
+                continue
+            following = self._following(name, now)
+            if name == "startup snapshot":  # then on the snapshot interval's boundaries
+                del self._next[name]
+                self._next["snapshot"] = following
+            else:
+                self._next[name] = following
+            if name in self._running or not self._worth_running(name, now):
+                continue
+            jobs.append(self._job(name))
+        return jobs
+
+    def _following(self, name: str, now: float) -> float:
+        # Intervals are read on every tick: a reloaded configuration applies without a restart.
+        s = self.settings
+        if name.startswith("L") and name[1:].isdigit():
+            return next_boundary(now, s.levels[int(name[1:]) - 1])
+        if name in ("startup snapshot", "snapshot"):
+            return next_boundary(now, s.snapshot_interval)
+        if name == "L0 retention":
+            return now + s.l0_retention_check_interval
+        return now + s.validation_interval
+
+    def _worth_running(self, name: str, now: float) -> bool:
+        """False when nothing can have changed for the job since its last complete run: no new
+        input below a level; no new L0 or L1 file, and no L0 file old enough yet, for L0 retention."""
+        if self.input_mark is None:
+            return True
+        if name.startswith("L") and name[1:].isdigit():
+            level = int(name[1:])
+            return self._done_at.get(name) != self._mark(level - 1)
+        if name == "L0 retention":
+            return self._done_at.get(name) != (self._mark(0), self._mark(1)) or now >= self._l0_eligible_at
+        return True
+
+    def _mark(self, level: int) -> int:
+        """What changes whenever `level` gains a file: the uploaded position for L0, else how many
+        files this process compacted into it."""
+        assert self.input_mark is not None
+        return self.input_mark() if level == 0 else self._written.get(level, 0)
+
+    def _job(self, name: str) -> Callable[[], Awaitable[None]]:
+        async def job() -> None:
+            self._running.add(name)
+            try:
+                if name.startswith("L") and name[1:].isdigit():
+                    await self._guarded(f"{name} compaction", lambda: self._compact_level(int(name[1:])))
+                    if name == "L1":
+                        await self._guarded("L0 retention", self._l0_retention)
+                elif name == "startup snapshot":
+                    await self._guarded("snapshot", self._startup_snapshot)
+                elif name == "snapshot":
+                    await self._guarded("snapshot", self.snapshot)
+                    await self._guarded("snapshot retention", self.enforce_snapshot_retention)
+                elif name == "L0 retention":
+                    await self._guarded("L0 retention", self._l0_retention)
+                else:
+                    await self._guarded("validation", self.validate)
+            finally:
+                self._running.discard(name)
+
+        return job
+
+    async def _compact_level(self, level: int) -> None:
+        mark = self._mark(level - 1) if self.input_mark is not None else None
+        if await self.compact(level) is not None:
+            self._written[level] = self._written.get(level, 0) + 1
+        self._done_at[f"L{level}"] = mark
+
+    async def _l0_retention(self) -> None:
+        marks = (self._mark(0), self._mark(1)) if self.input_mark is not None else None
+        await self.enforce_l0_retention()
+        self._done_at["L0 retention"] = marks
+
+    async def _startup_snapshot(self) -> None:
+        if await self.snapshot_due():
+            await self.snapshot()
 
     async def _guarded(self, what: str, op: Callable[[], Any]) -> None:
         try:
@@ -309,39 +417,6 @@ class Lifecycle:
         except Exception as exc:  # the next tick retries; the error is visible in logs and metrics
             log.error("%s: %s failed: %s", self.db.path, what, exc)
             self.hook("lifecycle_error", {"db": self.db.path, "what": what, "error": str(exc)})
-
-    async def _sleep_until(self, when: float, stop: asyncio.Event) -> bool:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), max(0.0, when - time.time()))
-        return not stop.is_set()
-
-    async def _level_loop(self, level: int, stop: asyncio.Event) -> None:
-        # Intervals are read on every tick: a reloaded configuration applies without a restart.
-        await self._guarded(f"L{level} compaction", lambda: self.compact(level))
-        while await self._sleep_until(next_boundary(time.time(), self.settings.levels[level - 1]), stop):
-            await self._guarded(f"L{level} compaction", lambda: self.compact(level))
-            if level == 1:
-                await self._guarded("L0 retention", self.enforce_l0_retention)
-
-    async def _snapshot_loop(self, stop: asyncio.Event) -> None:
-        async def startup() -> None:
-            if await self.snapshot_due():
-                await self.snapshot()
-
-        await self._guarded("snapshot", startup)
-        while await self._sleep_until(next_boundary(time.time(), self.settings.snapshot_interval), stop):
-            await self._guarded("snapshot", self.snapshot)
-            await self._guarded("snapshot retention", self.enforce_snapshot_retention)
-
-    async def _l0_loop(self, stop: asyncio.Event) -> None:
-        while await self._sleep_until(time.time() + self.settings.l0_retention_check_interval, stop):
-            await self._guarded("L0 retention", self.enforce_l0_retention)
-
-
-    async def _validation_loop(self, stop: asyncio.Event) -> None:
-        # A ticker, as Litestream's: the first check one interval after start.
-        while await self._sleep_until(time.time() + self.settings.validation_interval, stop):
-            await self._guarded("validation", self.validate)
 
 
 @dataclass(frozen=True)

@@ -240,25 +240,30 @@ class Lease:
         return max(0.0, sent + self.ttl * RENEW_FRACTION - time.monotonic())
 
     async def keep(self, stop: asyncio.Event) -> None:
-        """Renew at half the TTL until `stop`. A takeover, or any error that is not a storage failure,
-        ends the lease for good (`lost`) and sets `stop`: the agent never goes on unfenced. Storage
-        failures are retried every ttl/10; past the deadline the fence holds writes back meanwhile."""
-        wait = self.renewal_due_in()
-        while not stop.is_set():
+        """Renew at half the TTL until `stop` (see `renew_step`)."""
+        wait: float | None = self.renewal_due_in()
+        while wait is not None and not stop.is_set():
             await asyncio.sleep(wait)
-            try:
-                await self.renew()
-                wait = self.renewal_due_in()
-            except LeaseLostError as exc:
-                # Another agent owns the replica now: writing on would fork its history.
-                self._give_up(str(exc), stop)
-                return
-            except StorageError as exc:
-                log.warning("replica %s: lease renewal failed: %s", self.client, exc)
-                wait = self.ttl / 10
-            except Exception as exc:
-                self._give_up(f"replica {self.client!r}: lease renewal failed: {type(exc).__name__}: {exc}", stop)
-                return
+            wait = await self.renew_step(stop)
+
+    async def renew_step(self, stop: asyncio.Event) -> float | None:
+        """One renewal; the seconds until the next one is due, or None once the lease is gone. A
+        takeover, or any error that is not a storage failure, ends the lease for good (`lost`) and
+        sets `stop`: the agent never goes on unfenced. Storage failures are retried every ttl/10;
+        past the deadline the fence holds writes back meanwhile."""
+        try:
+            await self.renew()
+            return self.renewal_due_in()
+        except LeaseLostError as exc:
+            # Another agent owns the replica now: writing on would fork its history.
+            self._give_up(str(exc), stop)
+            return None
+        except StorageError as exc:
+            log.warning("replica %s: lease renewal failed: %s", self.client, exc)
+            return self.ttl / 10
+        except Exception as exc:
+            self._give_up(f"replica {self.client!r}: lease renewal failed: {type(exc).__name__}: {exc}", stop)
+            return None
 
     def _give_up(self, reason: str, stop: asyncio.Event) -> None:
         self.lost = reason

@@ -1,8 +1,10 @@
-"""`Store`: the databases of one agent process, each followed and shipped by its own pair of tasks.
+"""`Store`: the databases of one agent process, each followed and shipped on demand.
 
-Per database, one task turns WAL changes into L0 files (woken by inotify on the database's
-directory, with a cheap stat poll every `monitor-interval` as a fallback) and one task uploads them,
-so a slow or failing store never stops local capture, and local capture never waits for uploads.
+Per database, a capture job turns WAL changes into L0 files (woken by inotify on the database's
+directory, with a cheap stat poll every `monitor-interval` by the store's scheduler as a fallback)
+and an upload job ships them, so a slow or failing store never stops local capture, and local
+capture never waits for uploads. Both run only when there is work: an idle database holds no task,
+and its timers (poll, lease renewal, lifecycle) are looked at by the one scheduler of the store.
 """
 
 from __future__ import annotations
@@ -20,13 +22,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from .aio import run_until
 from .compaction import Lifecycle, LifecycleSettings
 from .db import Database, DatabaseOptions, SyncResult
 from .lease import FencedClient, Lease
 from .replica import Replica
+from .scheduler import MAX_TICK, Gate, Jobs, OnDemand, Scheduler
 from .storage import ReplicaClient, StorageError, format_timestamp
-from .watch import SharedWatcher, poll_wal, watch_wal
+from .watch import SharedWatcher
 
 log = logging.getLogger("lifeboat.store")
 
@@ -38,6 +40,7 @@ UNPUBLISHED_RECHECKS = (0.002, 0.008, 0.032, 0.128)
 UNPUBLISHED_CAP = 1.0
 FILE_CAPTURE_GAP = 0.02  # see _capture_gap
 OPEN_CONCURRENCY = 8  # databases opened (and snapshotted) at once when added while running
+LIFECYCLE_CONCURRENCY = 4  # compactions, snapshots and retention runs at once across the store
 
 
 @dataclass
@@ -67,7 +70,8 @@ class DatabaseRunner:
         self.replica = Replica(self.db, client, sync_interval=spec.sync_interval)
         self.hook = hook or (lambda event, fields: None)
         self.lifecycle = (
-            Lifecycle(self.db, client, spec.lifecycle, self.hook, on_new_l0=lambda: self._new_ltx.set())
+            Lifecycle(self.db, client, spec.lifecycle, self.hook, on_new_l0=lambda: self._new_ltx.set(),
+                      input_mark=lambda: self.replica.pos)
             if spec.lifecycle is not None
             else None
         )
@@ -80,9 +84,20 @@ class DatabaseRunner:
         self.disabled = False  # stopped by the store (control socket `stop`, unregister, shutdown)
         self.last_error: str | None = None
         self.seen_at: dict[int, float] = {}
-        self._changed = asyncio.Event()
-        self._new_ltx = asyncio.Event()
-        self._shipped = asyncio.Event()
+        self._changed = OnDemand(self._capture_job)
+        self._new_ltx = OnDemand(self._upload_job)
+        self._follow = OnDemand(self._follow_replaced_file)
+        self._renewal = OnDemand(self._renew_lease)
+        self._jobs = Jobs()  # lifecycle work started by the timers
+        self._stop = asyncio.Event()
+        self._on_lost: Callable[[], None] = lambda: None
+        self._scheduler: Scheduler | None = None
+        self._gate: Gate | None = None
+        self._shipped = False
+        self._lifecycle_started = False
+        self._next_poll = 0.0
+        self._wal_seen: tuple[int, int] | None = None
+        self._lease_due = 0.0
         self._lock = asyncio.Lock()
         self._min_gap = _capture_gap(spec)
         self._last_capture = 0.0
@@ -168,8 +183,9 @@ class DatabaseRunner:
         """Ship every local L0 file the replica lacks (retrying failures, every `interval` if given)."""
         before = self.replica.pos
         await self.replica.sync_with_retry(stop, deadline, interval)
-        if self.replica.pos:
-            self._shipped.set()
+        if self.replica.pos and not self._shipped:
+            self._shipped = True
+            self._lifecycle_due()  # its first jobs at once, not a tick later
         now = time.time()
         for txid in range(before + 1, self.replica.pos + 1):
             seen = self.seen_at.pop(txid, None)
@@ -179,20 +195,102 @@ class DatabaseRunner:
                     {"db": self.db.path, "txid": txid, "lag": now - seen, "replica_type": self.replica.client.type},
                 )
 
+    def start(self, scheduler: Scheduler, on_lost: Callable[[], None], gate: Gate) -> None:
+        """Replicate from now on: woken by WAL events and by the scheduler's ticks. `on_lost` is
+        called if the lease is lost (this database's work then stops with the agent's); lifecycle
+        work waits for room at `gate`."""
+        self._on_lost = on_lost
+        self._scheduler = scheduler
+        self._gate = gate
+        self._lease_due = time.monotonic() + self.lease.renewal_due_in()
+        if self.watcher is not None:
+            self.watcher.add(self.db.wal_path, self._changed.set)
+        for work in (self._changed, self._new_ltx, self._follow, self._renewal):
+            work.open()
+        self._changed.set()  # the first pass writes the initial snapshot or catches up
+        self._new_ltx.set()
+        scheduler.add(self)
+
+    async def halt(self) -> None:
+        """End what `start` began and wait for it (no final sync: see `shutdown`)."""
+        self._stop.set()
+        if self._scheduler is not None:
+            self._scheduler.discard(self)
+        if self.watcher is not None:
+            self.watcher.remove(self.db.wal_path, self._changed.set)
+        for work in (self._changed, self._new_ltx, self._follow, self._renewal):
+            await work.close()
+        await self._jobs.close()
+
     async def run(self, stop: asyncio.Event) -> None:
-        """Capture and upload until `stop` is set, then a final sync."""
-        loops = [
-            self._capture_loop(stop),
-            self._upload_loop(stop),
-            (self.watcher.watch if self.watcher else watch_wal)(self.db.wal_path, self._changed.set, stop),
-            poll_wal(self.db.wal_path, self.spec.monitor_interval, self._changed.set,
-                     lambda: self.db.checkpoint_mode_due() is not None, stop),
-            self._follow_file(stop),
-            self.lease.keep(stop),
-        ]
-        if self.lifecycle is not None:
-            loops.append(self._lifecycle(stop))
-        await run_until(stop, loops)
+        """Replicate alone (a scheduler and watcher of its own) until `stop` or a lost lease."""
+        own_watcher = self.watcher is None
+        if own_watcher:
+            self.watcher = SharedWatcher()
+        scheduler = Scheduler()
+        self.start(scheduler, stop.set, Gate(LIFECYCLE_CONCURRENCY))
+        try:
+            await scheduler.run(stop)
+        finally:
+            await self.halt()
+            if own_watcher and self.watcher is not None:
+                self.watcher.close()
+                self.watcher = None
+
+    @property
+    def tick_interval(self) -> float:
+        """How often the scheduler looks at this database: the poll interval, and often enough for
+        a short lease TTL to be renewed in time."""
+        return min(self.spec.monitor_interval, self.lease.ttl / 10)
+
+    def tick(self, now: float) -> None:
+        """Start whatever is due (called by the scheduler on every tick; never blocks)."""
+        if now >= self._next_poll:
+            # A little early rather than a whole tick late when the ticks jitter.
+            self._next_poll = now + self.spec.monitor_interval * 0.9
+            self._poll()
+        if now + min(MAX_TICK, self.tick_interval) >= self._lease_due and not self._renewal.busy:
+            self._lease_due = float("inf")  # set again when the renewal ends
+            self._renewal.set()
+        self._lifecycle_due()
+
+    def _lifecycle_due(self) -> None:
+        """Start the lifecycle jobs that are due (compaction reads remote L0 files: none before the
+        initial capture and upload have shipped)."""
+        gate = self._gate
+        if self.lifecycle is None or not self._shipped or gate is None or self._stop.is_set():
+            return
+        if not self._lifecycle_started:
+            self._lifecycle_started = True
+            self.lifecycle.start()
+        for job in self.lifecycle.due():
+            self._jobs.spawn(lambda job=job: gate.run(job))
+
+    def _poll(self) -> None:
+        """The fallback under inotify: look at the WAL if its size or mtime moved or a checkpoint
+        is due, and follow the database file if it was replaced or removed."""
+        try:
+            st = os.stat(self.db.wal_path)
+            cur = (st.st_size, st.st_mtime_ns)
+        except FileNotFoundError:
+            cur = (0, 0)
+        if cur != self._wal_seen or self.db.checkpoint_mode_due() is not None:
+            self._changed.set()
+        self._wal_seen = cur
+        try:
+            st = os.stat(self.db.path)
+        except FileNotFoundError:
+            self._follow.set()  # reports the missing file once
+            return
+        if (st.st_dev, st.st_ino) != self._file_id or self._file_missing:
+            self._follow.set()
+
+    async def _renew_lease(self) -> None:
+        wait = await self.lease.renew_step(self._stop)
+        if wait is None:  # lost for good: this database stops replicating, and the agent with it
+            self._on_lost()
+        else:
+            self._lease_due = time.monotonic() + wait
 
     async def final_sync(self, timeout: float, interval: float | None = None) -> None:
         """Capture what the application committed last and make it durable in the replica, retrying
@@ -221,48 +319,39 @@ class DatabaseRunner:
         await self.replica.client.close()
         self.db.close()
 
-    async def _lifecycle(self, stop: asyncio.Event) -> None:
-        assert self.lifecycle is not None
-        # Compaction reads remote L0 files: let the initial capture and upload go first.
-        await self._shipped.wait()
-        await self.lifecycle.run(stop)
-
-    async def _capture_loop(self, stop: asyncio.Event) -> None:
-        self._changed.set()  # the first pass writes the initial snapshot or catches up
-        while not stop.is_set():
-            await self._changed.wait()
-            self._changed.clear()
-            if self.paused:
-                continue  # the WAL keeps everything; unpausing captures it in one sync
-            gap = self._last_capture + self._min_gap - time.monotonic()
-            if gap > 0:
-                await asyncio.sleep(gap)
-            self._last_capture = time.monotonic()
-            try:
-                result = await self.capture()
-                self._recheck_unpublished(result.unpublished)
-                self.last_error = None
-                if self._disk_full:
-                    self._disk_full = False
-                    log.info("%s: space is available again in %s; capture resumed", self.db.path, self.db.meta_dir)
-                    self.hook("disk_full", {"db": self.db.path, "value": 0})
-            except Exception as exc:  # keep following the database; the error is reported in status
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                if _disk_full_error(exc):
-                    # One error line per episode; the retries every monitor-interval stay quiet.
-                    if not self._disk_full:
-                        self._disk_full = True
-                        log.error(
-                            "%s: disk full: No space left in meta directory %s; capture is paused and "
-                            "retried until space returns: %s", self.db.path, self.db.meta_dir, exc,
-                            extra={"db": self.db.path},
-                        )
-                        self.hook("disk_full", {"db": self.db.path, "value": 1})
-                else:
-                    log.error("%s: sync failed: %s", self.db.path, exc, extra={"db": self.db.path})
-                self.hook("sync_error", {"db": self.db.path, "error": self.last_error})
-                await asyncio.sleep(self.spec.monitor_interval)
-                self._changed.set()
+    async def _capture_job(self) -> None:
+        """One capture, as a change asked for it (a failed one is retried every monitor-interval)."""
+        if self.paused:
+            return  # the WAL keeps everything; unpausing captures it in one sync
+        gap = self._last_capture + self._min_gap - time.monotonic()
+        if gap > 0:
+            await asyncio.sleep(gap)
+        self._last_capture = time.monotonic()
+        try:
+            result = await self.capture()
+            self._recheck_unpublished(result.unpublished)
+            self.last_error = None
+            if self._disk_full:
+                self._disk_full = False
+                log.info("%s: space is available again in %s; capture resumed", self.db.path, self.db.meta_dir)
+                self.hook("disk_full", {"db": self.db.path, "value": 0})
+        except Exception as exc:  # keep following the database; the error is reported in status
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            if _disk_full_error(exc):
+                # One error line per episode; the retries every monitor-interval stay quiet.
+                if not self._disk_full:
+                    self._disk_full = True
+                    log.error(
+                        "%s: disk full: No space left in meta directory %s; capture is paused and "
+                        "retried until space returns: %s", self.db.path, self.db.meta_dir, exc,
+                        extra={"db": self.db.path},
+                    )
+                    self.hook("disk_full", {"db": self.db.path, "value": 1})
+            else:
+                log.error("%s: sync failed: %s", self.db.path, exc, extra={"db": self.db.path})
+            self.hook("sync_error", {"db": self.db.path, "error": self.last_error})
+            await asyncio.sleep(self.spec.monitor_interval)
+            self._changed.set()
 
     def _recheck_unpublished(self, unpublished: bool) -> None:
         """Look again soon while a writer has frames the wal-index does not show yet: after 2, 8, 32
@@ -277,26 +366,18 @@ class DatabaseRunner:
         asyncio.get_running_loop().call_later(delay, self._changed.set)
         self._rechecks += 1
 
-    async def _upload_loop(self, stop: asyncio.Event) -> None:
-        self._new_ltx.set()
-        while not stop.is_set():
-            await self._new_ltx.wait()
-            self._new_ltx.clear()
-            try:
-                await self.upload(stop)
-            except Exception as exc:
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.error(
-                    "%s: replica %s: %s", self.db.path, self.replica.url, exc,
-                    extra={"db": self.db.path, "replica": self.replica.url},
-                )
-                await asyncio.sleep(self.spec.monitor_interval)
-                self._new_ltx.set()
-
-    async def _follow_file(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
+    async def _upload_job(self) -> None:
+        """Ship what was captured (a failed upload is retried every monitor-interval)."""
+        try:
+            await self.upload(self._stop)
+        except Exception as exc:
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.error(
+                "%s: replica %s: %s", self.db.path, self.replica.url, exc,
+                extra={"db": self.db.path, "replica": self.replica.url},
+            )
             await asyncio.sleep(self.spec.monitor_interval)
-            await self._follow_replaced_file()
+            self._new_ltx.set()
 
     async def _follow_replaced_file(self) -> None:
         """An application that restores a copy by rename puts a new inode at the path: follow it.
@@ -456,7 +537,9 @@ class Store:
         self._stop: asyncio.Event | None = None
         self._closed = False  # `run` has ended: nothing starts any more
         self._adding: set[str] = set()
-        self._running: dict[str, tuple[asyncio.Event, asyncio.Task[None]]] = {}
+        self._running: set[str] = set()
+        self.scheduler = Scheduler()
+        self.gate = Gate(LIFECYCLE_CONCURRENCY)
 
     @property
     def runners(self) -> list[DatabaseRunner]:
@@ -486,7 +569,7 @@ class Store:
             if r.opened:
                 self._launch(r)
         try:
-            await stop.wait()
+            await self.scheduler.run(stop)
         finally:
             self._stop = None
             self._closed = True
@@ -567,31 +650,28 @@ class Store:
     async def _open_runner(self, runner: DatabaseRunner) -> None:
         if self._opening is None:
             self._opening = asyncio.Semaphore(self._open_concurrency)
-        async with self._opening:
-            await runner.open()
-            await runner.capture()
+        with self.gate.priority():  # first snapshots before the lifecycle work of databases already open
+            async with self._opening:
+                await runner.open()
+                await runner.capture()
 
     def _launch(self, runner: DatabaseRunner) -> None:
         if runner.db.path in self._running:
             return  # added while `run` was starting: launched once
-        stop = asyncio.Event()
-        task = asyncio.create_task(self._serve(runner, stop))
-        self._running[runner.db.path] = (stop, task)
+        self._running.add(runner.db.path)
+        runner.start(self.scheduler, self._lease_lost, self.gate)
 
-    async def _serve(self, runner: DatabaseRunner, stop: asyncio.Event) -> None:
-        await runner.run(stop)
-        if runner.lost_lease and self._stop is not None:
-            # A takeover ends the runner's loops; the agent stops as a whole and reports it.
+    def _lease_lost(self) -> None:
+        # A takeover ends replication of that database; the agent stops as a whole and reports it.
+        if self._stop is not None:
             self._stop.set()
 
     async def _halt(self, path: str, timeout: float | None = None) -> None:
-        entry = self._running.pop(path, None)
-        if entry is None:
+        if path not in self._running:
             return
-        stop, task = entry
-        stop.set()
-        await asyncio.gather(task, return_exceptions=True)
+        self._running.discard(path)
         runner = self._runners[path]
+        await runner.halt()
         await runner.shutdown(self.shutdown_timeout if timeout is None else timeout, self.shutdown_interval)
         runner.disabled = True
 

@@ -1,6 +1,7 @@
-"""Change detection for one database: inotify on its directory, and a cheap stat poll as fallback.
+"""Change detection: one inotify instance for the WALs of every database, one watch per directory.
 
-Both only say "look now" (a callback); what changed is for the capture to find out from the WAL.
+It only says "look now" (a callback); what changed is for the capture to find out from the WAL. The
+store's scheduler polls each WAL's size and mtime as the fallback.
 """
 
 from __future__ import annotations
@@ -20,64 +21,6 @@ IN_Q_OVERFLOW = 0x4000
 INOTIFY_READ_SIZE = 64 * 1024
 
 
-def inotify_names(data: bytes, name: bytes) -> bool:
-    """Whether raw inotify events concern `name` (or the kernel queue overflowed and any might)."""
-    offset = 0
-    while offset + INOTIFY_EVENT.size <= len(data):
-        _wd, mask, _cookie, length = INOTIFY_EVENT.unpack_from(data, offset)
-        offset += INOTIFY_EVENT.size
-        if mask & IN_Q_OVERFLOW or data[offset : offset + length].rstrip(b"\0") == name:
-            return True
-        offset += length
-    return False
-
-
-async def watch_wal(wal_path: str, changed: Callable[[], None], stop: asyncio.Event) -> None:
-    """Call `changed` whenever the WAL file is written, created or renamed into place, until `stop`."""
-    try:
-        from asyncinotify import Inotify, Mask
-    except ImportError:  # not Linux: the poll alone detects changes
-        return
-    wal_name = os.fsencode(os.path.basename(wal_path))
-    loop = asyncio.get_running_loop()
-    with Inotify() as inotify:
-        inotify.add_watch(os.path.dirname(wal_path), Mask.MODIFY | Mask.CREATE | Mask.MOVED_TO)
-
-        # One reader callback on the raw descriptor: asyncinotify's iterator re-registers the
-        # descriptor and builds an Event object per event, a fifth of the agent's CPU while a
-        # writer streams frames into the WAL.
-        def readable() -> None:
-            try:
-                data = os.read(inotify.fd, INOTIFY_READ_SIZE)
-            except BlockingIOError:
-                return
-            if inotify_names(data, wal_name):
-                changed()
-
-        loop.add_reader(inotify.fd, readable)
-        try:
-            await stop.wait()
-        finally:
-            loop.remove_reader(inotify.fd)
-
-
-async def poll_wal(
-    wal_path: str, interval: float, changed: Callable[[], None], due: Callable[[], bool], stop: asyncio.Event
-) -> None:
-    """Every `interval`, call `changed` if the WAL's size or mtime moved, or `due()` says to look."""
-    last: tuple[int, int] | None = None
-    while not stop.is_set():
-        await asyncio.sleep(interval)
-        try:
-            st = os.stat(wal_path)
-            cur = (st.st_size, st.st_mtime_ns)
-        except FileNotFoundError:
-            cur = (0, 0)
-        if cur != last or due():
-            changed()
-        last = cur
-
-
 class SharedWatcher:
     """One inotify instance for the WALs of many databases: one watch per directory, and each event
     dispatched by file name. A watch per database would exhaust `fs.inotify.max_user_instances`
@@ -89,36 +32,40 @@ class SharedWatcher:
         self._by_dir: dict[str, tuple[Any, dict[bytes, list[Callable[[], None]]]]] = {}
         self._by_wd: dict[int, dict[bytes, list[Callable[[], None]]]] = {}
 
-    async def watch(self, path: str, changed: Callable[[], None], stop: asyncio.Event) -> None:
+    def add(self, path: str, changed: Callable[[], None]) -> None:
         """Call `changed` whenever the file at `path` is written, created or renamed into place, until
-        `stop`. Without inotify this returns at once: the caller's poll detects changes alone."""
+        `remove`. Without inotify (or a watch) nothing is called: the caller's poll detects changes."""
         if not self._start():
             return
         directory, name = os.path.split(path)
-        try:
-            entry = self._by_dir.get(directory)
-            if entry is None:
-                from asyncinotify import Mask
+        entry = self._by_dir.get(directory)
+        if entry is None:
+            from asyncinotify import Mask
 
+            try:
                 watch = self._inotify.add_watch(directory, Mask.MODIFY | Mask.CREATE | Mask.MOVED_TO)
-                entry = self._by_dir[directory] = (watch, {})
-                self._by_wd[watch.wd] = entry[1]
-        except OSError as exc:  # e.g. fs.inotify.max_user_watches reached: the poll goes on
-            log.warning("%s: cannot watch (%s); changes are found by polling", directory, exc)
+            except OSError as exc:  # e.g. fs.inotify.max_user_watches reached: the poll goes on
+                log.warning("%s: cannot watch (%s); changes are found by polling", directory, exc)
+                return
+            entry = self._by_dir[directory] = (watch, {})
+            self._by_wd[watch.wd] = entry[1]
+        entry[1].setdefault(os.fsencode(name), []).append(changed)
+
+    def remove(self, path: str, changed: Callable[[], None]) -> None:
+        """Undo `add`; the directory's watch goes with its last file."""
+        directory, name = os.path.split(path)
+        entry = self._by_dir.get(directory)
+        callbacks = entry[1].get(os.fsencode(name)) if entry is not None else None
+        if entry is None or callbacks is None or changed not in callbacks:
             return
-        callbacks = entry[1].setdefault(os.fsencode(name), [])
-        callbacks.append(changed)
-        try:
-            await stop.wait()
-        finally:
-            callbacks.remove(changed)
-            if not callbacks:
-                del entry[1][os.fsencode(name)]
-            if not entry[1] and self._by_dir.get(directory) is entry:
-                del self._by_dir[directory]
-                self._by_wd.pop(entry[0].wd, None)
-                with contextlib.suppress(OSError, ValueError):
-                    self._inotify.rm_watch(entry[0])
+        callbacks.remove(changed)
+        if not callbacks:
+            del entry[1][os.fsencode(name)]
+        if not entry[1]:
+            del self._by_dir[directory]
+            self._by_wd.pop(entry[0].wd, None)
+            with contextlib.suppress(OSError, ValueError):
+                self._inotify.rm_watch(entry[0])
 
     def close(self) -> None:
         """Release the inotify instance (the watches end with it)."""

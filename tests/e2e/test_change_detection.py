@@ -3,25 +3,9 @@
 
 from __future__ import annotations
 
-import struct
 from pathlib import Path
 
 from helpers import Agent, create_db, l0_txids, wait_for, wait_replica_started, write_batch, write_config
-from lifeboat.agent.watch import IN_Q_OVERFLOW, inotify_names
-
-
-def event(name: bytes, mask: int = 0x2, wd: int = 1) -> bytes:
-    padded = name + b"\0" * (-(len(name) + 1) % 16 + 1) if name else b""
-    return struct.pack("=iIII", wd, mask, 0, len(padded)) + padded
-
-
-def test_raw_events_are_matched_by_exact_name() -> None:
-    wal = b"app.db-wal"
-    assert inotify_names(event(b"app.db") + event(b"app.db-wal"), wal)
-    assert not inotify_names(event(b"app.db") + event(b"app.db-shm") + event(b"xapp.db-wal"), wal)
-    assert not inotify_names(event(b"app.db-wal2"), wal)
-    assert inotify_names(event(b"", mask=IN_Q_OVERFLOW, wd=-1), wal)  # events were dropped: look anyway
-    assert not inotify_names(b"", wal)
 
 
 def test_every_commit_ships_without_the_poll(tmp_path: Path) -> None:

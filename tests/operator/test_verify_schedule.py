@@ -1,8 +1,11 @@
 """spec.verify.schedule: cron parsing, the next run, the gap the alert allows, and the one-line refusals."""
 
 import datetime
+import pathlib
+import re
 
 import pytest
+import yaml
 from lifeboat.operator import cron, verify
 
 UTC = datetime.UTC
@@ -70,3 +73,27 @@ def test_the_webhook_refuses_a_bad_schedule_in_one_line_naming_the_field() -> No
 ])
 def test_the_interval_the_alert_allows_twice_is_the_longest_gap(schedule: str, seconds: float) -> None:
     assert verify.interval_seconds(schedule) == seconds
+
+
+def _crd_schedule_rule() -> "re.Pattern[str]":
+    """The regular expression of the CRD's CEL rule on spec.verify.schedule (RE2; Python reads it alike)."""
+    crd = yaml.safe_load((pathlib.Path(__file__).resolve().parents[2] / "crds" / "sqlitereplicas.yaml").read_text())
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    (rule,) = schema["properties"]["spec"]["properties"]["verify"]["properties"]["schedule"]["x-kubernetes-validations"]
+    return re.compile(rule["rule"].removeprefix("self.matches('").removesuffix("')"))
+
+
+@pytest.mark.parametrize("schedule", [
+    "0 3 * * *", "*/5 * * * *", "1-5,7 0-23/2 1 1-12 0-7", "59 23 31 12 7", "@daily", "@Hourly", " 0 0 1 1 * ",
+    "60 * * * *", "0 24 * * *", "0 0 0 * *", "0 0 32 * *", "0 0 * 13 *", "0 0 * * 8", "every day", "* * * *",
+    "@fortnightly",
+])
+def test_the_crd_rule_refuses_what_the_operator_cannot_schedule(schedule: str) -> None:
+    """The API server refuses a schedule by the CRD rule exactly when the operator's parser would
+    (ranges that run backwards, such as 30-10, are left to the parser's condition)."""
+    try:
+        cron.parse(schedule)
+        parsed = True
+    except cron.CronError:
+        parsed = False
+    assert bool(_crd_schedule_rule().match(schedule)) == parsed

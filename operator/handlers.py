@@ -14,9 +14,12 @@ Every handler is idempotent: it recomputes the whole desired state from the obje
 """
 
 import asyncio
+import copy
 import dataclasses
 import logging
+import os
 import pathlib
+import random
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
@@ -43,7 +46,11 @@ CONFIG_APPLIED = "ConfigApplied"
 RESTORED = "Restored"
 # A condition's (status, reason, message).
 Verdict = tuple[str, str, str]
-STATUS_INTERVAL = 15.0
+# Test-only: the cluster tests shorten the status round to see several within a test's time.
+TEST_STATUS_INTERVAL_ENV = "LIFEBOAT_TEST_STATUS_INTERVAL"
+STATUS_INTERVAL = float(os.environ.get(TEST_STATUS_INTERVAL_ENV) or 15.0)
+# Index key of a SQLiteReplica: (namespace, name).
+ReplicaKey = tuple[str, str]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,7 +218,14 @@ async def reconcile(
     patch.status["configMap"] = specs.configmap_name(name)
 
 
-@kopf.timer(specs.GROUP, specs.VERSION, specs.PLURAL, interval=STATUS_INTERVAL)
+def status_delay(**_: Any) -> float:
+    """The first round's delay: random within one interval, so that the rounds of many
+    SQLiteReplicas (all resumed at once when the operator starts or takes the lead) do not hit the
+    API server in one burst every interval."""
+    return random.uniform(0, STATUS_INTERVAL)
+
+
+@kopf.timer(specs.GROUP, specs.VERSION, specs.PLURAL, interval=STATUS_INTERVAL, initial_delay=status_delay)
 @metrics.counted("collect_status")
 async def collect_status(
     body: kopf.Body, spec: kopf.Spec, name: str, namespace: str, meta: kopf.Meta, patch: kopf.Patch,
@@ -259,10 +273,32 @@ async def collect_status(
     _set_conditions(patch, verdicts, meta.get("generation"))
 
 
+@kopf.index(specs.GROUP, specs.VERSION, specs.PLURAL)
+def replica_index(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[ReplicaKey, dict[str, Any]]:
+    """Every SQLiteReplica, by (namespace, name): the webhook reads it without an API call."""
+    # A plain copy: kopf's body is a view the webhook must not share with the watch.
+    return {(namespace, name): copy.deepcopy(dict(body))}
+
+
+async def find_replica(
+    lifeboat: kube.Kube, index: kopf.Index[ReplicaKey, dict[str, Any]], namespace: str, name: str
+) -> dict[str, Any] | None:
+    """The SQLiteReplica from the index; on a miss, from the API server.
+
+    A miss is not proof of absence: kopf fills indexes from its watches, which have not listed yet
+    right after startup and are stopped on a replica that peering pauses (not the leader), while
+    every replica serves the webhook.
+    """
+    for replica in index.get((namespace, name), ()):
+        return replica
+    return await lifeboat.replica(namespace, name)
+
+
 @kopf.on.mutate("", "v1", "pods", id="inject", operations=["CREATE"],
                 labels={specs.REPLICA_LABEL: kopf.PRESENT})
 async def inject_pod(
-    body: kopf.Body, namespace: str, patch: kopf.Patch, memo: kopf.Memo, warnings: list[str], **_: Any
+    body: kopf.Body, namespace: str, patch: kopf.Patch, memo: kopf.Memo, warnings: list[str],
+    replica_index: kopf.Index[ReplicaKey, dict[str, Any]], **_: Any,
 ) -> None:
     """Add the restore init container and the agent to a labelled pod, per its SQLiteReplica.
 
@@ -270,7 +306,7 @@ async def inject_pod(
     """
     options: Options = memo.options
     replica_name = body.metadata.labels[specs.REPLICA_LABEL]
-    replica = await memo.kube.replica(namespace, replica_name)
+    replica = await find_replica(memo.kube, replica_index, namespace, replica_name)
     if replica is None:
         metrics.DENIALS.labels(namespace).inc()
         raise kopf.AdmissionError(

@@ -185,10 +185,8 @@ def _set_conditions(patch: kopf.Patch, verdicts: Mapping[str, Verdict], generati
 
     def apply(body: MutableMapping[str, Any]) -> None:
         status = body.setdefault("status", {})
-        conditions = status.get("conditions") or []
-        for type_, verdict in verdicts.items():
-            conditions = statuses.set_condition(conditions, type_, *verdict, generation=generation, now=now)
-        status["conditions"] = conditions
+        status["conditions"] = statuses.set_conditions(status.get("conditions") or [], verdicts,
+                                                       generation=generation, now=now)
 
     patch.fns.append(apply)
 
@@ -242,7 +240,6 @@ async def collect_status(
             if (p.get("status") or {}).get("phase") == "Running" and (p.get("status") or {}).get("podIP")]
     port = int((spec.get("agent") or {}).get("metricsPort", specs.DEFAULT_METRICS_PORT))
     summary = statuses.summarize(await statuses.collect(pods, port), database=spec["database"])
-    patch.status.update(summary)
 
     single_writer = guards.single_writer(labelled, await memo.kube.owning_workloads(namespace, labelled))
     metrics.SINGLE_WRITER_VIOLATIONS.labels(namespace, name).set(single_writer[0] == "False")
@@ -252,7 +249,7 @@ async def collect_status(
     for pod_name in delete:
         logger.info("Deleting pod %s: it carries the replica label but runs no agent.", pod_name)
         await memo.kube.delete_pod(namespace, pod_name)
-    patch.status["uninjectedPods"] = sorted(p["metadata"]["name"] for p in missing)
+    fields = {**summary, "uninjectedPods": sorted(p["metadata"]["name"] for p in missing)}
 
     verdicts = {
         CONFIG_READY: _config_verdict(name, spec),
@@ -270,6 +267,14 @@ async def collect_status(
         before = previous.get(type_) or {}
         if status_ == "False" and (before.get("status"), before.get("message")) != (status_, message):
             kopf.event(body, type="Warning", reason=reason, message=message)
+    # A round that finds nothing new writes nothing: no API call, and no watch event to every
+    # client of SQLiteReplicas. Conditions are compared as this round would set them.
+    current = body.get("status") or {}
+    conditions = statuses.set_conditions(current.get("conditions") or [], verdicts,
+                                         generation=meta.get("generation"), now=statuses.now_rfc3339())
+    if not statuses.changes(current, {**fields, "conditions": conditions}):
+        return
+    patch.status.update(fields)
     _set_conditions(patch, verdicts, meta.get("generation"))
 
 

@@ -14,6 +14,9 @@ from lifeboat.operator.injection import RESTORE_CONTAINER
 
 # The most of one pod's restore error a condition repeats (a message of many pods stays readable).
 MESSAGE_LIMIT = 1000
+# Status values that move on every round while nothing happens (the lag grows between uploads): a
+# round writes them along with a material change, never alone. Ready still turns on the lag.
+TICKING = frozenset({"lagSeconds", "lastSync"})
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,34 @@ def set_condition(
         new["observedGeneration"] = generation
     result.append(new)
     return sorted(result, key=lambda c: c["type"])
+
+
+def set_conditions(
+    conditions: Iterable[Mapping[str, Any]],
+    verdicts: Mapping[str, tuple[str, str, str]],
+    *,
+    generation: int | None,
+    now: str,
+) -> list[dict[str, Any]]:
+    """``conditions`` with one per verdict (type → (status, reason, message)) set, the others kept."""
+    result = [dict(c) for c in conditions]
+    for type_, verdict in verdicts.items():
+        result = set_condition(result, type_, *verdict, generation=generation, now=now)
+    return result
+
+
+def _steady(value: Any) -> Any:
+    """``value`` without its ticking fields, nor nulls (a null and an absent field read the same)."""
+    if isinstance(value, Mapping):
+        return {k: _steady(v) for k, v in value.items() if k not in TICKING and v is not None}
+    if isinstance(value, list):
+        return [_steady(v) for v in value]
+    return value
+
+
+def changes(current: Mapping[str, Any], fields: Mapping[str, Any]) -> bool:
+    """Whether writing ``fields`` into the status ``current`` changes more than ticking values."""
+    return _steady(dict(fields)) != _steady({key: current.get(key) for key in fields})
 
 
 def _hex(txid: Any) -> str | None:

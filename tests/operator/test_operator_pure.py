@@ -172,3 +172,13 @@ def test_the_agent_accepts_every_rendered_config(replica: dict[str, Any], monkey
     assert db.replica.sync_interval == 2.0
     if replica["url"].startswith("sftp"):
         assert db.replica.settings["password"] == "from-the-secret"
+
+
+def test_a_status_round_is_material_only_beyond_ticking_values() -> None:
+    pod = {"name": "app-0", "txid": "0000000000000002", "lagSeconds": 0.5, "lastSync": "2026-01-01T00:00:00Z",
+           "error": None}
+    current = {"pods": [{k: v for k, v in pod.items() if v is not None}], "lagSeconds": 0.5}
+    later = {**pod, "lagSeconds": 3.0, "lastSync": "2026-01-01T00:00:02Z"}
+    assert not status.changes(current, {"pods": [later], "lagSeconds": 3.0, "txid": None})
+    assert status.changes(current, {"pods": [{**later, "txid": "0000000000000003"}]})
+    assert status.changes(current, {"uninjectedPods": ["app-1"]})

@@ -50,7 +50,7 @@ if [[ -n $GO_BIN ]]; then
   fi
   cluster_build=""
   tail -n 3 .ci-work/cluster-build.log
-  step "kubernetes control plane: built in $((SECONDS - cluster_t0))s (started with the packages); start"
+  step "kubernetes control plane: binaries ready $((SECONDS - cluster_t0))s after the build began (alongside the packages); start"
   cluster_started=1
   bash .ci/cluster.sh start
 fi

@@ -19,6 +19,7 @@ from typing import Any
 import boto3
 import pytest
 from helpers import create_db, rows, start_writer, wait_for
+from inplace import bound_claim
 from k8s import S3_ENDPOINT, Cluster, Operator, pod_inputs, table, wait_until
 from lifeboat.operator import injection
 from podrun import Pod
@@ -31,15 +32,6 @@ APP = "app"
 
 def manifests(prefix: str) -> list[dict[str, Any]]:
     labels = {"app": APP, "lifeboat.dev/replica": REPLICA}
-    volumes = [
-        ({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"{NAMESPACE}-{claim}"},
-          "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
-                   "claimRef": {"namespace": NAMESPACE, "name": claim},
-                   "hostPath": {"path": f"/var/lib/{NAMESPACE}-{claim}"}}},
-         {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim, "namespace": NAMESPACE},
-          "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}},
-                   "storageClassName": "", "volumeName": f"{NAMESPACE}-{claim}"}})
-        for claim in ("data", "restored")]
     return [
         {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3", "namespace": NAMESPACE},
          "stringData": {"AWS_ACCESS_KEY_ID": "day2", "AWS_SECRET_ACCESS_KEY": "day2"}},
@@ -48,7 +40,8 @@ def manifests(prefix: str) -> list[dict[str, Any]]:
          "spec": {"database": DATABASE, "syncInterval": "100ms", "agent": {"metricsPort": 19090},
                   "replica": {"url": f"s3://backups/{prefix}", "endpoint": S3_ENDPOINT, "region": "us-east-1",
                               "forcePathStyle": True, "credentials": {"secretName": "s3"}}}},
-        *(obj for pair in volumes for obj in pair),
+        *bound_claim(NAMESPACE, "data"),
+        *bound_claim(NAMESPACE, "restored"),
         {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": APP, "namespace": NAMESPACE},
          "spec": {"replicas": 1, "strategy": {"type": "Recreate"}, "selector": {"matchLabels": {"app": APP}},
                   "template": {"metadata": {"labels": labels}, "spec": {

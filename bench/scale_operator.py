@@ -34,6 +34,7 @@ import argparse
 import asyncio
 import base64
 import json
+import logging
 import math
 import os
 import random
@@ -67,6 +68,7 @@ from k8s import (  # noqa: E402  (the cluster tests' tools, one directory over)
     wait_until,
 )
 
+logger = logging.getLogger("scale_operator")
 CLUSTER_SH = REPO / ".ci" / "cluster.sh"
 RESULTS = REPO / "bench" / "results"
 GROUP, VERSION, PLURAL = "lifeboat.dev", "v1alpha1", "sqlitereplicas"
@@ -231,6 +233,19 @@ def create_objects(api: Api, names: list[tuple[str, str]], nodes: int) -> None:
              [(GROUP, VERSION, ns, PLURAL, replica_body(ns, name)) for ns, name in names])
     api.each(api.apps.create_namespaced_deployment, [(ns, deployment_body(ns, name)) for ns, name in names])
     api.each(api.core.create_node, [(node_body(f"kwok-scale-{i}"),) for i in range(nodes)])
+
+
+def settle(check: Callable[[], Any], timeout: float, what: str, interval: float) -> Any:
+    """:func:`wait_until`, where an overloaded API server's refusal or timeout means "not yet"."""
+    def tolerant() -> Any:
+        try:
+            return check()
+        except ApiException as exc:
+            if exc.status in (429, 500, 503, 504):
+                return None
+            raise
+
+    return wait_until(tolerant, timeout, what, interval=interval)
 
 
 def _exists(read: Callable[[], Any]) -> bool:
@@ -398,13 +413,13 @@ def restart(api: Api, operator: Operator, replicas: int) -> dict[str, Any]:
     namespaces = sorted({_namespace(r) for r in api.replicas()})
     api.each(lambda ns: api.core.delete_collection_namespaced_config_map(ns, label_selector=REPLICA_LABEL),
              [(ns,) for ns in namespaces])
-    wait_until(lambda: api.configmaps() == 0, 120, "the agent ConfigMaps gone")
+    settle(lambda: api.configmaps() == 0, 300, "the agent ConfigMaps gone", interval=2.0)
     start = time.monotonic()
     operator.start()
     serving = time.monotonic() - start
     # Listing every SQLiteReplica and ConfigMap costs the control plane too: not more than every 2 s.
-    wait_until(lambda: reconciled(api, replicas), 1800, f"{replicas} SQLiteReplicas reconciled after a restart",
-               interval=2.0)
+    settle(lambda: reconciled(api, replicas), 1800, f"{replicas} SQLiteReplicas reconciled after a restart",
+           interval=2.0)
     return {"reconcile_seconds": round(time.monotonic() - start, 1), "webhook_serving_seconds": round(serving, 1),
             "rss_mb": rss_mb(_pid(operator))}
 
@@ -444,9 +459,13 @@ def run(pods: int, replicas: int, namespaces: int, curve: list[int]) -> dict:
     try:
         start = time.monotonic()
         create_objects(api, names, nodes)
-        wait_until(lambda: reconciled(api, replicas), 1800, f"{replicas} SQLiteReplicas reconciled", interval=1.0)
+        settle(lambda: reconciled(api, replicas), 1800, f"{replicas} SQLiteReplicas reconciled", interval=2.0)
         result["setup"] = {"nodes": nodes, "replicas_reconciled_seconds": round(time.monotonic() - start, 1)}
-        result["curve"] = [point(cluster, api, operator, names, total) for total in curve]
+        logger.info("set up: %s", json.dumps(result["setup"]))
+        result["curve"] = []
+        for total in curve:
+            result["curve"].append(point(cluster, api, operator, names, total))
+            logger.info("measured at %d pods: %s", total, json.dumps(result["curve"][-1]))
         result["restart"] = {"pods": curve[-1], **restart(api, operator, replicas)}
         settled = pods_settled(api, curve[-1]) or {}
         result["correctness"] = {
@@ -466,8 +485,7 @@ def point(cluster: Cluster, api: Api, operator: Operator, names: list[tuple[str,
     """Scale to ``total`` pods and measure there."""
     before, start = webhook_buckets(metrics(cluster)), time.monotonic()
     scale_to(api, names, total)
-    wait_until(lambda: pods_settled(api, total), 600 + total / 2, f"{total} pods running and injected",
-               interval=5.0)
+    settle(lambda: pods_settled(api, total), 600 + total / 2, f"{total} pods running and injected", interval=5.0)
     scaled = time.monotonic() - start
     apiserver = apiserver_view(before, webhook_buckets(metrics(cluster)))
     requests = quiet_minute(cluster)
@@ -551,6 +569,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="pod counts to measure at (comma-separated); points above --pods are dropped, "
                              "--pods itself is always the last")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     curve = sorted({c for c in map(int, args.curve.split(",")) if c < args.pods} | {args.pods})
     result = run(args.pods, args.replicas, args.namespaces, curve)
     RESULTS.mkdir(parents=True, exist_ok=True)

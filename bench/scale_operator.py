@@ -466,12 +466,16 @@ def run(pods: int, replicas: int, namespaces: int, curve: list[int]) -> dict:
         for total in curve:
             result["curve"].append(point(cluster, api, operator, names, total))
             logger.info("measured at %d pods: %s", total, json.dumps(result["curve"][-1]))
-        result["restart"] = {"pods": curve[-1], **restart(api, operator, replicas)}
-        settled = pods_settled(api, curve[-1]) or {}
+            if not result["curve"][-1]["settled"]:
+                break  # more pods would not get through either
+        reached = result["curve"][-1]["pods"]
+        result["restart"] = {"pods": reached, **restart(api, operator, replicas)}
+        pods = api.pods()
         result["correctness"] = {
-            "pods_expected": curve[-1], "pods_running": settled.get("running", 0),
-            "pods_injected": settled.get("injected", 0), "replicas": replicas,
-            "replicas_reconciled": reconciled(api, replicas), "refusals": api.refusals()[:20],
+            "pods_expected": reached, "pods_running": sum(p["status"].get("phase") == "Running" for p in pods),
+            "pods_injected": sum(map(injected, pods)), "replicas": replicas,
+            "replicas_reconciled": reconciled(api, replicas), "refusals": (refusals := api.refusals())[:20],
+            "refusal_count": len(refusals),
             "direct_refusals": sum(p["admission"]["refused_count"] for p in result["curve"])}
     finally:
         operator.stop()
@@ -485,13 +489,20 @@ def point(cluster: Cluster, api: Api, operator: Operator, names: list[tuple[str,
     """Scale to ``total`` pods and measure there."""
     before, start = webhook_buckets(metrics(cluster)), time.monotonic()
     scale_to(api, names, total)
-    settle(lambda: pods_settled(api, total), 600 + total / 2, f"{total} pods running and injected", interval=5.0)
+    try:
+        settle(lambda: pods_settled(api, total), 600 + total / 2, f"{total} pods running and injected",
+               interval=5.0)
+        settled = True
+    except AssertionError:  # measured all the same: what the operator does when pods do not get through
+        settled = False
     scaled = time.monotonic() - start
+    pods = api.pods()
     apiserver = apiserver_view(before, webhook_buckets(metrics(cluster)))
     requests = quiet_minute(cluster)
     admission = admission_latency(cluster, operator, names)
-    return {"pods": total, "scale_up_seconds": round(scaled, 1), "admission": admission,
-            "apiserver_admission": apiserver, "requests_per_minute": requests, "rss_mb": rss_mb(_pid(operator))}
+    return {"pods": total, "settled": settled, "pods_created": len(pods), "pods_injected": sum(map(injected, pods)),
+            "scale_up_seconds": round(scaled, 1), "admission": admission, "apiserver_admission": apiserver,
+            "requests_per_minute": requests, "rss_mb": rss_mb(_pid(operator))}
 
 
 def targets(result: dict[str, Any]) -> dict[str, Any]:
@@ -504,6 +515,8 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
     rates = [p["requests_per_minute"]["operator"] for p in curve]
     growth = rates[-1] / rates[0] if rates[0] else math.inf
     return {
+        "every_pod_admitted": {"target": "every pod of every point", "measured": f"{curve[-1]['pods_injected']:,} "
+                               f"of {curve[-1]['pods']:,}", "met": all(p["settled"] for p in curve)},
         "admission_p99_ms": {"target": TARGET_P99_MS, "measured": worst_p99, "met": worst_p99 <= TARGET_P99_MS},
         "peak_rss_mb": {"target": TARGET_PEAK_RSS_MB, "measured": round(peak, 1), "met": peak <= TARGET_PEAK_RSS_MB},
         "requests_per_minute_growth": {"target": TARGET_REQUEST_GROWTH, "measured": round(growth, 2),
@@ -531,7 +544,8 @@ def markdown(result: dict) -> str:
     ]
     for point_ in result.get("curve") or []:
         a, s, r, m = point_["admission"], point_["apiserver_admission"], point_["requests_per_minute"], point_["rss_mb"]
-        lines.append(f"| {point_['pods']:,} | {point_['scale_up_seconds']} | {a['p50_ms']} / {a['p99_ms']} / "
+        reached = "" if point_["settled"] else f" (**{point_['pods_injected']:,} got through**)"
+        lines.append(f"| {point_['pods']:,}{reached} | {point_['scale_up_seconds']} | {a['p50_ms']} / {a['p99_ms']} / "
                      f"{a['max_ms']} | {s['p50_ms']} / {s['p99_ms']} ({s['admissions']}) | {r['operator']} | "
                      f"{r['all_clients']} | {m['current']:.0f} / {m['peak']:.0f} |")
     restart_ = result.get("restart")
@@ -544,7 +558,8 @@ def markdown(result: dict) -> str:
     if setup:
         lines += ["", f"Initial reconcile of {p['replicas']:,} new SQLiteReplicas: "
                       f"{setup['replicas_reconciled_seconds']} s (includes creating them and their Deployments)."]
-    names = {"admission_p99_ms": "admission p99 ≤ {t} ms with 50 in flight",
+    names = {"every_pod_admitted": "pods created through the webhook ({t})",
+             "admission_p99_ms": "admission p99 ≤ {t} ms with 50 in flight",
              "peak_rss_mb": "operator peak RSS ≤ {t} MB",
              "requests_per_minute_growth": "operator requests/min, last point ÷ first ≤ {t}"}
     lines += ["", "| target | measured | met |", "|---|---:|---|"]
@@ -555,7 +570,7 @@ def markdown(result: dict) -> str:
     if c:
         lines += ["", f"Correctness: {c['pods_running']:,}/{c['pods_expected']:,} pods running, "
                       f"{c['pods_injected']:,} injected; SQLiteReplicas all reconciled: {c['replicas_reconciled']}; "
-                      f"refused pod creations: {len(c['refusals'])}; "
+                      f"refused pod creations: {c['refusal_count']}; "
                       f"refused direct admissions: {c['direct_refusals']}."]
     return "\n".join(lines) + "\n"
 

@@ -4,8 +4,9 @@
   ``ConfigReady`` and ``CredentialsReady`` conditions and Events;
 * a timer → every labelled pod's agent ``/status`` into ``status.pods`` and the ``Ready`` condition, and
   its restore init container's failure into the ``Restored`` condition;
-* admission: pods are mutated by :func:`lifeboat.operator.injection.inject`, SQLiteReplicas validated
-  by :func:`lifeboat.operator.spec.problems`.
+* admission: pods are mutated by :func:`lifeboat.operator.injection.inject`. SQLiteReplicas are validated
+  by the CRD's schema alone (its CEL rules): a validating webhook would refuse every update of an object
+  stored before a rule was tightened, even the one that removes its finalizer while it is deleted.
 
 SQLiteRestores are handled in :mod:`lifeboat.operator.restores` (imported here, so its handlers
 register with these).
@@ -14,7 +15,6 @@ Every handler is idempotent: it recomputes the whole desired state from the obje
 """
 
 import asyncio
-import copy
 import dataclasses
 import logging
 import os
@@ -27,8 +27,10 @@ import kopf
 from lifeboat.operator import (
     agent_config,
     guards,
+    indexes,  # also registers the indexes
     injection,
     kube,
+    leadership,  # also registers its startup handlers
     metrics,
     openshift,
     restores,  # also registers the SQLiteRestore handlers
@@ -49,8 +51,6 @@ Verdict = tuple[str, str, str]
 # Test-only: the cluster tests shorten the status round to see several within a test's time.
 TEST_STATUS_INTERVAL_ENV = "LIFEBOAT_TEST_STATUS_INTERVAL"
 STATUS_INTERVAL = float(os.environ.get(TEST_STATUS_INTERVAL_ENV) or 15.0)
-# Index key of a SQLiteReplica: (namespace, name).
-ReplicaKey = tuple[str, str]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +99,7 @@ async def configure(
     settings.scanning.disabled = bool(options.namespaces)
     # The chart owns the webhook configurations (namespaceSelector, reinvocation, timeout, Service ref).
     settings.admission.managed = None
+    indexes.watch_labelled_pods_only(settings)
 
     memo.kube = kube.Kube(kube.load_api_client())
     if options.tls_secret:
@@ -227,7 +228,7 @@ def status_delay(**_: Any) -> float:
 @metrics.counted("collect_status")
 async def collect_status(
     body: kopf.Body, spec: kopf.Spec, name: str, namespace: str, meta: kopf.Meta, patch: kopf.Patch,
-    memo: kopf.Memo, logger: logging.Logger, **_: Any,
+    memo: kopf.Memo, logger: logging.Logger, pod_index: kopf.Index[indexes.ReplicaKey, dict[str, Any]], **_: Any,
 ) -> None:
     """Ask every running labelled pod's agent for its state; Ready = all replicate within maxLag.
 
@@ -235,7 +236,7 @@ async def collect_status(
     created after its SQLiteReplica), checks the single-writer guards (``SingleWriter``) and the
     labelled pods that escaped injection (``Injected``; deleted when ``spec.recreateUninjected``).
     """
-    labelled = await memo.kube.labelled_pods(namespace, specs.REPLICA_LABEL, name)
+    labelled = indexes.labelled_pods(pod_index, namespace, name)
     pods = [p for p in labelled
             if (p.get("status") or {}).get("phase") == "Running" and (p.get("status") or {}).get("podIP")]
     port = int((spec.get("agent") or {}).get("metricsPort", specs.DEFAULT_METRICS_PORT))
@@ -278,32 +279,12 @@ async def collect_status(
     _set_conditions(patch, verdicts, meta.get("generation"))
 
 
-@kopf.index(specs.GROUP, specs.VERSION, specs.PLURAL)
-def replica_index(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[ReplicaKey, dict[str, Any]]:
-    """Every SQLiteReplica, by (namespace, name): the webhook reads it without an API call."""
-    # A plain copy: kopf's body is a view the webhook must not share with the watch.
-    return {(namespace, name): copy.deepcopy(dict(body))}
-
-
-async def find_replica(
-    lifeboat: kube.Kube, index: kopf.Index[ReplicaKey, dict[str, Any]], namespace: str, name: str
-) -> dict[str, Any] | None:
-    """The SQLiteReplica from the index; on a miss, from the API server.
-
-    A miss is not proof of absence: kopf fills indexes from its watches, which have not listed yet
-    right after startup and are stopped on a replica that peering pauses (not the leader), while
-    every replica serves the webhook.
-    """
-    for replica in index.get((namespace, name), ()):
-        return replica
-    return await lifeboat.replica(namespace, name)
-
-
 @kopf.on.mutate("", "v1", "pods", id="inject", operations=["CREATE"],
                 labels={specs.REPLICA_LABEL: kopf.PRESENT})
 async def inject_pod(
     body: kopf.Body, namespace: str, patch: kopf.Patch, memo: kopf.Memo, warnings: list[str],
-    replica_index: kopf.Index[ReplicaKey, dict[str, Any]], **_: Any,
+    replica_index: kopf.Index[indexes.ReplicaKey, dict[str, Any]], restore_index: kopf.Index[str, dict[str, Any]],
+    **_: Any,
 ) -> None:
     """Add the restore init container and the agent to a labelled pod, per its SQLiteReplica.
 
@@ -311,13 +292,17 @@ async def inject_pod(
     """
     options: Options = memo.options
     replica_name = body.metadata.labels[specs.REPLICA_LABEL]
-    replica = await find_replica(memo.kube, replica_index, namespace, replica_name)
+    # Indexes where this replica's watches run (it leads); the API server where they are paused.
+    lead: leadership.Lead = memo.lead
+    trusted = lead.trusted
+    replica = await indexes.find_replica(memo.kube, replica_index, namespace, replica_name, trusted=trusted)
     if replica is None:
         metrics.DENIALS.labels(namespace).inc()
         raise kopf.AdmissionError(
             f"pod label {specs.REPLICA_LABEL}={replica_name} names no SQLiteReplica in namespace "
             f"{namespace}: create the SQLiteReplica first, or fix the label", code=400)
-    refusal = restores.pod_refusal(await memo.kube.restores(namespace), replica_name)
+    refusal = restores.pod_refusal(await indexes.restores(memo.kube, restore_index, namespace, trusted=trusted),
+                                   replica_name)
     if refusal:
         metrics.DENIALS.labels(namespace).inc()
         raise kopf.AdmissionError(refusal, code=403)
@@ -340,11 +325,3 @@ async def inject_pod(
     metrics.INJECTIONS.labels(namespace, replica_name).inc()
     # kopf turns the difference between the request's pod and this one into the JSON patch.
     patch.fns.append(replace)
-
-
-@kopf.on.validate(specs.GROUP, specs.VERSION, specs.PLURAL, id="validate", operations=["CREATE", "UPDATE"])
-async def validate_replica(spec: kopf.Spec, **_: Any) -> None:
-    """Reject specs whose parts disagree (options of another scheme, two restore targets)."""
-    found = specs.problems(spec)
-    if found:
-        raise kopf.AdmissionError("; ".join(found), code=400)

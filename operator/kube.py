@@ -7,6 +7,7 @@ dicts (``_preload_content=False``): the operator's logic works on dicts, never o
 import asyncio
 import json
 import os
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -21,6 +22,9 @@ MERGE_PATCH = "application/merge-patch+json"
 
 # The two configurations that carry the webhooks' caBundle.
 WEBHOOK_KINDS = ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration")
+# How long a Namespace read for admissions is reused: its annotations (OpenShift's uid range) are set
+# when it is created; a namespace deleted and created again under its name is seen after this long.
+NAMESPACE_TTL = 300.0
 
 
 class Conflict(Exception):
@@ -52,6 +56,7 @@ class Kube:
         self.admission = kubernetes.client.AdmissionregistrationV1Api(api_client)
         self.apps = kubernetes.client.AppsV1Api(api_client)
         self.batch = kubernetes.client.BatchV1Api(api_client)
+        self._namespaces: dict[str, tuple[float, dict[str, Any] | None]] = {}
 
     @staticmethod
     async def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any] | None:
@@ -178,11 +183,19 @@ class Kube:
                 raise
 
     async def namespace(self, name: str) -> dict[str, Any] | None:
-        """A Namespace, or None when it is missing or the operator may not read it."""
+        """A Namespace, or None when it is missing or the operator may not read it.
+
+        Read at most once per ``NAMESPACE_TTL``: every admission of a pod asks.
+        """
+        cached = self._namespaces.get(name)
+        if cached is not None and time.monotonic() - cached[0] < NAMESPACE_TTL:
+            return cached[1]
         try:
-            return await self._call(self.core.read_namespace, name)
+            found = await self._call(self.core.read_namespace, name)
         except Forbidden:
-            return None
+            found = None
+        self._namespaces[name] = (time.monotonic(), found)
+        return found
 
     async def replica(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The SQLiteReplica of that name, or None."""

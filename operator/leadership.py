@@ -16,7 +16,11 @@ needs (it stops the watches, handlers, timers and daemons and leaves the webhook
 and kopf offers no public way to pause an operator on any other signal.
 """
 
+import asyncio
+import datetime
+import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
@@ -26,6 +30,8 @@ GROUP, VERSION = "kopf.dev", "v1"
 # A live replica refreshes its record every 5-10 s (kopf: lifetime minus 5-10 s, at least 1 s);
 # a record this old is of a dead replica. Also the longest takeover after a crash.
 LIFETIME = 15
+# How often a replica reads the peering objects to know whether it leads (see Lead).
+LEAD_POLL = 3.0
 
 
 def seniority(started_ns: int | None = None) -> int:
@@ -85,3 +91,64 @@ async def check_peering(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: A
         raise kopf.PermanentError(
             f"--peering: {', '.join(missing)}; the chart creates its own (their CRDs are in crds/: "
             "kubectl apply -f crds/); every replica would stay paused without it")
+
+
+def leads(peers: Mapping[str, Mapping[str, Any]], priority: int, now: datetime.datetime) -> bool:
+    """Whether no live record among a peering object's ``peers`` outranks ``priority``: kopf's rule
+    for not pausing (a record is live until its ``lastseen`` plus ``lifetime`` seconds)."""
+    for record in peers.values():
+        lastseen = record.get("lastseen")
+        seen = datetime.datetime.fromisoformat(lastseen) if lastseen else now
+        if seen.tzinfo is None:
+            seen = seen.replace(tzinfo=datetime.UTC)
+        alive = seen + datetime.timedelta(seconds=int(record.get("lifetime", 60))) > now
+        if alive and int(record.get("priority", 0)) > priority:
+            return False
+    return True
+
+
+class Lead:
+    """Whether this replica's watches run, so that kopf's indexes in it are live (``trusted``).
+
+    kopf does not tell its handlers when peering pauses it; this reads the same peering records kopf
+    decides on. kopf resumes and then lists every kind, so a replica is trusted from its second
+    leading round in a row; it loses the trust within one round of being paused.
+    """
+
+    def __init__(self, *, standalone: bool) -> None:
+        self.trusted = standalone  # no peering: never paused
+
+    async def follow(self, lifeboat: kube.Kube, name: str, priority: int, namespaces: tuple[str, ...]) -> None:
+        """Re-evaluate ``trusted`` every ``LEAD_POLL`` seconds, forever."""
+        streak = 0
+        while True:
+            try:
+                now = datetime.datetime.now(datetime.UTC)
+                leading = True
+                for plural, namespace in peering_objects(namespaces):
+                    found = await lifeboat.peering(GROUP, VERSION, plural, namespace, name) or {}
+                    leading = leading and leads(found.get("status") or {}, priority, now)
+            except Exception as exc:  # whatever failed, the indexes are not known to be live
+                logging.getLogger(__name__).debug("Cannot read the peering records: %s", exc)
+                leading = False
+            streak = streak + 1 if leading else 0
+            self.trusted = streak >= 2
+            await asyncio.sleep(LEAD_POLL)
+
+
+@kopf.on.startup()
+async def follow_lead(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    """``memo.lead``: whether the webhook may trust this replica's indexes."""
+    memo.lead = Lead(standalone=settings.peering.standalone)
+    if not settings.peering.standalone:
+        memo.lead_rounds = asyncio.create_task(
+            memo.lead.follow(kube.Kube(kube.load_api_client()), settings.peering.name,
+                             settings.peering.priority, memo.options.namespaces), name="peering lead")
+
+
+@kopf.on.cleanup()
+async def stop_following_lead(memo: kopf.Memo, **_: Any) -> None:
+    """Stop reading the peering records."""
+    rounds = getattr(memo, "lead_rounds", None)
+    if rounds is not None:
+        rounds.cancel()

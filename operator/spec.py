@@ -1,4 +1,4 @@
-"""The SQLiteReplica resource: its names, defaults, and the checks its OpenAPI schema cannot express.
+"""The SQLiteReplica resource: its names, defaults, and the consistency checks of a stored spec.
 
 Everything here is pure: a spec is the plain mapping found in ``SQLiteReplica.spec``.
 """
@@ -69,7 +69,12 @@ def max_lag_seconds(spec: Mapping[str, Any]) -> float:
 
 
 def problems(spec: Mapping[str, Any]) -> list[str]:
-    """What is wrong with a spec beyond what the schema rejects; empty when it is consistent."""
+    """What is wrong with a spec; empty when it is consistent.
+
+    The CRD's schema (patterns and CEL rules) refuses all of it at apply time; this re-checks objects
+    stored before a rule existed or was tightened (the API server keeps them), which then get
+    ``ConfigReady=False`` instead of an agent config.
+    """
     found: list[str] = []
     replica = spec.get("replica") or {}
     kind = scheme(replica.get("url", ""))

@@ -142,6 +142,7 @@ class Operator:
     workdir: Path
     args: list[str]
     replica: str = "a"  # names its EndpointSlice: each replica adds its own endpoint to the Service
+    account: str = RELEASE  # the chart Deployment's ServiceAccount
     webhook_port: int = field(default_factory=free_port)
     address: str = field(default_factory=host_address)
     proc: subprocess.Popen[bytes] | None = None
@@ -158,16 +159,22 @@ class Operator:
         account = deployment["spec"]["template"]["spec"]["serviceAccountName"]
         workdir.mkdir(parents=True, exist_ok=True)
         kubeconfig = cluster.service_account_kubeconfig(OPERATOR_NAMESPACE, account, workdir / "sa.kubeconfig")
-        return cls(cluster, kubeconfig, workdir, list(container["args"]), replica)
+        return cls(cluster, kubeconfig, workdir, list(container["args"]), replica, account)
 
     @property
     def log(self) -> Path:
         return self.workdir / "operator.log"
 
     def start(self) -> None:
-        """Start it and wait until the API server's webhook calls reach it (the Service routes here)."""
+        """Start it and wait until the API server's webhook calls reach it (the Service routes here).
+
+        Each start gets a fresh token, as a new pod gets a freshly projected one: a token outlives
+        neither its ServiceAccount nor a reinstall of the chart that recreates it (the API server then
+        answers 401 to every call, and the operator never serves).
+        """
         assert self.proc is None or self.proc.poll() is not None, "already running"
         self.starts += 1
+        self.cluster.service_account_kubeconfig(OPERATOR_NAMESPACE, self.account, self.kubeconfig)
         # Later flags win: the pod's ports and paths become this host's.
         argv = [str(Path(sys.executable).parent / "lifeboat-operator"), *self.args,
                 f"--webhook-addr={self.address}", f"--webhook-port={self.webhook_port}",

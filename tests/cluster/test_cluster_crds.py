@@ -9,6 +9,7 @@ message from the schema proves the schema refused it.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -116,3 +117,39 @@ def test_a_bad_sqliterestore_target_is_refused_by_the_webhook(api: Cluster) -> N
 def test_good_specs_pass(api: Cluster, obj: dict[str, Any]) -> None:
     code, err, _ = dry_run(api, obj)
     assert code == 0, err
+
+
+# Every check of a SQLiteReplica's spec (lifeboat.operator.spec.problems) is a schema rule of the CRD.
+REPLICA_RULES = {name: case for name, case in SCHEMA_REJECTS.items() if not name.startswith("SQLiteRestore")}
+
+
+@pytest.fixture(scope="module")
+def operator_down(api: Cluster, operator: Operator) -> Iterator[Cluster]:
+    """The operator stopped and out of the webhook Service (these tests come last in the module)."""
+    operator.stop()
+    operator.unroute()
+    try:
+        yield api
+    finally:
+        operator.start()
+
+
+@pytest.mark.parametrize("obj,where", REPLICA_RULES.values(), ids=REPLICA_RULES.keys())
+def test_the_schema_refuses_a_bad_replica_with_the_operator_down(
+    operator_down: Cluster, obj: dict[str, Any], where: str
+) -> None:
+    code, err, _ = dry_run(operator_down, obj)
+    assert code != 0
+    assert where in err, err
+
+
+def test_a_replica_is_created_updated_and_deleted_with_the_operator_down(operator_down: Cluster) -> None:
+    """No webhook stands between a SQLiteReplica and the API server: an update that removes a finalizer
+    (what uninstall does) passes whatever the operator's state."""
+    good = replica(replica={"url": "gs://bucket/app"})
+    good["metadata"] = {**good["metadata"], "name": "without-operator", "finalizers": ["lifeboat.dev/test"]}
+    operator_down.apply(good)
+    operator_down.kubectl("patch", "sqlitereplica", "without-operator", "-n", NAMESPACE, "--type=merge",
+                          "-p", json.dumps({"metadata": {"finalizers": None}}))
+    operator_down.kubectl("delete", "sqlitereplica", "without-operator", "-n", NAMESPACE)
+    assert not operator_down.exists("sqlitereplica", "without-operator", NAMESPACE)

@@ -95,6 +95,4 @@ def test_uninstall_leaves_no_replica_or_namespace_stuck(
         # The next tests find the chart installed and the operator running, as the session left them.
         cluster.run(readme_commands[0], timeout=300)
         cluster.kubectl("scale", "deployment", RELEASE, "-n", OPERATOR_NAMESPACE, "--replicas=0")
-        operator.kubeconfig = cluster.service_account_kubeconfig(OPERATOR_NAMESPACE, RELEASE,
-                                                                 operator.workdir / "sa.kubeconfig")
         operator.start()

@@ -19,6 +19,8 @@ import pytest
 from helpers import create_db, integrity, rows, start_writer, wait_for
 from k8s import (
     DEMO_NAMESPACE,
+    OPERATOR_NAMESPACE,
+    RELEASE,
     S3_ENDPOINT,
     Cluster,
     Operator,
@@ -162,6 +164,27 @@ def test_operator_down_blocks_labelled_pods_and_only_them(demo: Cluster, operato
         operator.start()
     demo.apply(plain_pod("after-restart", replica=REPLICA))
     pod = demo.get("pod", "after-restart", namespace=DEMO_NAMESPACE)
+    assert pod["spec"]["initContainers"][0]["name"] == injection.RESTORE_CONTAINER
+
+
+def test_an_operator_restarted_after_its_service_account_was_recreated_serves(
+    demo: Cluster, operator: Operator
+) -> None:
+    """A reinstall of the chart recreates the ServiceAccount: tokens of the old one get 401 from then on.
+
+    A restarted operator must authenticate as the account that exists now, as a new pod would.
+    """
+    account = demo.get("serviceaccount", RELEASE, namespace=OPERATOR_NAMESPACE)
+    operator.stop()
+    try:
+        demo.kubectl("delete", "serviceaccount", RELEASE, "-n", OPERATOR_NAMESPACE)
+        metadata = {k: v for k, v in account["metadata"].items()
+                    if k in ("name", "namespace", "labels", "annotations")}
+        demo.apply({**account, "metadata": metadata})
+    finally:
+        operator.start()
+    demo.apply(plain_pod("after-new-account", replica=REPLICA))
+    pod = demo.get("pod", "after-new-account", namespace=DEMO_NAMESPACE)
     assert pod["spec"]["initContainers"][0]["name"] == injection.RESTORE_CONTAINER
 
 

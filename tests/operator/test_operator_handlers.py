@@ -45,6 +45,11 @@ async def test_timer_collects_agent_status_into_pods_and_ready(
         "lastSync": "2026-01-01T00:00:00Z", "error": None}]
     assert replica["status"]["txid"] == "0000000000000011"
     assert condition(replica, "Ready")["status"] == "True"
+    # The round reads the labelled pods from kopf's index, not by listing the replica's pods: the only
+    # reads of pods are kopf's list-and-watch, of the pods carrying the label at all.
+    pods = f"/api/v1/namespaces/{NAMESPACE}/pods"
+    pod_reads = [r for r in k8s if r.method == kmock.method.GET and r.url.path == pods]
+    assert {r.url.query.get("labelSelector") for r in pod_reads} == {"lifeboat.dev/replica"}, pod_reads
 
 
 @pytest.fixture

@@ -1,29 +1,70 @@
-"""The admission path reads the SQLiteReplica from kopf's index, not from the API server."""
+"""The admission path and the status round read kopf's indexes, not the API server."""
 
 from typing import Any
 
 import kmock
 from kube_helpers import NAMESPACE, create, eventually, make_pod, make_replica
-from lifeboat.operator import handlers, webhook
+from lifeboat.operator import handlers, indexes, kube, webhook
 from test_operator_webhook import PODS, REPLICAS, call, review
 
+# What the admission path would read from the API server without its indexes and its cache.
+ADMISSION_READS = (f"{REPLICAS}/db", f"/apis/lifeboat.dev/v1alpha1/namespaces/{NAMESPACE}/sqliterestores",
+                   f"/api/v1/namespaces/{NAMESPACE}")
 
-def replica_reads(k8s: kmock.KubernetesEmulator, name: str, since: int) -> list[Any]:
-    """The API requests after the first ``since`` that read the SQLiteReplica ``name``."""
-    return [r for r in list(k8s)[since:] if r.method == kmock.method.GET and r.url.path == f"{REPLICAS}/{name}"]
+
+def reads(k8s: kmock.KubernetesEmulator, since: int) -> list[Any]:
+    """The requests after the first ``since`` that are not watches."""
+    return [r for r in list(k8s)[since:] if r.method == kmock.method.GET and "watch" not in r.url.query]
 
 
-async def test_an_indexed_replica_costs_the_webhook_no_api_call(
+async def reconciled(k8s: kmock.KubernetesEmulator) -> None:
+    """kopf runs no SQLiteReplica handler before its indexes are filled: once reconciled, all are filled."""
+    await eventually(lambda: (k8s.objects["lifeboat.dev/v1alpha1/sqlitereplicas", NAMESPACE, "db"].raw
+                              .get("status") or {}).get("configMap"))
+
+
+async def test_once_the_indexes_are_filled_an_admission_costs_no_api_request(
     k8s: kmock.KubernetesEmulator, operator: handlers.Options, tls: webhook.TLSBundle
 ) -> None:
     await create(k8s, REPLICAS, make_replica())
-    # kopf runs no SQLiteReplica handler before its indexes are filled: once reconciled, it is indexed.
-    await eventually(lambda: (k8s.objects["lifeboat.dev/v1alpha1/sqlitereplicas", NAMESPACE, "db"].raw
-                              .get("status") or {}).get("configMap"))
+    await reconciled(k8s)
+    # The namespace (OpenShift's uid range; kmock has none) is read once, then reused.
+    assert (await call(operator, tls, "/inject", review(make_pod(), PODS)))["allowed"] is True
     since = len(list(k8s))
 
-    response = await call(operator, tls, "/inject", review(make_pod(), PODS))
+    for _ in range(3):
+        response = await call(operator, tls, "/inject", review(make_pod(), PODS))
+        assert response["allowed"] is True, response
+        assert response["patch"]
 
-    assert response["allowed"] is True, response
-    assert replica_reads(k8s, "db", since) == []
+    assert [r.url.path for r in reads(k8s, since) if r.url.path in ADMISSION_READS] == []
 
+
+async def test_a_miss_or_an_index_that_is_not_live_reads_the_api_server(
+    k8s: kmock.KubernetesEmulator, kubeconfig: None
+) -> None:
+    await create(k8s, REPLICAS, make_replica())
+    lifeboat = kube.Kube(kube.load_api_client())
+    stale = {(NAMESPACE, "db"): [{"spec": "stale"}]}
+    since = len(list(k8s))
+
+    assert (await indexes.find_replica(lifeboat, {}, NAMESPACE, "db", trusted=True))["spec"]["database"]
+    assert (await indexes.find_replica(lifeboat, stale, NAMESPACE, "db", trusted=False))["spec"]["database"]
+    assert await indexes.find_replica(lifeboat, stale, NAMESPACE, "db", trusted=True) == {"spec": "stale"}
+    assert len([r for r in reads(k8s, since) if r.url.path == f"{REPLICAS}/db"]) == 2
+
+
+def test_an_indexed_pod_keeps_only_what_the_status_round_and_the_guards_read() -> None:
+    pod = make_pod(nodeName="node-1", initContainers=[{"name": "lifeboat-agent", "image": "a", "env": []}])
+    pod["metadata"] |= {"name": "app-0", "namespace": NAMESPACE, "managedFields": [{"manager": "x"}],
+                        "ownerReferences": [{"kind": "ReplicaSet", "name": "app-7d9f", "controller": True}]}
+    pod["status"] = {"phase": "Running", "podIP": "10.0.0.1", "conditions": [{"type": "Ready"}],
+                     "initContainerStatuses": [{"name": "lifeboat-restore", "state": {"running": {}}}]}
+    entry = indexes.pod_entry(pod)
+    assert entry == {
+        "metadata": {"name": "app-0", "namespace": NAMESPACE, "labels": pod["metadata"]["labels"],
+                     "ownerReferences": pod["metadata"]["ownerReferences"]},
+        "spec": {"containers": [{"name": "app"}], "initContainers": [{"name": "lifeboat-agent"}]},
+        "status": {"phase": "Running", "podIP": "10.0.0.1",
+                   "initContainerStatuses": pod["status"]["initContainerStatuses"]},
+    }

@@ -10,7 +10,6 @@ from typing import Any
 import aiohttp
 import jsonpatch
 import kmock
-import pytest
 from kube_helpers import NAMESPACE, create, free_port, make_pod, make_replica, running_operator
 from lifeboat.operator import handlers, injection, webhook
 
@@ -37,7 +36,6 @@ def review(obj: dict[str, Any], resource: dict[str, str], operation: str = "CREA
 
 
 PODS = {"group": "", "version": "v1", "resource": "pods"}
-REPLICA_RESOURCE = {"group": "lifeboat.dev", "version": "v1alpha1", "resource": "sqlitereplicas"}
 
 
 async def call(options: handlers.Options, tls: webhook.TLSBundle, path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -70,20 +68,6 @@ async def test_labelled_pod_gets_a_patch_that_yields_the_injected_pod(
     assert [c["name"] for c in patched["spec"]["initContainers"]] == ["lifeboat-restore", "lifeboat-agent"]
     assert patched["spec"]["initContainers"][1]["image"] == "lifeboat:test"
     assert "namespace" not in patched["metadata"]  # the webhook never adds what the API server fills in
-
-
-@pytest.mark.parametrize(("replica_spec", "problem"), [
-    ({"replica": {"url": "gs://bucket/app", "forcePathStyle": True}}, "replica.forcePathStyle applies to s3://"),
-    ({"restore": {"timestamp": "2026-01-01T00:00:00Z", "txid": "0000000000000002"}}, "exclusive"),
-])
-async def test_inconsistent_replica_is_rejected(
-    k8s: kmock.KubernetesEmulator, operator: handlers.Options, tls: webhook.TLSBundle,
-    replica_spec: dict[str, Any], problem: str,
-) -> None:
-    response = await call(operator, tls, "/validate", review(make_replica(**replica_spec), REPLICA_RESOURCE))
-
-    assert response["allowed"] is False
-    assert problem in response["status"]["message"]
 
 
 async def test_operator_generates_its_certificate_secret_and_publishes_the_ca(

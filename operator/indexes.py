@@ -1,0 +1,105 @@
+"""What the operator keeps in memory from kopf's watches, so that no admission and no status round
+reads the API server for it: SQLiteReplicas, SQLiteRestores, and the pods carrying a replica label.
+
+kopf fills an index from the watch of its kind; the watches run on the leading replica only (peering
+pauses the others), while every replica serves the webhook. So the webhook reads an index only where
+it is live (``trusted``, see :mod:`lifeboat.operator.leadership`) and the API server otherwise; and a
+SQLiteReplica missing from the index is looked up on the API server before a pod is refused for it
+(a watch shows a new object a moment after the API server took it).
+
+Each entry is a plain copy of only the fields its readers use: kopf's bodies are live views, and a
+pod's full spec and status would hold far more memory than these few fields.
+"""
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+from lifeboat.operator import kube
+from lifeboat.operator import spec as specs
+
+# Index keys: a SQLiteReplica by (namespace, name); labelled pods by (namespace, replica label value);
+# SQLiteRestores by namespace.
+ReplicaKey = tuple[str, str]
+RESTORES = "sqliterestores"
+
+
+def replica_entry(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A SQLiteReplica as the webhook injects from it (metadata, spec and status)."""
+    entry = {key: body[key] for key in ("apiVersion", "kind", "spec", "status") if key in body}
+    entry["metadata"] = {k: v for k, v in (body.get("metadata") or {}).items() if k != "managedFields"}
+    return copy.deepcopy(entry)
+
+
+def pod_entry(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of a pod the status round and the guards read: identity, owner, containers' names, state."""
+    metadata = body.get("metadata") or {}
+    spec = body.get("spec") or {}
+    status = body.get("status") or {}
+    return copy.deepcopy({
+        "metadata": {key: metadata[key] for key in ("name", "namespace", "labels", "ownerReferences",
+                                                    "deletionTimestamp") if key in metadata},
+        "spec": {key: [{"name": c.get("name")} for c in spec.get(key) or []]
+                 for key in ("containers", "initContainers")},
+        "status": {key: status[key] for key in ("phase", "podIP", "initContainerStatuses") if key in status},
+    })
+
+
+def restore_entry(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A SQLiteRestore as the webhook's refusal of pods during a restore reads it."""
+    return copy.deepcopy({"metadata": {"name": (body.get("metadata") or {}).get("name")},
+                          "spec": dict(body.get("spec") or {}),
+                          "status": {"phase": (body.get("status") or {}).get("phase")}})
+
+
+def watch_labelled_pods_only(settings: kopf.OperatorSettings) -> None:
+    """Have the API server send kopf's pod watch only pods carrying a replica label, not every pod."""
+    settings.watching.label_selectors["", "v1", "pods"] = specs.REPLICA_LABEL
+
+
+@kopf.index(specs.GROUP, specs.VERSION, specs.PLURAL)
+def replica_index(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[ReplicaKey, dict[str, Any]]:
+    """Every SQLiteReplica, by (namespace, name)."""
+    return {(namespace, name): replica_entry(body)}
+
+
+@kopf.index("", "v1", "pods", labels={specs.REPLICA_LABEL: kopf.PRESENT})
+def pod_index(body: kopf.Body, namespace: str, labels: kopf.Labels, **_: Any) -> dict[ReplicaKey, dict[str, Any]]:
+    """Every pod carrying the replica label, by (namespace, label value)."""
+    return {(namespace, labels[specs.REPLICA_LABEL]): pod_entry(body)}
+
+
+@kopf.index(specs.GROUP, specs.VERSION, RESTORES)
+def restore_index(body: kopf.Body, namespace: str, **_: Any) -> dict[str, dict[str, Any]]:
+    """Every SQLiteRestore, by namespace."""
+    return {namespace: restore_entry(body)}
+
+
+async def find_replica(
+    lifeboat: kube.Kube, index: kopf.Index[ReplicaKey, dict[str, Any]], namespace: str, name: str, *,
+    trusted: bool,
+) -> dict[str, Any] | None:
+    """The SQLiteReplica from the index where it is live; else, or on a miss, from the API server."""
+    if trusted:
+        for replica in index.get((namespace, name), ()):
+            return replica
+    return await lifeboat.replica(namespace, name)
+
+
+async def restores(
+    lifeboat: kube.Kube, index: kopf.Index[str, dict[str, Any]], namespace: str, *, trusted: bool
+) -> list[dict[str, Any]]:
+    """The SQLiteRestores of a namespace: from the index where it is live, else from the API server.
+
+    An index that is not live cannot tell "no restore" from "not seen": that would let a pod start
+    while a restore writes its volume.
+    """
+    if trusted:
+        return list(index.get(namespace, ()))
+    return await lifeboat.restores(namespace)
+
+
+def labelled_pods(index: kopf.Index[ReplicaKey, dict[str, Any]], namespace: str, replica: str) -> list[dict[str, Any]]:
+    """The pods carrying ``replica``'s label, sorted by name (read by handlers of the leading replica only)."""
+    return sorted(index.get((namespace, replica), ()), key=lambda p: p["metadata"]["name"])

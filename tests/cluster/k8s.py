@@ -148,6 +148,7 @@ class Operator:
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
     env: dict[str, str] = field(default_factory=dict)  # extra environment (test-only settings)
+    verbose: bool = True  # debug logging; a benchmark turns it off, as the chart's Deployment runs
 
     @classmethod
     def from_chart(cls, cluster: Cluster, workdir: Path, replica: str = "a") -> Operator:
@@ -178,7 +179,7 @@ class Operator:
         argv = [str(Path(sys.executable).parent / "lifeboat-operator"), *self.args,
                 f"--webhook-addr={self.address}", f"--webhook-port={self.webhook_port}",
                 f"--tls-dir={self.workdir / 'tls'}", f"--liveness-port={free_port()}",
-                f"--metrics-port={free_port()}", "--verbose"]
+                f"--metrics-port={free_port()}", *(["--verbose"] if self.verbose else [])]
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "POD_NAMESPACE": OPERATOR_NAMESPACE, **self.env}
         env.pop("KUBERNETES_SERVICE_HOST", None)
         with self.log.open("a") as log:

@@ -5,6 +5,7 @@ dicts (``_preload_content=False``): the operator's logic works on dicts, never o
 """
 
 import asyncio
+import concurrent.futures
 import json
 import os
 import time
@@ -25,6 +26,10 @@ WEBHOOK_KINDS = ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration
 # How long a Namespace read for admissions is reused: its annotations (OpenShift's uid range) are set
 # when it is created; a namespace deleted and created again under its name is seen after this long.
 NAMESPACE_TTL = 300.0
+# Threads of their own for the reads an admission may make: the status rounds of many SQLiteReplicas
+# can keep the event loop's default executor (cores + 4 threads) busy, and an admission queued behind
+# them passes the webhook's 5 s timeoutSeconds and the pod is refused.
+ADMISSION_THREADS = 4
 
 
 class Conflict(Exception):
@@ -57,16 +62,19 @@ class Kube:
         self.apps = kubernetes.client.AppsV1Api(api_client)
         self.batch = kubernetes.client.BatchV1Api(api_client)
         self._namespaces: dict[str, tuple[float, dict[str, Any] | None]] = {}
+        self._admission_pool = concurrent.futures.ThreadPoolExecutor(ADMISSION_THREADS, "admission")
 
-    @staticmethod
-    async def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any] | None:
+    async def _call(
+        self, fn: Callable[..., Any], *args: Any, admission: bool = False, **kwargs: Any
+    ) -> dict[str, Any] | None:
+        """``fn(*args, **kwargs)`` in a worker thread (the admission pool for reads an admission waits on)."""
         def call() -> dict[str, Any]:
             response = fn(*args, _preload_content=False, _request_timeout=(timeouts.CONNECT, timeouts.REQUEST),
                           **kwargs)
             return json.loads(response.data or b"{}")
 
         try:
-            return await asyncio.to_thread(call)
+            return await asyncio.get_running_loop().run_in_executor(self._admission_pool if admission else None, call)
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -171,7 +179,7 @@ class Kube:
     async def restores(self, namespace: str) -> list[dict[str, Any]]:
         """The SQLiteRestores of a namespace."""
         listing = await self._call(self.custom.list_namespaced_custom_object,
-                                   specs.GROUP, specs.VERSION, namespace, "sqliterestores")
+                                   specs.GROUP, specs.VERSION, namespace, "sqliterestores", admission=True)
         return (listing or {}).get("items") or []
 
     async def create_job(self, namespace: str, body: Mapping[str, Any]) -> None:
@@ -191,7 +199,7 @@ class Kube:
         if cached is not None and time.monotonic() - cached[0] < NAMESPACE_TTL:
             return cached[1]
         try:
-            found = await self._call(self.core.read_namespace, name)
+            found = await self._call(self.core.read_namespace, name, admission=True)
         except Forbidden:
             found = None
         self._namespaces[name] = (time.monotonic(), found)
@@ -200,7 +208,7 @@ class Kube:
     async def replica(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The SQLiteReplica of that name, or None."""
         return await self._call(self.custom.get_namespaced_custom_object,
-                                specs.GROUP, specs.VERSION, namespace, specs.PLURAL, name)
+                                specs.GROUP, specs.VERSION, namespace, specs.PLURAL, name, admission=True)
 
     async def peering(self, group: str, version: str, plural: str, namespace: str | None,
                       name: str) -> dict[str, Any] | None:

@@ -226,8 +226,8 @@ async def collect_status(
     port = int((spec.get("agent") or {}).get("metricsPort", specs.DEFAULT_METRICS_PORT))
     summary = statuses.summarize(await statuses.collect(pods, port), database=spec["database"])
     # Followers are listed, not indexed: one label selector cannot watch pods of either label, and a
-    # watch of every pod would cost far more than one list (from the API server's cache) per round.
-    followers = [p for p in await memo.kube.labelled_pods(namespace, specs.FOLLOW_LABEL, name) if statuses.running(p)]
+    # watch of every pod would cost far more than one list of a namespace's followers per round.
+    followers = [p for p in await memo.kube.followers(namespace, name) if statuses.running(p)]
     summary.update(statuses.summarize_followers(await statuses.collect(followers, port, followers=True)))
 
     single_writer = guards.single_writer(labelled, await memo.kube.owning_workloads(namespace, labelled))

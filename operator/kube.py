@@ -30,6 +30,9 @@ NAMESPACE_TTL = 300.0
 # can keep the event loop's default executor (cores + 4 threads) busy, and an admission queued behind
 # them passes the webhook's 5 s timeoutSeconds and the pod is refused.
 ADMISSION_THREADS = 4
+# How long one list of a namespace's follower pods serves the status rounds of its SQLiteReplicas
+# (shorter than a round, so each round sees followers at most one round late).
+FOLLOWERS_TTL = 10.0
 
 
 class Conflict(Exception):
@@ -63,6 +66,7 @@ class Kube:
         self.batch = kubernetes.client.BatchV1Api(api_client)
         self._namespaces: dict[str, tuple[float, dict[str, Any] | None]] = {}
         self._admission_pool = concurrent.futures.ThreadPoolExecutor(ADMISSION_THREADS, "admission")
+        self._followers: dict[str, tuple[float, list[dict[str, Any]]]] = {}
 
     async def _call(
         self, fn: Callable[..., Any], *args: Any, admission: bool = False, **kwargs: Any
@@ -120,6 +124,20 @@ class Kube:
         pods = (listing or {}).get("items") or []
         return [p for p in pods
                 if (p.get("status") or {}).get("phase") == "Running" and (p.get("status") or {}).get("podIP")]
+
+    async def followers(self, namespace: str, replica_name: str) -> list[dict[str, Any]]:
+        """The pods following ``replica_name`` (labelled ``lifeboat.dev/follow``).
+
+        One list of the namespace's followers serves every SQLiteReplica's round for ``FOLLOWERS_TTL``:
+        a round of each of many SQLiteReplicas would otherwise cost a list each.
+        """
+        cached = self._followers.get(namespace)
+        if cached is None or time.monotonic() - cached[0] >= FOLLOWERS_TTL:
+            listing = await self._call(self.core.list_namespaced_pod, namespace, label_selector=specs.FOLLOW_LABEL)
+            cached = (time.monotonic(), (listing or {}).get("items") or [])
+            self._followers[namespace] = cached
+        return [p for p in cached[1] if ((p.get("metadata") or {}).get("labels") or {}).get(specs.FOLLOW_LABEL)
+                == replica_name]
 
     async def labelled_pods(self, namespace: str, label: str, value: str) -> list[dict[str, Any]]:
         """Every pod with ``label=value`` (filtered here too: not every API server honours selectors)."""

@@ -1,6 +1,8 @@
-"""An admission's API reads never wait behind the status rounds' calls."""
+"""What the operator's API reads cost: an admission never waits behind the status rounds' calls, and
+the rounds of one namespace share one list of its followers."""
 
 import asyncio
+import json
 import threading
 from types import SimpleNamespace
 from typing import Any
@@ -27,3 +29,19 @@ async def test_admission_reads_run_while_every_default_worker_is_busy() -> None:
     finally:
         release.set()
         await asyncio.gather(*busy)
+
+
+async def test_one_list_of_a_namespaces_followers_serves_every_replicas_round() -> None:
+    """The status rounds of a namespace's SQLiteReplicas share one list of its follower pods."""
+    lifeboat = kube.Kube(kubernetes.client.ApiClient())
+    selectors: list[str] = []
+
+    def list_namespaced_pod(namespace: str, label_selector: str, **_: Any) -> SimpleNamespace:
+        selectors.append(label_selector)
+        pods = [{"metadata": {"name": f"reader-{r}", "labels": {"lifeboat.dev/follow": r}}} for r in ("a", "b")]
+        return SimpleNamespace(data=json.dumps({"items": pods}).encode())
+
+    lifeboat.core = SimpleNamespace(list_namespaced_pod=list_namespaced_pod)
+    assert [p["metadata"]["name"] for p in await lifeboat.followers("apps", "a")] == ["reader-a"]
+    assert [p["metadata"]["name"] for p in await lifeboat.followers("apps", "b")] == ["reader-b"]
+    assert selectors == ["lifeboat.dev/follow"]

@@ -47,10 +47,10 @@ async def test_timer_collects_agent_status_into_pods_and_ready(
     assert condition(replica, "Ready")["status"] == "True"
     # The round reads the writer pods from kopf's index, not by listing the replica's pods: the reads of
     # pods are kopf's list-and-watch of the pods carrying the label at all, and the list of this
-    # replica's followers (a second label the one watch's selector cannot take in).
+    # namespace's followers (a second label the one watch's selector cannot take in).
     pods = f"/api/v1/namespaces/{NAMESPACE}/pods"
     pod_reads = [r for r in k8s if r.method == kmock.method.GET and r.url.path == pods]
-    assert {r.url.query.get("labelSelector") for r in pod_reads} == {"lifeboat.dev/replica", "lifeboat.dev/follow=db"}
+    assert {r.url.query.get("labelSelector") for r in pod_reads} == {"lifeboat.dev/replica", "lifeboat.dev/follow"}
 
 
 @pytest.fixture

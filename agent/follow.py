@@ -420,13 +420,18 @@ async def restore_for_follow(
 ) -> int:
     """Restore the latest state as follow mode starts from it (rollback-journal header, `-txid`
     file), so `restore -f` resumes there; returns the TXID (0 when `if_exists` skipped it)."""
+    def prepare(restored: Path, txid: int) -> None:
+        # The `-txid` file goes first: a follower killed between the two finds either no database
+        # (restored afresh, the file rewritten) or a database with its TXID, never one without.
+        to_rollback_mode(restored)
+        write_txid(output, txid)
+
     result = await restore(
         client, str(output), parallelism=parallelism, integrity_check=integrity_check, if_exists=if_exists,
-        progress=progress, before_install=to_rollback_mode, legacy_v3=False,
+        progress=progress, before_install=prepare, legacy_v3=False,
     )
     if result is None:
         return 0
-    await asyncio.to_thread(write_txid, output, result.txid)
     log.info("restored %s to txid %016x from %d file(s)", output, result.txid, result.files)
     return result.txid
 

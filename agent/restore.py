@@ -287,7 +287,7 @@ async def restore(
     integrity_check: str = "none",
     if_exists: IfExists = IfExists.FAIL,
     progress: Report | None = None,
-    before_install: Callable[[Path], None] | None = None,
+    before_install: Callable[[Path, int], None] | None = None,
     legacy_v3: bool = True,
 ) -> RestoreResult | None:
     """Restore the replica into `output`: latest, or as of txid/timestamp.
@@ -295,7 +295,7 @@ async def restore(
     An existing output is handled per `if_exists` (None: skipped). Whatever the policy, an existing
     database is only ever replaced by the final rename of a verified restore: any failure before
     leaves it, and its -wal/-shm, as they were. `progress` is called as the downloads advance;
-    `before_install` on the verified file just before it takes the output's name. A latest-state
+    `before_install(file, txid)` on the verified file just before it takes the output's name. A latest-state
     restore reads a Litestream 0.3 backup instead when it is newer than the LTX files, unless
     `legacy_v3` is false.
     """
@@ -320,7 +320,7 @@ async def restore(
             if check not in ("ok", "skipped"):
                 raise RestoreError(f"{out}: integrity check failed: {check}")
             if before_install is not None:
-                await asyncio.to_thread(before_install, tmp)
+                await asyncio.to_thread(before_install, tmp, result.txid)
             # Again: the output may have appeared during the download.
             if not check_output(out, if_exists):
                 _remove(tmp)

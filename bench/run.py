@@ -1,7 +1,7 @@
 # ruff: noqa: B023, B007, RUF001  (waits call their lambdas at once; the report uses the multiplication sign)
 """Lifeboat vs the real `litestream` 0.5.17, side by side, same machine, same workload, one run.
 
-    python bench/run.py            # full run (about 12-15 minutes)
+    python bench/run.py            # full run (about 30-35 minutes)
     python bench/run.py --quick    # smoke run (about 3 minutes)
     python bench/run.py --only lag_file,idle
 
@@ -1131,7 +1131,7 @@ def main() -> int:
         if getattr(args, k) is None:
             setattr(args, k, v)
     only = set(filter(None, args.only.split(","))) or {"lag_file", "lag_file_fast", "lag_s3", "throughput", "idle",
-                                                       "restore", "webhook"}
+                                                       "restore", "restore_latency", "webhook"}
     assert LIFEBOAT and LITESTREAM and MOTO, "needs lifeboat, litestream and moto_server in the virtualenv"
     work = Path(tempfile.mkdtemp(prefix="lifeboat-bench-"))
     started = time.monotonic()

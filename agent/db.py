@@ -43,6 +43,7 @@ from .sqlite import (
     lock_pgno,
     parse_database_header,
     parse_wal_header,
+    published_frames,
     scan_frames,
 )
 from .storage import format_ltx_name, parse_ltx_name
@@ -505,7 +506,12 @@ class Database:
             self._write_snapshot(wal_hdr, result, bound)
             return False
         scan = self._scan_wal(
-            wal_hdr, pos.offset, pos.checksum, stop_at=bound, max_bytes=self.opts.max_sync_wal_bytes
+            wal_hdr,
+            pos.offset,
+            pos.checksum,
+            stop_at=bound,
+            max_bytes=self.opts.max_sync_wal_bytes,
+            published=bound is not None,
         )
         if not scan.more and bound is not None and self._frame_written_at(wal_hdr, bound):
             result.unpublished = True
@@ -581,12 +587,15 @@ class Database:
         *,
         stop_at: int | None = None,
         max_bytes: int | None = None,
+        published: bool = False,
     ) -> _WalScan:
         """Committed frames from `start` (whose preceding checksum is `seed`), in bounded windows.
 
         Only offsets are kept, never page data, so memory stays small whatever the WAL's size;
         a transaction larger than a window is simply followed into the next one. Stops at the WAL's
-        valid end, at `stop_at`, or at the first commit boundary past `max_bytes`.
+        valid end, at `stop_at`, or at the first commit boundary past `max_bytes`. `published`:
+        `stop_at` is the wal-index's end of committed frames, so the frames before it are taken as
+        SQLite's readers take them, without recomputing their checksums (:func:`published_frames`).
         """
         scan = _WalScan(latest=PageMap(), commit=0, end=start, checksum=seed, more=False)
         pending = PageMap()
@@ -596,7 +605,7 @@ class Database:
         while stop_at is None or offset < stop_at:
             want = window if stop_at is None else min(window, stop_at - offset)
             data = os.pread(self._wal_fd, want, offset)
-            frames = scan_frames(data, offset, wal_hdr, seed)
+            frames = published_frames(data, offset, wal_hdr) if published else scan_frames(data, offset, wal_hdr, seed)
             for fr in frames:
                 pending.set(fr.pgno, fr.offset + WAL_FRAME_HEADER_SIZE)
                 if fr.commit:
@@ -632,7 +641,9 @@ class Database:
         latest = PageMap()
         end, checksum, commit = WAL_HEADER_SIZE, (0, 0), 0
         if wal_hdr is not None:
-            scan = self._scan_wal(wal_hdr, WAL_HEADER_SIZE, wal_hdr.checksum, stop_at=bound)
+            scan = self._scan_wal(
+                wal_hdr, WAL_HEADER_SIZE, wal_hdr.checksum, stop_at=bound, published=bound is not None
+            )
             latest, commit, end, checksum = scan.latest, scan.commit, scan.end, scan.checksum
         if commit == 0:
             commit = os.fstat(self._db_fd).st_size // self.page_size

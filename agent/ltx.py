@@ -135,7 +135,17 @@ class Header:
             raise LTXError("commit page count must be non-zero")
 
 
+_ONE_BYTE_UVARINTS = [bytes((n,)) for n in range(0x80)]
+
+
 def _uvarint(n: int) -> bytes:
+    """Go's `binary.PutUvarint`; three per page of every file written, so the short forms are unrolled."""
+    if n < 0x80:
+        return _ONE_BYTE_UVARINTS[n]
+    if n < 0x4000:
+        return bytes(((n & 0x7F) | 0x80, n >> 7))
+    if n < 0x200000:
+        return bytes(((n & 0x7F) | 0x80, ((n >> 7) & 0x7F) | 0x80, n >> 14))
     out = bytearray()
     while n >= 0x80:
         out.append((n & 0x7F) | 0x80)
@@ -173,6 +183,7 @@ class Encoder:
         self.out = out
         self.header = header
         self._lock = lock_pgno(header.page_size)
+        self._snapshot = header.is_snapshot
         self._last_pgno = 0
         self._index = bytearray()  # encoded as on disk: compact whatever the page count
         head = header.pack()
@@ -191,7 +202,7 @@ class Encoder:
             raise LTXError(f"lock page {pgno} cannot be stored")
         if len(data) != hdr.page_size:
             raise LTXError(f"page {pgno}: {len(data)} bytes, expected {hdr.page_size}")
-        if hdr.is_snapshot and pgno != self._next_snapshot_pgno():
+        if self._snapshot and pgno != self._next_snapshot_pgno():
             raise LTXError(f"snapshot must contain every page: got {pgno}, expected {self._next_snapshot_pgno()}")
         if self.block:
             comp = lz4.block.compress(data, store_size=False)

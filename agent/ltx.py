@@ -139,13 +139,15 @@ _ONE_BYTE_UVARINTS = [bytes((n,)) for n in range(0x80)]
 
 
 def _uvarint(n: int) -> bytes:
-    """Go's `binary.PutUvarint`; three per page of every file written, so the short forms are unrolled."""
+    """Go's `binary.PutUvarint`; three per page of every file written, so the forms up to 256 MiB are unrolled."""
     if n < 0x80:
         return _ONE_BYTE_UVARINTS[n]
     if n < 0x4000:
         return bytes(((n & 0x7F) | 0x80, n >> 7))
     if n < 0x200000:
         return bytes(((n & 0x7F) | 0x80, ((n >> 7) & 0x7F) | 0x80, n >> 14))
+    if n < 0x10000000:
+        return bytes(((n & 0x7F) | 0x80, ((n >> 7) & 0x7F) | 0x80, ((n >> 14) & 0x7F) | 0x80, n >> 21))
     out = bytearray()
     while n >= 0x80:
         out.append((n & 0x7F) | 0x80)

@@ -28,8 +28,9 @@ again: the time until every SQLiteReplica's ConfigMap is back is how long its re
 
     python -P bench/scale_operator.py [--pods N] [--replicas N] [--namespaces N] [--curve 100,1000,5000]
 
-writes ``bench/results/scale_operator.{json,md}``. ``bench/scale.py`` imports :func:`run` and
-:func:`markdown`; ``tests/cluster/test_cluster_scale_smoke.py`` runs the same code small.
+writes ``bench/results/scale_operator.{json,md}`` (``--results NAME``: ``NAME.{json,md}``).
+``bench/scale.py`` imports :func:`run` and :func:`markdown`; ``tests/cluster/test_cluster_scale_smoke.py``
+runs the same code small.
 """
 
 from __future__ import annotations
@@ -629,13 +630,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--curve", default="100,1000,5000",
                         help="pod counts to measure at (comma-separated); points above --pods are dropped, "
                              "--pods itself is always the last")
+    parser.add_argument("--results", default="scale_operator",
+                        help="results file name under bench/results/ (.json and .md)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     curve = sorted({c for c in map(int, args.curve.split(",")) if c < args.pods} | {args.pods})
     result = run(args.pods, args.replicas, args.namespaces, curve)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "scale_operator.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / "scale_operator.md").write_text(markdown(result))
+    (RESULTS / f"{args.results}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"{args.results}.md").write_text(markdown(result))
     print(markdown(result))
 
 

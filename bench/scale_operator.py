@@ -11,12 +11,16 @@ exist: the controller-manager creates every pod, so every one passes the webhook
 point:
 
 * webhook admission latency: AdmissionReviews POSTed straight to the webhook's HTTPS endpoint, 50 in
-  flight, and the API server's own view of the pods it admitted while scaling
+  flight, by a Go client (``bench/admitload``; a Python one would cost the shared cores as much as the
+  webhook does), with the operator's CPU per admission and its own histogram
+  (``lifeboat_operator_admission_seconds``: the work, without TLS, HTTP and the wait for the event
+  loop); and the API server's view of the pods it admitted while scaling
   (``apiserver_admission_webhook_admission_duration_seconds``, whose buckets are coarse);
 * the operator's API requests per minute over a quiet minute: the API server's
   ``apiserver_flowcontrol_dispatched_requests_total`` of the ``service-accounts`` flow schema. The
   operator is the only client here that authenticates as a ServiceAccount (the control plane's
   components and kwok are ``system:masters``, flow schema ``exempt``), so that count is its own;
+  and the operator's CPU over that minute (what it spends idle, taken off the admissions' CPU);
 * the operator's RSS (VmRSS now, VmHWM the peak so far).
 
 After the last point the operator is stopped, every agent ConfigMap deleted, and the operator started
@@ -24,14 +28,14 @@ again: the time until every SQLiteReplica's ConfigMap is back is how long its re
 
     python -P bench/scale_operator.py [--pods N] [--replicas N] [--namespaces N] [--curve 100,1000,5000]
 
-writes ``bench/results/scale_operator.{json,md}``. ``bench/scale.py`` imports :func:`run` and
-:func:`markdown`; ``tests/cluster/test_cluster_scale_smoke.py`` runs the same code small.
+writes ``bench/results/scale_operator.{json,md}`` (``--results NAME``: ``NAME.{json,md}``).
+``bench/scale.py`` imports :func:`run` and :func:`markdown`; ``tests/cluster/test_cluster_scale_smoke.py``
+runs the same code small.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
 import json
 import logging
@@ -39,18 +43,16 @@ import math
 import os
 import random
 import re
-import ssl
-import statistics
+import shutil
 import subprocess
 import sys
 import time
-import uuid
+import urllib.request
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
@@ -61,6 +63,7 @@ from k8s import (  # noqa: E402  (the cluster tests' tools, one directory over)
     KUBECTL,
     OPERATOR_NAMESPACE,
     RELEASE,
+    SERVICE,
     WEBHOOK_CONFIGURATION,
     Cluster,
     Operator,
@@ -82,6 +85,7 @@ WARMUP = 100  # admissions per point before the counted ones (connections, TLS s
 ADMISSIONS = 1000  # counted admissions per curve point
 QUIET_SECONDS = 60
 WEBHOOK = "inject.pods.lifeboat.dev"
+ADMISSION_HISTOGRAM = "lifeboat_operator_admission_seconds"  # the operator's own
 OPERATOR_FLOW_SCHEMA = "service-accounts"
 TARGET_P99_MS = 20.0
 TARGET_PEAK_RSS_MB = 300.0
@@ -278,8 +282,13 @@ def pods_settled(api: Api, total: int) -> dict[str, int] | None:
 
 def metrics(cluster: Cluster) -> dict[str, list[tuple[dict[str, str], float]]]:
     """The API server's /metrics: per metric name, (labels, value) of each sample."""
+    return parse_metrics(cluster.kubectl("get", "--raw", "/metrics").stdout)
+
+
+def parse_metrics(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """Prometheus' text format: per metric name, (labels, value) of each sample."""
     samples: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for line in cluster.kubectl("get", "--raw", "/metrics").stdout.splitlines():
+    for line in text.splitlines():
         found = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$", line)
         if found:
             labels = dict(re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"', found.group(2) or ""))
@@ -297,14 +306,21 @@ def all_requests(samples: dict[str, list[tuple[dict[str, str], float]]]) -> floa
     return sum(v for _, v in samples.get("apiserver_request_total", []))
 
 
-def webhook_buckets(samples: dict[str, list[tuple[dict[str, str], float]]]) -> dict[float, float]:
-    """The API server's cumulative admission-duration buckets of the pod webhook, by upper bound."""
+def histogram(samples: dict[str, list[tuple[dict[str, str], float]]], name: str,
+              match: Callable[[dict[str, str]], bool] = lambda _: True) -> dict[float, float]:
+    """A histogram's cumulative buckets by upper bound, summed over the samples ``match`` selects."""
     buckets: dict[float, float] = {}
-    for labels, value in samples.get("apiserver_admission_webhook_admission_duration_seconds_bucket", []):
-        if labels.get("name") == WEBHOOK and labels.get("type") == "admit":
+    for labels, value in samples.get(f"{name}_bucket", []):
+        if match(labels):
             le = math.inf if labels["le"] == "+Inf" else float(labels["le"])
-            buckets[le] = buckets.get(le, 0.0) + value  # summed over `rejected`
+            buckets[le] = buckets.get(le, 0.0) + value
     return buckets
+
+
+def webhook_buckets(samples: dict[str, list[tuple[dict[str, str], float]]]) -> dict[float, float]:
+    """The API server's cumulative admission-duration buckets of the pod webhook (summed over `rejected`)."""
+    return histogram(samples, "apiserver_admission_webhook_admission_duration_seconds",
+                     lambda labels: labels.get("name") == WEBHOOK and labels.get("type") == "admit")
 
 
 def bucket_quantile(q: float, buckets: dict[float, float]) -> float | None:
@@ -323,8 +339,8 @@ def bucket_quantile(q: float, buckets: dict[float, float]) -> float | None:
     return lower
 
 
-def apiserver_view(before: dict[float, float], after: dict[float, float]) -> dict[str, Any]:
-    """The API server's admission latency of the pod webhook between two samples."""
+def delta_view(before: dict[float, float], after: dict[float, float]) -> dict[str, Any]:
+    """A latency histogram's count, p50 and p99 (interpolated) and buckets between two samples."""
     delta = {le: after.get(le, 0.0) - before.get(le, 0.0) for le in after}
     p50, p99 = bucket_quantile(0.5, delta), bucket_quantile(0.99, delta)
     return {"admissions": int(delta.get(math.inf, 0)),
@@ -334,6 +350,12 @@ def apiserver_view(before: dict[float, float], after: dict[float, float]) -> dic
                               for le, n in sorted(delta.items())}}
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mb(pid: int) -> dict[str, float]:
     """VmRSS (now) and VmHWM (peak) of a process, in MB."""
     fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
@@ -341,70 +363,92 @@ def rss_mb(pid: int) -> dict[str, float]:
 
 
 def review(namespace: str, replica: str) -> dict[str, Any]:
-    """The AdmissionReview an API server sends for a pod its Deployment's ReplicaSet creates."""
+    """The AdmissionReview an API server sends for a pod its Deployment's ReplicaSet creates (its uid
+    a placeholder the client replaces)."""
     pod = {"apiVersion": "v1", "kind": "Pod", **pod_template(replica)}
     pod["metadata"]["generateName"] = f"{_app(replica)}-5d8f7c9b4-"
     return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-            "request": {"uid": str(uuid.uuid4()), "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "request": {"uid": "__UID__", "kind": {"group": "", "version": "v1", "kind": "Pod"},
                         "resource": {"group": "", "version": "v1", "resource": "pods"},
                         "namespace": namespace, "operation": "CREATE",
                         "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
                         "object": pod, "oldObject": None, "dryRun": False}}
 
 
-async def admit(url: str, ca: str, reviews: list[dict[str, Any]]) -> tuple[list[float], list[str]]:
-    """POST every review, ``IN_FLIGHT`` at a time on keep-alive connections: latencies (s) and refusals."""
-    context = ssl.create_default_context(cadata=ca)
-    context.check_hostname = False  # the certificate names the Service; this connects to the host address
-    pending = list(reversed(reviews))
-    times: list[float] = []
-    refusals: list[str] = []
+def admission_client() -> Path:
+    """The Go load client (bench/admitload), built once per change of its source.
 
-    async def client(session: aiohttp.ClientSession) -> None:
-        while pending:
-            body = pending.pop()
-            start = time.perf_counter()
-            async with session.post(url, json=body) as response:
-                answer = await response.json()
-            times.append(time.perf_counter() - start)
-            result = answer.get("response") or {}
-            if not (result.get("allowed") and result.get("patch")):
-                refusals.append(json.dumps(result.get("status") or result)[:300])
-
-    connector = aiohttp.TCPConnector(limit=IN_FLIGHT, ssl=context)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        await asyncio.gather(*(client(session) for _ in range(IN_FLIGHT)))
-    return times, refusals
+    A Python client with 50 requests in flight costs about as much CPU per request as the webhook
+    itself, on the same two cores: its latencies would measure the client too. Go is there already:
+    `.ci/cluster.sh` builds the control plane with it.
+    """
+    source = REPO / "bench" / "admitload" / "main.go"
+    binary = REPO / ".ci-work" / "bin" / "admitload"
+    if not binary.exists() or binary.stat().st_mtime < source.stat().st_mtime:
+        binary.parent.mkdir(parents=True, exist_ok=True)
+        go = shutil.which("go") or "/usr/local/go/bin/go"
+        subprocess.run([go, "build", "-o", str(binary), source.name], cwd=source.parent, check=True,
+                       env={**os.environ, "GOFLAGS": "", "GOWORK": "off"}, capture_output=True, timeout=600)
+    return binary
 
 
-def percentile(values: list[float], p: float) -> float:
-    """Nearest rank, in ms."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(p / 100 * len(ordered)) - 1))] * 1000
+def operator_metrics(operator: Operator) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """The operator's own /metrics (its port: the last ``--metrics-port`` Operator.start passes)."""
+    assert operator.proc is not None
+    port = [a.split("=", 1)[1] for a in operator.proc.args if str(a).startswith("--metrics-port=")][-1]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
+        return parse_metrics(response.read().decode())
 
 
-def admission_latency(cluster: Cluster, operator: Operator, names: list[tuple[str, str]]) -> dict[str, Any]:
-    """Webhook latency with ``IN_FLIGHT`` admissions in flight, straight to the operator's endpoint."""
+def admission_latency(cluster: Cluster, operator: Operator, names: list[tuple[str, str]],
+                      idle_cpu: float) -> dict[str, Any]:
+    """Webhook latency with ``IN_FLIGHT`` admissions in flight, straight to the operator's endpoint.
+
+    Three views: the client's (bench/admitload: TLS, HTTP, the wait for the event loop, the work), the
+    webhook's own histogram (the work alone), and the operator's CPU per counted admission less what it
+    spends when idle (``idle_cpu``, CPU seconds per second, e.g. over the quiet minute).
+    """
+    workdir = operator.workdir / "admissions"
+    workdir.mkdir(parents=True, exist_ok=True)
     configuration = cluster.get("mutatingwebhookconfiguration", WEBHOOK_CONFIGURATION)
-    ca = base64.b64decode(configuration["webhooks"][0]["clientConfig"]["caBundle"]).decode()
-    url = f"https://{operator.address}:{operator.webhook_port}/inject"
-    reviews = [review(*random.choice(names)) for _ in range(WARMUP + ADMISSIONS)]
-    asyncio.run(admit(url, ca, reviews[:WARMUP]))
-    times, refusals = asyncio.run(admit(url, ca, reviews[WARMUP:]))
-    return {"admissions": len(times), "in_flight": IN_FLIGHT, "p50_ms": round(percentile(times, 50), 1),
-            "p99_ms": round(percentile(times, 99), 1), "max_ms": round(max(times) * 1000, 1),
-            "mean_ms": round(statistics.fmean(times) * 1000, 1), "refused": refusals[:5],
-            "refused_count": len(refusals)}
+    (workdir / "ca.crt").write_bytes(base64.b64decode(configuration["webhooks"][0]["clientConfig"]["caBundle"]))
+    (workdir / "reviews.jsonl").write_text("".join(json.dumps(review(*random.choice(names))) + "\n"
+                                                   for _ in range(ADMISSIONS)))
+
+    def send(count: int, warmup: int) -> dict[str, Any]:
+        proc = subprocess.run(
+            [str(admission_client()), "-url", f"https://{operator.address}:{operator.webhook_port}/inject",
+             "-ca", str(workdir / "ca.crt"), "-server-name", f"{SERVICE}.{OPERATOR_NAMESPACE}.svc",
+             "-reviews", str(workdir / "reviews.jsonl"), "-n", str(count), "-c", str(IN_FLIGHT),
+             "-warmup", str(warmup), "-cpu-pid", str(_pid(operator))], capture_output=True, text=True, timeout=1800)
+        if proc.returncode != 0:
+            raise RuntimeError(f"admitload failed:\n{proc.stderr[-2000:]}")
+        return json.loads(proc.stdout)
+
+    # A first round fills what the operator reads once (each namespace's Namespace), which would
+    # otherwise be the histogram's tail; the counted round warms its own connections first.
+    send(WARMUP, 0)
+    server_before = histogram(operator_metrics(operator), ADMISSION_HISTOGRAM)
+    client = send(ADMISSIONS, WARMUP)
+    busy = max(0.0, client["server_cpu_seconds"] - idle_cpu * client["wall_seconds"])
+    # The histogram counts the counted round's warm-up too: the same work.
+    server = delta_view(server_before, histogram(operator_metrics(operator), ADMISSION_HISTOGRAM))
+    return {**client, "refused": client["refused"] or [],
+            "operator_cpu_ms_per_admission": round(busy / ADMISSIONS * 1000, 2),
+            "client_cpu_ms_per_admission": round(client["client_cpu_seconds"] / ADMISSIONS * 1000, 2),
+            "webhook_histogram": server}
 
 
-def quiet_minute(cluster: Cluster) -> dict[str, float]:
-    """Requests per minute, the operator's and everyone's, over ``QUIET_SECONDS`` with nothing changing."""
-    before, start = metrics(cluster), time.monotonic()
+def quiet_minute(cluster: Cluster, operator: Operator) -> dict[str, float]:
+    """Requests per minute, the operator's and everyone's, and the operator's CPU (cores busy), over
+    ``QUIET_SECONDS`` with nothing changing."""
+    before, cpu, start = metrics(cluster), cpu_seconds(_pid(operator)), time.monotonic()
     time.sleep(QUIET_SECONDS)
     after, elapsed = metrics(cluster), time.monotonic() - start
     per_minute = 60 / elapsed
     return {"operator": round((operator_requests(after) - operator_requests(before)) * per_minute, 1),
-            "all_clients": round((all_requests(after) - all_requests(before)) * per_minute, 1)}
+            "all_clients": round((all_requests(after) - all_requests(before)) * per_minute, 1),
+            "operator_cpu": round((cpu_seconds(_pid(operator)) - cpu) / elapsed, 4)}
 
 
 def restart(api: Api, operator: Operator, replicas: int) -> dict[str, Any]:
@@ -497,9 +541,9 @@ def point(cluster: Cluster, api: Api, operator: Operator, names: list[tuple[str,
         settled = False
     scaled = time.monotonic() - start
     pods = api.pods()
-    apiserver = apiserver_view(before, webhook_buckets(metrics(cluster)))
-    requests = quiet_minute(cluster)
-    admission = admission_latency(cluster, operator, names)
+    apiserver = delta_view(before, webhook_buckets(metrics(cluster)))
+    requests = quiet_minute(cluster, operator)
+    admission = admission_latency(cluster, operator, names, requests["operator_cpu"])
     return {"pods": total, "settled": settled, "pods_created": len(pods), "pods_injected": sum(map(injected, pods)),
             "scale_up_seconds": round(scaled, 1), "admission": admission, "apiserver_admission": apiserver,
             "requests_per_minute": requests, "rss_mb": rss_mb(_pid(operator))}
@@ -538,16 +582,19 @@ def markdown(result: dict) -> str:
         f"- load before: `{result['machine']['uptime_before']}`",
         f"- load after: `{result['machine'].get('uptime_after', '?')}`",
         "",
-        "| pods | scale-up s | admission p50 / p99 / max ms (direct) | API server's view p50 / p99 ms (n) "
+        "| pods | scale-up s | admission p50 / p99 / max ms (direct) | admissions/s | operator CPU ms per "
+        "admission | webhook's own p50 / p99 ms | API server's view p50 / p99 ms (n) "
         "| operator req/min | all clients req/min | RSS now / peak MB |",
-        "|---:|---:|---|---|---:|---:|---|",
+        "|---:|---:|---|---:|---:|---|---|---:|---:|---|",
     ]
     for point_ in result.get("curve") or []:
         a, s, r, m = point_["admission"], point_["apiserver_admission"], point_["requests_per_minute"], point_["rss_mb"]
+        own = a["webhook_histogram"]
         reached = "" if point_["settled"] else f" (**{point_['pods_injected']:,} got through**)"
         lines.append(f"| {point_['pods']:,}{reached} | {point_['scale_up_seconds']} | {a['p50_ms']} / {a['p99_ms']} / "
-                     f"{a['max_ms']} | {s['p50_ms']} / {s['p99_ms']} ({s['admissions']}) | {r['operator']} | "
-                     f"{r['all_clients']} | {m['current']:.0f} / {m['peak']:.0f} |")
+                     f"{a['max_ms']} | {a['per_second']} | {a['operator_cpu_ms_per_admission']} | "
+                     f"{own['p50_ms']} / {own['p99_ms']} | {s['p50_ms']} / {s['p99_ms']} ({s['admissions']}) | "
+                     f"{r['operator']} | {r['all_clients']} | {m['current']:.0f} / {m['peak']:.0f} |")
     restart_ = result.get("restart")
     if restart_:
         lines += ["", f"Restart at {restart_['pods']:,} pods: every agent ConfigMap back "
@@ -583,13 +630,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--curve", default="100,1000,5000",
                         help="pod counts to measure at (comma-separated); points above --pods are dropped, "
                              "--pods itself is always the last")
+    parser.add_argument("--results", default="scale_operator",
+                        help="results file name under bench/results/ (.json and .md)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     curve = sorted({c for c in map(int, args.curve.split(",")) if c < args.pods} | {args.pods})
     result = run(args.pods, args.replicas, args.namespaces, curve)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "scale_operator.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / "scale_operator.md").write_text(markdown(result))
+    (RESULTS / f"{args.results}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"{args.results}.md").write_text(markdown(result))
     print(markdown(result))
 
 

@@ -4,7 +4,8 @@
   ``ConfigReady`` and ``CredentialsReady`` conditions and Events;
 * a timer → every labelled pod's agent ``/status`` into ``status.pods`` and the ``Ready`` condition, and
   its restore init container's failure into the ``Restored`` condition;
-* admission: pods are mutated by :func:`lifeboat.operator.injection.inject`. SQLiteReplicas are validated
+* admission: pods are mutated by :func:`lifeboat.operator.injection.inject`, answered without a kopf handler
+  (:mod:`lifeboat.operator.admission`) on the webhook server set up here. SQLiteReplicas are validated
   by the CRD's schema alone (its CEL rules): a validating webhook would refuse every update of an object
   stored before a rule was tightened, even the one that removes its finalizer while it is deleted.
 
@@ -21,20 +22,20 @@ import logging
 import os
 import pathlib
 import random
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
 from lifeboat.operator import (
+    admission,
     agent_config,
     guards,
     indexes,  # also registers the indexes
     injection,
     kube,
-    leadership,  # also registers its startup handlers
+    leadership,  # noqa: F401 - registers its startup handlers
     metrics,
-    openshift,
-    restores,  # also registers the SQLiteRestore handlers
+    restores,  # noqa: F401 - registers the SQLiteRestore handlers
     rotation,
     uninstall,
     verify,  # noqa: F401 - registers the verification timer
@@ -85,9 +86,15 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 @kopf.on.startup()
 async def configure(
-    settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any
+    settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger,
+    replica_index: kopf.Index[indexes.ReplicaKey, dict[str, Any]], restore_index: kopf.Index[str, dict[str, Any]],
+    **_: Any,
 ) -> None:
-    """Settings, the API client, and the webhook server with its certificate."""
+    """Settings, the API client, and the webhook server with its certificate.
+
+    The indexes are kopf's own objects, empty now and filled in place by its watches: the pod
+    admission keeps them.
+    """
     options: Options = memo.options
     # kopf's own bookkeeping goes into annotations: the status schema is structural and would prune it.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=specs.GROUP)
@@ -117,7 +124,12 @@ async def configure(
     else:
         tls = webhook.ReloadingTLS(options.tls_dir / webhook.CERT_FILE, options.tls_dir / webhook.KEY_FILE)
         memo.certificate_rounds = asyncio.create_task(webhook.reload_forever(tls), name="webhook certificate")
+    pods = admission.PodAdmission(memo, replica_index, restore_index)
+    # aiohttp's access log would write a line per admission, about 7% of the webhook's CPU per pod:
+    # refusals are logged, and the API server's audit log has every call.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     settings.admission.server = webhook.NamespacedWebhookServer(
+        reviewers={admission.POD_WEBHOOK: pods.review},
         addr=options.webhook_addr, port=options.webhook_port, **tls.server_kwargs())
     logger.info("Serving admission webhooks on %s:%d.", options.webhook_addr, options.webhook_port)
     if options.metrics_port:
@@ -265,56 +277,3 @@ async def collect_status(
         return
     patch.status.update(fields)
     statuses.patch_conditions(patch, verdicts, meta.get("generation"))
-
-
-@kopf.on.mutate("", "v1", "pods", id="inject", operations=["CREATE"], when=injection.wants_injection)
-async def inject_pod(
-    body: kopf.Body, namespace: str, patch: kopf.Patch, memo: kopf.Memo, warnings: list[str],
-    replica_index: kopf.Index[indexes.ReplicaKey, dict[str, Any]], restore_index: kopf.Index[str, dict[str, Any]],
-    **_: Any,
-) -> None:
-    """Add the restore init container and the agent (or, for a follower, the follow sidecar) to a
-    labelled pod, per its SQLiteReplica.
-
-    A pod that cannot be injected is refused with HTTP 400 (the request is wrong, not the webhook).
-    """
-    options: Options = memo.options
-    try:
-        replica_name, follower = injection.target(body.metadata.labels)
-    except injection.InjectionError as exc:
-        metrics.DENIALS.labels(namespace).inc()
-        raise kopf.AdmissionError(str(exc), code=400) from exc
-    label = specs.FOLLOW_LABEL if follower else specs.REPLICA_LABEL
-    # Indexes where this replica's watches run (it leads); the API server where they are paused.
-    lead: leadership.Lead = memo.lead
-    trusted = lead.trusted
-    replica = await indexes.find_replica(memo.kube, replica_index, namespace, replica_name, trusted=trusted)
-    if replica is None:
-        metrics.DENIALS.labels(namespace).inc()
-        raise kopf.AdmissionError(
-            f"pod label {label}={replica_name} names no SQLiteReplica in namespace "
-            f"{namespace}: create the SQLiteReplica first, or fix the label", code=400)
-    refusal = restores.pod_refusal(await indexes.restores(memo.kube, restore_index, namespace, trusted=trusted),
-                                   replica_name)
-    if refusal:
-        metrics.DENIALS.labels(namespace).inc()
-        raise kopf.AdmissionError(refusal, code=403)
-    try:
-        injected = injection.inject(body, replica, native_sidecar=options.native_sidecar,
-                                    default_image=options.agent_image, follower=follower)
-    except injection.InjectionError as exc:
-        metrics.DENIALS.labels(namespace).inc()
-        raise kopf.AdmissionError(f"SQLiteReplica {replica_name}: {exc}", code=400) from exc
-    warnings.extend(f"SQLiteReplica {replica_name}: {w}" for w in injection.warnings(body, replica))
-
-    uid = openshift.first_uid(await memo.kube.namespace(namespace))
-    if uid is not None:
-        openshift.follow_uid_range(injected, uid)
-
-    def replace(raw: MutableMapping[str, Any]) -> None:
-        raw.clear()
-        raw.update(injected)
-
-    metrics.INJECTIONS.labels(namespace, replica_name).inc()
-    # kopf turns the difference between the request's pod and this one into the JSON patch.
-    patch.fns.append(replace)

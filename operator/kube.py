@@ -7,6 +7,7 @@ dicts (``_preload_content=False``): the operator's logic works on dicts, never o
 import asyncio
 import concurrent.futures
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -17,14 +18,17 @@ from kubernetes.client import ApiException
 from lifeboat.operator import guards, timeouts
 from lifeboat.operator import spec as specs
 
+logger = logging.getLogger(__name__)
+
 # The client would otherwise label a dict body as a JSON patch (its first listed type).
 MERGE_PATCH = "application/merge-patch+json"
 
 
 # The two configurations that carry the webhooks' caBundle.
 WEBHOOK_KINDS = ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration")
-# How long a Namespace read for admissions is reused: its annotations (OpenShift's uid range) are set
-# when it is created; a namespace deleted and created again under its name is seen after this long.
+# How old a Namespace read for admissions may get before it is read again: its annotations (OpenShift's
+# uid range) are set when it is created; a namespace deleted and created again under its name is seen
+# by the admissions once the read after this long has returned.
 NAMESPACE_TTL = 300.0
 # Threads of their own for the reads an admission may make: the status rounds of many SQLiteReplicas
 # can keep the event loop's default executor (cores + 4 threads) busy, and an admission queued behind
@@ -65,6 +69,7 @@ class Kube:
         self.apps = kubernetes.client.AppsV1Api(api_client)
         self.batch = kubernetes.client.BatchV1Api(api_client)
         self._namespaces: dict[str, tuple[float, dict[str, Any] | None]] = {}
+        self._namespace_reads: dict[str, asyncio.Task[dict[str, Any] | None]] = {}
         self._admission_pool = concurrent.futures.ThreadPoolExecutor(ADMISSION_THREADS, "admission")
         self._followers: dict[str, tuple[float, list[dict[str, Any]]]] = {}
 
@@ -211,17 +216,41 @@ class Kube:
     async def namespace(self, name: str) -> dict[str, Any] | None:
         """A Namespace, or None when it is missing or the operator may not read it.
 
-        Read at most once per ``NAMESPACE_TTL``: every admission of a pod asks.
+        Every admission of a pod asks, so only the first one in a namespace waits for the API server:
+        later ones get the copy read before, which is read again in the background once it is
+        ``NAMESPACE_TTL`` old (one read, however many admissions ask meanwhile).
         """
         cached = self._namespaces.get(name)
-        if cached is not None and time.monotonic() - cached[0] < NAMESPACE_TTL:
-            return cached[1]
+        if cached is None:
+            return await asyncio.shield(self._read_namespace(name))
+        if time.monotonic() - cached[0] >= NAMESPACE_TTL:
+            self._read_namespace(name)
+        return cached[1]
+
+    def _read_namespace(self, name: str) -> asyncio.Task[dict[str, Any] | None]:
+        """The read of a Namespace into the cache: the one under way, else a new one."""
+        task = self._namespace_reads.get(name)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._fetch_namespace(name), name=f"read Namespace {name}")
+            self._namespace_reads[name] = task
+            task.add_done_callback(lambda done: self._namespace_read(name, done))
+        return task
+
+    async def _fetch_namespace(self, name: str) -> dict[str, Any] | None:
         try:
             found = await self._call(self.core.read_namespace, name, admission=True)
         except Forbidden:
             found = None
         self._namespaces[name] = (time.monotonic(), found)
         return found
+
+    def _namespace_read(self, name: str, task: asyncio.Task[dict[str, Any] | None]) -> None:
+        self._namespace_reads.pop(name, None)
+        # A first read's failure reaches the admissions awaiting it; a refresh's is only logged.
+        failure = None if task.cancelled() else task.exception()
+        if failure is not None and name in self._namespaces:
+            logger.warning("Cannot read Namespace %s again (%s); admissions use the copy read before.",
+                           name, type(failure).__name__)
 
     async def replica(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The SQLiteReplica of that name, or None."""

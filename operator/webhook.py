@@ -19,7 +19,7 @@ import ipaddress
 import logging
 import pathlib
 import ssl
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import kopf
@@ -164,16 +164,33 @@ async def reload_forever(tls: ReloadingTLS) -> None:
             logger.warning("Webhook certificate files unreadable (%s); keeping the current one.", exc)
 
 
-class NamespacedWebhookServer(kopf.WebhookServer):
-    """kopf's HTTPS webhook server, with the AdmissionReview's ``request.namespace`` put into the object.
+# Answers a parsed AdmissionReview itself, or returns None to leave it to kopf.
+Reviewer = Callable[[dict[str, Any]], Awaitable[dict[str, Any] | None]]
 
-    Pods created by controllers arrive without ``metadata.namespace``; the request carries it. The
-    handlers see it as the usual ``namespace`` kwarg, and since it is in both the original and the
-    patched body, it never shows in the returned JSON patch.
+
+class NamespacedWebhookServer(kopf.WebhookServer):
+    """kopf's HTTPS webhook server, answering some webhooks itself and the rest through kopf's handlers.
+
+    ``reviewers`` answer the reviews of their webhook id (the URL path, e.g. ``inject`` for ``/inject``)
+    without kopf's per-request machinery (:mod:`lifeboat.operator.admission`).
+
+    For kopf's handlers, the AdmissionReview's ``request.namespace`` is put into the object: objects
+    created by controllers arrive without ``metadata.namespace``; the handlers see it as the usual
+    ``namespace`` kwarg, and since it is in both the original and the patched body, it never shows in
+    the returned JSON patch.
     """
 
+    def __init__(self, *, reviewers: Mapping[str, Reviewer] | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.reviewers = dict(reviewers or {})
+
     async def __call__(self, fn: Any) -> AsyncIterator[Any]:  # kopf's WebhookFn → WebhookClientConfig
-        async def with_namespace(request: Any, **kwargs: Any) -> Any:
+        async def answer(request: Any, **kwargs: Any) -> Any:
+            reviewer = self.reviewers.get(kwargs.get("webhook") or "")
+            if reviewer is not None and isinstance(request, dict):
+                answered = await reviewer(request)
+                if answered is not None:
+                    return answered
             payload = request.get("request") or {}
             namespace = payload.get("namespace")
             obj = payload.get("object")
@@ -181,5 +198,5 @@ class NamespacedWebhookServer(kopf.WebhookServer):
                 obj.setdefault("metadata", {}).setdefault("namespace", namespace)
             return await fn(request, **kwargs)
 
-        async for client_config in super().__call__(with_namespace):
+        async for client_config in super().__call__(answer):
             yield client_config

@@ -119,8 +119,9 @@ def test_the_validating_webhook_covers_sqliterestores_only(rendered: list[dict[s
 
 def test_webhook_paths_are_the_operators_handler_ids(rendered: list[dict[str, Any]]) -> None:
     import kopf
-    from lifeboat.operator import handlers  # noqa: F401  (registers the handlers)
-    ids = {h.id for h in kopf.get_default_registry()._webhooks.get_all_handlers()}
+    from lifeboat.operator import admission, handlers  # noqa: F401  (registers the handlers)
+    # kopf's handlers, and the pod admission the webhook server answers itself.
+    ids = {h.id for h in kopf.get_default_registry()._webhooks.get_all_handlers()} | {admission.POD_WEBHOOK}
     for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
         for hook in only(rendered, kind)["webhooks"]:
             assert hook["clientConfig"]["service"]["path"].lstrip("/") in ids

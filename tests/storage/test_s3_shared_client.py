@@ -48,3 +48,26 @@ async def test_replicas_of_one_endpoint_share_one_client(servers: SFTPServer) ->
         await c.init()
     finally:
         await c.close()
+
+
+async def test_concurrent_first_use_builds_one_client(servers: SFTPServer, monkeypatch: Any) -> None:
+    """A restore (and `restore -f`) starts by listing the ten levels at once, each in a worker thread:
+    each thread building its own client on first use made a follower peak at 212 MB."""
+    import boto3.session
+    from lifeboat.agent.restore import list_levels
+
+    built = 0
+    real_client = boto3.session.Session.client
+
+    def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        nonlocal built
+        built += 1
+        return real_client(self, *args, **kwargs)
+
+    monkeypatch.setattr(boto3.session.Session, "client", counted)
+    client = _s3(**{"access-key-id": f"first-use-{uuid.uuid4().hex}"})
+    try:
+        assert await list_levels(client) == {}
+    finally:
+        await client.close()
+    assert built == 1

@@ -125,7 +125,7 @@ def _build(session: Any, key: ClientKey) -> Any:
             "addressing_style": "path" if key.force_path_style else "auto",
             "payload_signing_enabled": key.sign_payload,
         },
-        # aws-chunked payload checksums break S3-compatible stores (Litestream #912, #918).
+        # aws-chunked payload checksums break S3-compatible stores that predate flexible checksums.
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
         # A hung request (accepted, never answered) fails after read_timeout and is retried;

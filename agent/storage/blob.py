@@ -13,6 +13,7 @@ import abc
 import asyncio
 import os
 import posixpath
+import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Any, BinaryIO, TypeVar
@@ -49,6 +50,7 @@ class BlobReplicaClient(abc.ABC):
         self._root = root
         self._service = service
         self._handle: Any = None
+        self._handle_lock = threading.Lock()  # worker threads may ask for the handle at once
 
     def __repr__(self) -> str:
         return self.url
@@ -76,7 +78,9 @@ class BlobReplicaClient(abc.ABC):
     def handle(self) -> Any:
         """The SDK's client object, built on first use: the SDK is imported only then."""
         if self._handle is None:
-            self._handle = self._connect()
+            with self._handle_lock:
+                if self._handle is None:
+                    self._handle = self._connect()
         return self._handle
 
     @abc.abstractmethod

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import os
 import posixpath
 import re
@@ -18,15 +17,23 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, BinaryIO
 
-from . import ConfigError, FileInfo, NotFound, PreconditionFailed, StorageError, Transient, parse_replica_url
+from . import (
+    ConfigError,
+    FileInfo,
+    NotFound,
+    PreconditionFailed,
+    StorageError,
+    Transient,
+    parse_replica_url,
+    s3_clients,
+)
 from .blob import BlobReplicaClient
 from .file import CHUNK
+from .s3_clients import HEAD_CONCURRENCY
 
-DEFAULT_REGION = "us-east-1"
 DEFAULT_PART_SIZE = 5 << 20
 DEFAULT_CONCURRENCY = 5
 DELETE_BATCH = 1000  # S3's DeleteObjects limit
-HEAD_CONCURRENCY = 50  # Litestream's parallelism for metadata lookups
 
 _AWS_HOST_RE = re.compile(r"^(?P<bucket>.+)\.s3[.-](?P<region>[a-z0-9-]+)\.amazonaws\.com$")
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
@@ -67,15 +74,6 @@ def parse_size(text: str | int, what: str) -> int:
     if m is None or (m.group(2) or "").lower() not in _SIZE_UNITS:
         raise ConfigError(f"s3 replica: invalid {what} {text!r} (expected a size such as 5MiB)")
     return int(float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "").lower()])
-
-
-def _env_seconds(name: str, default: float) -> float:
-    """A positive timeout from the environment (tests shorten them), else `default`."""
-    try:
-        value = float(os.environ.get(name, ""))
-    except ValueError:
-        return default
-    return value if value > 0 else default
 
 
 def _flag(value: Any) -> bool:
@@ -166,13 +164,6 @@ def from_settings(settings: Mapping[str, Any]) -> S3ReplicaClient:
     )
 
 
-def _add_content_md5(request: Any, **_: Any) -> None:
-    """Content-MD5 on a DeleteObjects request, as Litestream sends it: botocore sends only a CRC32,
-    which stores from before S3's flexible checksums (older MinIO, B2) reject."""
-    body = request.body if isinstance(request.body, bytes) else str(request.body or "").encode()
-    request.headers["Content-MD5"] = base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode()
-
-
 def translate(exc: BaseException, what: str) -> StorageError:
     """Map a botocore exception onto the storage error types; `what` names the object."""
     from botocore import exceptions as be
@@ -213,13 +204,6 @@ class _KeepOpen:
         """The owner of the underlying file closes it."""
 
 
-def _create_only(params: dict[str, Any], **_: Any) -> None:
-    """LTX objects are written create-only (`If-None-Match: *`, 412 if the key exists), the single
-    PutObject and the multipart completion alike: boto3's transfer manager has no argument for it."""
-    if str(params.get("Key", "")).endswith(".ltx") and "IfMatch" not in params:
-        params.setdefault("IfNoneMatch", "*")
-
-
 class S3ReplicaClient(BlobReplicaClient):
     """Replica in an S3 bucket (AWS, or any S3-compatible store through `endpoint`)."""
 
@@ -235,6 +219,7 @@ class S3ReplicaClient(BlobReplicaClient):
         super().__init__(path, url, root=f"bucket {bucket!r}", service=options.endpoint or "S3")
         self.bucket = bucket
         self.options = options
+        self._client_key: s3_clients.ClientKey | None = None  # what the handle was acquired with
 
     # --- keys: Litestream's S3 layout `<path>/<level %04x>/...` -------------------------------
 
@@ -254,40 +239,18 @@ class S3ReplicaClient(BlobReplicaClient):
 
     @property
     def s3(self) -> Any:
-        """The boto3 client, built on first use (boto3 is imported only then)."""
+        """The boto3 client (shared, see `s3_clients`), acquired on first use (boto3 is imported only then)."""
         return self.handle
 
     def _connect(self) -> Any:
-        import boto3
-        from botocore.config import Config
+        # Made now, not in __init__: the timeouts in it come from the environment at first use.
+        self._client_key = s3_clients.ClientKey.of(self.options)
+        return s3_clients.acquire(self._client_key)
 
-        opts = self.options
-        config = Config(
-            region_name=opts.region or DEFAULT_REGION,
-            s3={
-                "addressing_style": "path" if opts.force_path_style else "auto",
-                "payload_signing_enabled": opts.sign_payload,
-            },
-            # aws-chunked payload checksums break S3-compatible stores (Litestream #912, #918).
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-            # A hung request (accepted, never answered) fails after read_timeout and is retried;
-            # the agent's own retry loop takes over after max_attempts, so nothing waits forever.
-            retries={"mode": "standard", "max_attempts": 5},
-            connect_timeout=_env_seconds("LIFEBOAT_S3_CONNECT_TIMEOUT", 10.0),
-            read_timeout=_env_seconds("LIFEBOAT_S3_READ_TIMEOUT", 30.0),
-            max_pool_connections=max(opts.concurrency, HEAD_CONCURRENCY) + 2,
-        )
-        session = boto3.session.Session(
-            aws_access_key_id=opts.access_key_id or None,
-            aws_secret_access_key=opts.secret_access_key or None,
-        )
-        client = session.client("s3", endpoint_url=opts.endpoint or None, config=config, verify=not opts.skip_verify)
-        for op in ("PutObject", "CompleteMultipartUpload"):
-            client.meta.events.register(f"before-parameter-build.s3.{op}", _create_only)
-        if opts.require_content_md5:
-            client.meta.events.register("before-sign.s3.DeleteObjects", _add_content_md5)
-        return client
+    def _disconnect(self, handle: Any) -> None:
+        # The client is shared: the last replica using it closes it.
+        if self._client_key is not None:
+            s3_clients.release(self._client_key)
 
     def _sse(self) -> dict[str, Any]:
         """Request parameters for server-side encryption (SSE-C applies to reads and HEADs too)."""

@@ -148,16 +148,18 @@ class Lifecycle:
         with tempfile.TemporaryFile(dir=self.work_dir) as f:
             yield f  # type: ignore[misc]
 
-    async def _fetch(self, info: FileInfo, dest: BinaryIO) -> None:
+    async def _input(self, info: FileInfo, tmp: Path) -> _Part:
+        """`info` as a file to merge: the local L0 file itself when there is one (sealed, and the
+        lock keeps L0 retention from removing it meanwhile), else a download into `tmp`."""
+        name = f"level {info.level} file {info.name}"
         local = self.db.l0_path(info.max_txid) if info.level == 0 else None
         if local is not None and info.min_txid == info.max_txid and local.exists():
-            with open(local, "rb") as f:
-                while chunk := f.read(1 << 20):
-                    dest.write(chunk)
-        else:
+            return _Part(local, name, owned=False)
+        part = _Part(tmp / f"in-{info.level}-{info.name}", name)
+        with open(part.path, "wb") as f:
             async for chunk in self.client.open_ltx_file(info.level, info.min_txid, info.max_txid):
-                dest.write(chunk)
-        dest.seek(0)
+                f.write(chunk)
+        return part
 
     async def compact(self, level: int) -> FileInfo | None:
         """Merge level-1 files above this level's last TXID into one file of this level."""
@@ -221,18 +223,14 @@ class Lifecycle:
     async def _merge(self, inputs: list[FileInfo], tmp: Path) -> _Part:
         """Merge `inputs` into one file in `tmp`, at most `COMPACTION_FAN_IN` files at a time.
 
-        Each batch is fetched, merged into a part and deleted; parts are then merged the same way
-        until one is left. Open files and memory (one page per open input) stay bounded however
-        many files a backlog left, and so does the disk: a batch of inputs plus the parts.
+        Each batch is fetched (local L0 files are read where they are), merged into a part, and its
+        downloads deleted; parts are then merged the same way until one is left. Open files and
+        memory (one page per open input) stay bounded however many files a backlog left, and so
+        does the disk: a batch of inputs plus the parts.
         """
         parts: list[_Part] = []
         for n, batch in enumerate(_batches(inputs, COMPACTION_FAN_IN)):
-            fetched = []
-            for info in batch:
-                part = _Part(tmp / f"in-{info.level}-{info.name}", f"level {info.level} file {info.name}")
-                with open(part.path, "wb") as f:
-                    await self._fetch(info, f)
-                fetched.append(part)
+            fetched = [await self._input(info, tmp) for info in batch]
             parts.append(await asyncio.to_thread(_merge_parts, fetched, tmp / f"merged-0-{n}"))
         rounds = 1
         while len(parts) > 1:
@@ -425,6 +423,7 @@ class _Part:
 
     path: Path
     name: str
+    owned: bool = True  # the compaction's own file, deleted once merged (not a local L0 file)
 
 
 def _batches(items: list[T], size: int) -> list[list[T]]:
@@ -438,6 +437,7 @@ def _merge_parts(parts: list[_Part], dest: Path) -> _Part:
         with open(dest, "wb", buffering=1 << 20) as out:
             ltx.compact(decoders, out)
     for p in parts:
-        p.path.unlink()
+        if p.owned:
+            p.path.unlink()
     name = parts[0].name if len(parts) == 1 else f"merge of {parts[0].name} .. {parts[-1].name}"
     return _Part(dest, name)

@@ -41,6 +41,11 @@ class Resume:
     def salts(self) -> tuple[int, int]:
         return self.salt1, self.salt2
 
+    @property
+    def salt_bytes(self) -> bytes:
+        """The salts as the WAL header and the wal-index store them."""
+        return struct.pack(">II", self.salt1, self.salt2)
+
 
 @dataclass(frozen=True, slots=True)
 class FromFile:

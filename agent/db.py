@@ -21,6 +21,7 @@ How continuity is kept (see DESIGN.md §2; the proven state is one `continuity.C
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 import sqlite3
@@ -97,6 +98,14 @@ class SyncResult:
     # being rewritten): a writer is mid-commit, and its last write may already have been the event
     # that woke us, so nothing else will. The caller looks again shortly.
     unpublished: bool = False
+    seconds: float = 0.0  # how long `Database.sync` took
+
+
+class Peek(enum.Enum):
+    """What `Database.peek` saw."""
+
+    IDLE = "idle"
+    UNPUBLISHED = "unpublished"
 
 
 @dataclass(frozen=True)
@@ -441,20 +450,48 @@ class Database:
 
     def _read_index(self) -> _Index | int | None:
         """The wal-index header (when its two copies agree) and nBackfill; None without an index."""
-        if self._shm_fd < 0:
-            return None
         for _ in range(INDEX_READ_ATTEMPTS):
-            head = os.pread(self._shm_fd, CKPT_INFO_OFFSET + CKPT_INFO_SIZE, 0)
-            if len(head) < CKPT_INFO_OFFSET + CKPT_INFO_SIZE:
-                return None
-            first, second = head[:WAL_INDEX_HEADER_SIZE], head[WAL_INDEX_HEADER_SIZE:CKPT_INFO_OFFSET]
-            if first == second and first[12] == 1:
-                (max_frame,) = struct.unpack_from("=I", first, 16)
-                (backfill,) = struct.unpack_from("=I", head, CKPT_INFO_OFFSET)
-                (attempted,) = struct.unpack_from("=I", head, CKPT_INFO_OFFSET + BACKFILL_ATTEMPTED_AT)
-                return _Index(max_frame, backfill, first[32:40], attempted)
+            index = self._read_index_once()
+            if index != IN_FLUX:
+                return index
             time.sleep(0.0005)
         return IN_FLUX
+
+    def _read_index_once(self) -> _Index | int | None:
+        """One read of the wal-index header: IN_FLUX while its two copies differ (a writer is updating it)."""
+        if self._shm_fd < 0:
+            return None
+        head = os.pread(self._shm_fd, CKPT_INFO_OFFSET + CKPT_INFO_SIZE, 0)
+        if len(head) < CKPT_INFO_OFFSET + CKPT_INFO_SIZE:
+            return None
+        first, second = head[:WAL_INDEX_HEADER_SIZE], head[WAL_INDEX_HEADER_SIZE:CKPT_INFO_OFFSET]
+        if first != second or first[12] != 1:
+            return IN_FLUX
+        (max_frame,) = struct.unpack_from("=I", first, 16)
+        (backfill,) = struct.unpack_from("=I", head, CKPT_INFO_OFFSET)
+        (attempted,) = struct.unpack_from("=I", head, CKPT_INFO_OFFSET + BACKFILL_ATTEMPTED_AT)
+        return _Index(max_frame, backfill, first[32:40], attempted)
+
+    def peek(self) -> Peek | None:
+        """What a sync would find, when two small reads can tell (no lock, no sleep, no thread):
+        `Peek.IDLE` when the WAL holds nothing past our position, `Peek.UNPUBLISHED` when a writer
+        has frames there that the wal-index does not publish yet (a sync would write nothing and
+        report `unpublished`). None when only a sync can tell: another WAL generation, an index
+        being rewritten or absent, or a position not in the WAL."""
+        st = self.state
+        if not isinstance(st, Resume) or self._wal_fd < 0 or self.page_size == 0:
+            return None
+        index = self._read_index_once()
+        if not isinstance(index, _Index) or index.salt_bytes != st.salt_bytes:
+            return None
+        end = WAL_HEADER_SIZE + index.max_frame * (WAL_FRAME_HEADER_SIZE + self.page_size)
+        if end != st.offset:
+            return None
+        head = os.pread(self._wal_fd, WAL_FRAME_HEADER_SIZE, end)
+        # Frames left from before a WAL restart carry older salts: only this generation's count.
+        if len(head) == WAL_FRAME_HEADER_SIZE and head[8:16] == index.salt_bytes:
+            return Peek.UNPUBLISHED
+        return Peek.IDLE
 
     def _frame_written_at(self, wal_hdr: WalHeader, offset: int) -> bool:
         """Whether a frame of the current WAL generation (its salts) starts at `offset`.
@@ -469,8 +506,11 @@ class Database:
 
     def sync(self) -> SyncResult:
         """Write every committed WAL change since the last sync as L0 files."""
+        t0 = time.monotonic()
         with self._lock:
-            return self._sync()
+            result = self._sync()
+        result.seconds = time.monotonic() - t0
+        return result
 
     def _sync(self) -> SyncResult:
         result = SyncResult()

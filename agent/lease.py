@@ -22,9 +22,19 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import BinaryIO
 
-from .storage import FileInfo, PreconditionFailed, ReplicaClient, StorageError, format_timestamp, parse_timestamp
+from .storage import (
+    FileInfo,
+    PreconditionFailed,
+    ReplicaClient,
+    SealedWriter,
+    StorageError,
+    format_timestamp,
+    parse_timestamp,
+    sealed_writer,
+)
 
 log = logging.getLogger("lifeboat.lease")
 
@@ -309,6 +319,18 @@ class FencedClient:
     async def write_ltx_file(self, level: int, min_txid: int, max_txid: int, src: BinaryIO) -> FileInfo:
         self.lease.check()
         return await self.inner.write_ltx_file(level, min_txid, max_txid, src)
+
+    def sealed_writer(self) -> SealedWriter | None:
+        """The wrapped client's blocking writer (see `storage.sealed_writer`), fenced like `write_ltx_file`."""
+        inner = sealed_writer(self.inner)
+        if inner is None:
+            return None
+
+        def write(level: int, min_txid: int, max_txid: int, path: Path) -> FileInfo | None:
+            self.lease.check()
+            return inner(level, min_txid, max_txid, path)
+
+        return write
 
     async def delete_ltx_files(self, files: list[FileInfo]) -> None:
         self.lease.check()

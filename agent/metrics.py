@@ -14,11 +14,15 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, BinaryIO
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from .storage import sealed_writer
 
 LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 OP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -28,6 +32,21 @@ L0_STATUSES = ("eligible", "not_compacted", "too_recent")
 SNAPSHOT_LEVEL = 9
 
 log = logging.getLogger("lifeboat.events")
+
+
+@dataclass(frozen=True, slots=True)
+class _DbSeries:
+    """One database's series of the sync and upload events."""
+
+    sync_count: Any
+    total_wal_bytes: Any
+    sync_seconds: Any
+    disk_full: Any
+    txid: Any
+    db_size: Any
+    wal_size: Any
+    lag: Any
+    replica_txid: Any
 
 
 class Metrics:
@@ -116,6 +135,10 @@ class Metrics:
             ["db"],
             registry=r,
         )
+        # Series every sync, upload and replica operation updates, looked up once: a `labels` call
+        # takes a lock and builds its key, a dozen times per commit otherwise.
+        self._per_db: dict[str, _DbSeries] = {}
+        self._per_op: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
 
     def register(self, db: str, replica_type: str) -> None:
         """Create every series of one database at zero, so dashboards and alerts see them at once."""
@@ -139,23 +162,34 @@ class Metrics:
 
     def update_sizes(self, db: str) -> None:
         """`litestream_db_size` and `litestream_wal_size` from the files (a stat each)."""
-        for gauge, path in ((self.db_size, db), (self.wal_size, db + "-wal")):
+        series = self._db_series(db)
+        for gauge, path in ((series.db_size, db), (series.wal_size, db + "-wal")):
             try:
-                gauge.labels(db).set(os.stat(path).st_size)
+                gauge.set(os.stat(path).st_size)
             except OSError:
-                gauge.labels(db).set(0)
+                gauge.set(0)
+
+    def _db_series(self, db: str) -> _DbSeries:
+        series = self._per_db.get(db)
+        if series is None:
+            series = self._per_db[db] = _DbSeries(
+                *(m.labels(db) for m in (self.sync_count, self.total_wal_bytes, self.sync_seconds, self.disk_full,
+                                         self.txid, self.db_size, self.wal_size, self.lag, self.replica_txid))
+            )
+        return series
 
     def observe(self, event: str, fields: dict[str, Any]) -> None:
         """Turn a store event into metric updates, and log it at debug level."""
         log_event(event, fields)
         db = fields.get("db", "")
         if event == "sync":
-            self.sync_count.labels(db).inc()
-            self.total_wal_bytes.labels(db).inc(fields.get("wal_bytes", 0))
-            self.sync_seconds.labels(db).inc(fields.get("seconds", 0.0))
-            self.disk_full.labels(db).set(0)
+            series = self._db_series(db)
+            series.sync_count.inc()
+            series.total_wal_bytes.inc(fields.get("wal_bytes", 0))
+            series.sync_seconds.inc(fields.get("seconds", 0.0))
+            series.disk_full.set(0)
             if fields.get("txids"):
-                self.txid.labels(db).set(fields["txids"][-1])
+                series.txid.set(fields["txids"][-1])
             self.update_sizes(db)
         elif event == "sync_error":
             self.sync_errors.labels(db).inc()
@@ -177,8 +211,9 @@ class Metrics:
         elif event == "snapshot":
             self.snapshot_seen(db, time.time())
         elif event == "uploaded":
-            self.lag.labels(db).observe(fields["lag"])
-            self.replica_txid.labels(db).set(fields["txid"])
+            series = self._db_series(db)
+            series.lag.observe(fields["lag"])
+            series.replica_txid.set(fields["txid"])
         elif event == "db_size":
             self.db_size.labels(db).set(fields["db_size"])
             self.wal_size.labels(db).set(fields["wal_size"])
@@ -198,10 +233,17 @@ class Metrics:
     # -- used by InstrumentedClient --------------------------------------------------------------
 
     def record(self, rtype: str, op: str, seconds: float, nbytes: int = 0, error: BaseException | None = None) -> None:
-        self.replica_ops.labels(rtype, op).inc()
-        self.replica_seconds.labels(rtype, op).observe(seconds)
+        series = self._per_op.get((rtype, op))
+        if series is None:
+            series = self._per_op[(rtype, op)] = (
+                self.replica_ops.labels(rtype, op), self.replica_seconds.labels(rtype, op),
+                self.replica_bytes.labels(rtype, op),
+            )
+        count, duration, size = series
+        count.inc()
+        duration.observe(seconds)
         if nbytes:
-            self.replica_bytes.labels(rtype, op).inc(nbytes)
+            size.inc(nbytes)
         if error is not None:
             self.replica_errors.labels(rtype, op, type(error).__name__).inc()
 
@@ -319,10 +361,33 @@ class InstrumentedClient:
         try:
             info = await self.inner.write_ltx_file(level, min_txid, max_txid, src)
         except BaseException as exc:
-            self.metrics.record(self.type, "PUT", time.monotonic() - t0, 0, exc)
+            self._put_failed(t0, exc)
             raise
         self.metrics.record(self.type, "PUT", time.monotonic() - t0, info.size)
         return info
+
+    def sealed_writer(self) -> Callable[[int, int, int, Path], Any] | None:
+        """The wrapped client's blocking writer (see `storage.sealed_writer`), counted as a PUT.
+        It runs in a worker thread: prometheus_client's values are thread-safe."""
+        inner = sealed_writer(self.inner)
+        if inner is None:
+            return None
+
+        def write(level: int, min_txid: int, max_txid: int, path: Path) -> Any:
+            t0 = time.monotonic()
+            try:
+                info = inner(level, min_txid, max_txid, path)
+            except BaseException as exc:
+                self._put_failed(t0, exc)
+                raise
+            if info is not None:  # declined: nothing was written
+                self.metrics.record(self.type, "PUT", time.monotonic() - t0, info.size)
+            return info
+
+        return write
+
+    def _put_failed(self, t0: float, exc: BaseException) -> None:
+        self.metrics.record(self.type, "PUT", time.monotonic() - t0, 0, exc)
 
     async def delete_ltx_files(self, files: list[Any]) -> None:
         await self._timed("DELETE", self.inner.delete_ltx_files(files))

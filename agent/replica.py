@@ -6,10 +6,11 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from .db import Database, DatabaseError
-from .storage import SNAPSHOT_LEVEL, FileInfo, ReplicaClient, StorageError
+from .db import Database, DatabaseError, SyncResult
+from .storage import SNAPSHOT_LEVEL, FileInfo, ReplicaClient, SealedWriter, StorageError, sealed_writer
 from .storage.file import SealedFile
 
 log = logging.getLogger("lifeboat.replica")
@@ -37,6 +38,7 @@ class Replica:
         self.stats = UploadStats()
         self.committed_at: dict[int, float] = {}  # txid -> when its L0 file was written (lag metric)
         self._lock = asyncio.Lock()
+        self._sealed_writer = sealed_writer(client)
 
     @property
     def url(self) -> str:
@@ -79,13 +81,48 @@ class Replica:
                 path = self.db.l0_path(txid)
                 with SealedFile(path) as f:
                     info = await self.client.write_ltx_file(0, txid, txid, f)
-                self.pos = txid
-                self.stats.uploads += 1
-                self.stats.bytes += info.size
-                self.stats.last_upload = time.time()
+                self._shipped(info)
                 uploaded.append(info)
             self.stats.last_error = None
             return uploaded
+
+    async def sync_and_ship(self, sync: Callable[[], SyncResult]) -> SyncResult:
+        """Run `sync` (a capture: blocking, it writes L0 files) in a worker thread, and ship what it
+        wrote in that same thread call when this replica takes sealed local files from the caller's
+        thread (see `storage.sealed_writer`), holds everything before them, and no upload is under
+        way: one thread hand-off per capture instead of two. Files it does not ship (no such
+        writer, one it declines, a failure) are `sync`'s, which the caller's upload job runs,
+        retries and reports."""
+        writer = self._sealed_writer
+        if writer is None or self.pos == 0 or self.pos != self.db.pos or self._lock.locked():
+            return await asyncio.to_thread(sync)
+        async with self._lock:  # free, and taken before any await: no upload starts meanwhile
+            result, shipped = await asyncio.to_thread(self._sync_then_ship, sync, writer)
+            for info in shipped:
+                self._shipped(info)
+        return result
+
+    def _sync_then_ship(
+        self, sync: Callable[[], SyncResult], writer: SealedWriter
+    ) -> tuple[SyncResult, list[FileInfo]]:
+        result = sync()
+        shipped: list[FileInfo] = []
+        try:
+            # `pos` cannot move meanwhile (the lock is held) and the database's only moved by `sync`.
+            for txid in range(self.pos + 1, self.db.pos + 1):
+                info = writer(0, txid, txid, self.db.l0_path(txid))
+                if info is None:
+                    break
+                shipped.append(info)
+        except (StorageError, OSError):
+            pass  # `sync` retries it (settling a name that exists, refusing without the lease) and reports
+        return result, shipped
+
+    def _shipped(self, info: FileInfo) -> None:
+        self.pos = info.max_txid
+        self.stats.uploads += 1
+        self.stats.bytes += info.size
+        self.stats.last_upload = time.time()
 
     async def sync_with_retry(
         self, stop: asyncio.Event | None = None, deadline: float | None = None, interval: float | None = None

@@ -3,8 +3,11 @@
 Per database, a capture job turns WAL changes into L0 files (woken by inotify on the database's
 directory, with a cheap stat poll every `monitor-interval` by the store's scheduler as a fallback)
 and an upload job ships them, so a slow or failing store never stops local capture, and local
-capture never waits for uploads. Both run only when there is work: an idle database holds no task,
-and its timers (poll, lease renewal, lifecycle) are looked at by the one scheduler of the store.
+capture never waits for uploads. One exception, with no network in it: a directory replica on the same
+file system takes a caught-up capture's files as hard links made in the capture's own worker-thread
+call (one hand-off per commit, not two); anything else, and every retry, is the upload job's. Both
+run only when there is work: an idle database holds no task, and its timers (poll, lease renewal,
+lifecycle) are looked at by the one scheduler of the store.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .compaction import Lifecycle, LifecycleSettings
-from .db import Database, DatabaseOptions, SyncResult
+from .db import Database, DatabaseOptions, Peek, SyncResult
 from .lease import FencedClient, Lease
 from .replica import Replica
 from .scheduler import MAX_TICK, Gate, Jobs, OnDemand, Scheduler
@@ -126,21 +129,20 @@ class DatabaseRunner:
         self.opened = True
 
     async def capture(self) -> SyncResult:
-        """One sync of the WAL into L0 files, then a checkpoint if the policy says so."""
+        """One sync of the WAL into L0 files (shipped at once when the replica can take them from
+        the sync's own thread), then a checkpoint if the policy says so."""
         async with self._lock:
-            before = self.db.pos
             try:
                 return await self._capture()
             finally:
-                # Whatever failed after it, every L0 file written ships.
-                if self.db.pos > before:
+                # Whatever failed after it, every L0 file written and not yet shipped ships.
+                if self.db.pos > self.replica.pos:
                     self._new_ltx.set()
 
     async def _capture(self) -> SyncResult:
         seen = time.time()
-        t_sync = time.monotonic()
-        result = await asyncio.to_thread(self.db.sync)
-        sync_seconds = time.monotonic() - t_sync
+        shipped_from = self.replica.pos
+        result = await self.replica.sync_and_ship(self.db.sync)
         mode = self.db.checkpoint_mode_due()
         if mode is not None:
             result.txids += await self._checkpoint(mode)
@@ -155,9 +157,11 @@ class DatabaseRunner:
                     "txids": result.txids,
                     "wal_bytes": result.wal_bytes,
                     "snapshot": result.snapshot,
-                    "seconds": sync_seconds,
+                    "seconds": result.seconds,
                 },
             )
+        if self.replica.pos > shipped_from:
+            self._uploaded(shipped_from)
         return result
 
     async def _checkpoint(self, mode: str) -> list[int]:
@@ -183,6 +187,10 @@ class DatabaseRunner:
         """Ship every local L0 file the replica lacks (retrying failures, every `interval` if given)."""
         before = self.replica.pos
         await self.replica.sync_with_retry(stop, deadline, interval)
+        self._uploaded(before)
+
+    def _uploaded(self, before: int) -> None:
+        """Report what reached the replica since it was at `before` (lag, position)."""
         if self.replica.pos and not self._shipped:
             self._shipped = True
             self._lifecycle_due()  # its first jobs at once, not a tick later
@@ -323,12 +331,19 @@ class DatabaseRunner:
         """One capture, as a change asked for it (a failed one is retried every monitor-interval)."""
         if self.paused:
             return  # the WAL keeps everything; unpausing captures it in one sync
+        peeked = self._peek()
+        if peeked is Peek.IDLE:
+            # A commit's later WAL writes wake us again after its capture: nothing is left to look for.
+            self._recheck_unpublished(False)
+            return
         gap = self._last_capture + self._min_gap - time.monotonic()
         if gap > 0:
             await asyncio.sleep(gap)
+            peeked = self._peek()
         self._last_capture = time.monotonic()
         try:
-            result = await self.capture()
+            # What the wal-index alone tells needs no sync (and no thread) to find out.
+            result = await self.capture() if peeked is None else SyncResult(unpublished=peeked is Peek.UNPUBLISHED)
             self._recheck_unpublished(result.unpublished)
             self.last_error = None
             if self._disk_full:
@@ -352,6 +367,15 @@ class DatabaseRunner:
             self.hook("sync_error", {"db": self.db.path, "error": self.last_error})
             await asyncio.sleep(self.spec.monitor_interval)
             self._changed.set()
+
+    def _peek(self) -> Peek | None:
+        """What a capture would find, when the wal-index alone tells (see `Database.peek`) and the
+        capture would do nothing else: None while a capture or a reopen holds the database, or a
+        checkpoint is due. Never awaits, so nothing can take the lock between the check and the
+        reads."""
+        if self._lock.locked() or self.db.checkpoint_mode_due() is not None:
+            return None
+        return self.db.peek()
 
     def _recheck_unpublished(self, unpublished: bool) -> None:
         """Look again soon while a writer has frames the wal-index does not show yet: after 2, 8, 32

@@ -10,9 +10,10 @@ import importlib
 import io
 import re
 import struct
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, BinaryIO, Protocol, runtime_checkable
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -152,6 +153,25 @@ class ReplicaClient(Protocol):
 
         An object that is already gone is not an error.
         """
+
+
+# A blocking write of a sealed local LTX file (`storage.file.SealedFile`: complete, fsynced, never
+# changed again) at (level, min_txid, max_txid, path); the contract of `write_ltx_file`, except
+# that it may decline (None: nothing written, `write_ltx_file` is the way for this file).
+SealedWriter = Callable[[int, int, int, Path], FileInfo | None]
+
+
+def sealed_writer(client: object) -> SealedWriter | None:
+    """The blocking writer `client` offers for sealed local files, or None.
+
+    Only a store reached without the network offers one (a directory replica): a caller already in
+    a worker thread then ships a file it just wrote in the same thread call instead of handing the
+    upload back to the event loop and out to a thread again. Wrappers (the lease's fence, metrics)
+    offer one exactly when the client they wrap does. Looked up on the type: wrappers that forward
+    unknown attributes must not hand out the inner client's writer unwrapped.
+    """
+    method = getattr(type(client), "sealed_writer", None)
+    return None if method is None else method(client)
 
 
 # Bytes of an LTX file that differ between two writes of the same content: the header timestamp

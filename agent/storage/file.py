@@ -19,6 +19,7 @@ from . import (
     FileInfo,
     NotFound,
     PreconditionFailed,
+    SealedWriter,
     format_ltx_name,
     header_timestamp,
     parse_ltx_name,
@@ -36,6 +37,11 @@ class SealedFile(io.FileIO):
 
     def __init__(self, path: str | Path) -> None:
         super().__init__(path, "rb")
+
+
+def _mtime_ns(created: datetime) -> int:
+    """An LTX header's timestamp (whole milliseconds) as a file's mtime."""
+    return int(created.timestamp() * 1000) * 1_000_000
 
 
 def from_settings(settings: Mapping[str, Any]) -> FileReplicaClient:
@@ -90,6 +96,7 @@ class FileReplicaClient:
 
     def __init__(self, root: str) -> None:
         self.root = Path(root)
+        self._linkable = True  # until a link of a sealed file fails (another file system)
 
     def __repr__(self) -> str:
         return f"file://{self.root}"
@@ -159,11 +166,31 @@ class FileReplicaClient:
             src.seek(start)
             return await settle_existing(self, level, min_txid, max_txid, src)
 
-    def _write(self, level: int, min_txid: int, max_txid: int, src: BinaryIO) -> FileInfo:
-        created = header_timestamp(src)
+    def sealed_writer(self) -> SealedWriter:
+        """Links of local files, made from the caller's thread (see `storage.sealed_writer`)."""
+        return self._link_sealed
+
+    def _link_sealed(self, level: int, min_txid: int, max_txid: int, path: Path) -> FileInfo | None:
+        """Publish the sealed local file at `path` as a hard link; None when this replica is on
+        another file system: a copy is `write_ltx_file`'s, whose thread may wait on a slow mount
+        without holding up the caller's captures."""
+        if not self._linkable:
+            return None
+        with SealedFile(path) as src:
+            created = header_timestamp(src)
+            dest = self._destination(level, min_txid, max_txid)
+            size = self._link(src, dest, _mtime_ns(created))
+        return None if size is None else FileInfo(level, min_txid, max_txid, size, created)
+
+    def _destination(self, level: int, min_txid: int, max_txid: int) -> Path:
         path = self.ltx_path(level, min_txid, max_txid)
         path.parent.mkdir(parents=True, exist_ok=True)
-        ns = int(created.timestamp() * 1000) * 1_000_000
+        return path
+
+    def _write(self, level: int, min_txid: int, max_txid: int, src: BinaryIO) -> FileInfo:
+        created = header_timestamp(src)
+        path = self._destination(level, min_txid, max_txid)
+        ns = _mtime_ns(created)
         if isinstance(src, SealedFile) and src.tell() == 0:
             size = self._link(src, path, ns)
             if size is not None:
@@ -197,6 +224,7 @@ class FileReplicaClient:
         except FileExistsError:
             raise PreconditionFailed(f"{path}: exists") from None
         except OSError:
+            self._linkable = False  # the same next time: sealed files go the copying way from now on
             return None
         # The bytes were fsynced before the local file was published; the new name and the
         # timestamp (one inode, so the local file's mtime follows) are made durable here.

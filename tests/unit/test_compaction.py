@@ -287,6 +287,39 @@ async def test_lifecycle_compacts_levels_and_enforces_retention(tmp_path: Path) 
     assert ("retention", {"db": lc.db.path, "deleted": 2}) in events
 
 
+async def test_compaction_reads_local_l0_files_in_place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A local L0 file is sealed: compaction merges it where it is (no copy to write, read back and
+    delete per input), leaves it in place, and downloads only what has no local copy."""
+    from lifeboat.agent import compaction
+
+    client = FileReplicaClient(str(tmp_path / "replica"))
+    await client.init()
+    db = _stub_db(tmp_path)
+    now = datetime.now(UTC)
+    files = [_ltx(1, 1, {1: _page(1), 2: _page(2)}, 2, now), _ltx(2, 2, {2: _page(22)}, 2, now),
+             _ltx(3, 3, {3: _page(3)}, 3, now)]
+    for data in files:
+        await _put(client, 0, data)
+    for data in files[:2]:  # txid 3 exists only in the replica
+        h = ltx.Header.unpack(data)
+        db.l0_path(h.max_txid).write_bytes(data)
+    written: list[str] = []
+    real_open = open
+
+    def recording_open(path: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        if "w" in mode:
+            written.append(Path(path).name)
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(compaction, "open", recording_open, raising=False)
+    l1 = await Lifecycle(db, client, LifecycleSettings(levels=[30.0])).compact(1)
+    assert l1 is not None and (l1.min_txid, l1.max_txid) == (1, 3)
+    assert [n for n in written if n.startswith("in-")] == [f"in-0-{3:016x}-{3:016x}.ltx"]
+    assert [db.l0_path(t).read_bytes() for t in (1, 2)] == files[:2]
+    chunks = [c async for c in client.open_ltx_file(1, 1, 3)]
+    assert dict(ltx.Decoder(io.BytesIO(b"".join(chunks))).pages()) == {1: _page(1), 2: _page(22), 3: _page(3)}
+
+
 async def test_lifecycle_retention_disabled_deletes_nothing_remote(tmp_path: Path) -> None:
     client = FileReplicaClient(str(tmp_path / "replica"))
     await client.init()

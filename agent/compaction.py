@@ -35,6 +35,7 @@ from typing import Any, BinaryIO, TypeVar
 from . import ltx
 from .db import Database
 from .storage import SNAPSHOT_LEVEL, FileInfo, ReplicaClient
+from .storage.file import SealedFile
 from .validation import LevelProblem, level_problems, read_back_problems
 
 log = logging.getLogger("lifeboat.compaction")
@@ -149,15 +150,18 @@ class Lifecycle:
             yield f  # type: ignore[misc]
 
     async def _fetch(self, info: FileInfo, dest: BinaryIO) -> None:
-        local = self.db.l0_path(info.max_txid) if info.level == 0 else None
-        if local is not None and info.min_txid == info.max_txid and local.exists():
-            with open(local, "rb") as f:
-                while chunk := f.read(1 << 20):
-                    dest.write(chunk)
-        else:
-            async for chunk in self.client.open_ltx_file(info.level, info.min_txid, info.max_txid):
-                dest.write(chunk)
+        async for chunk in self.client.open_ltx_file(info.level, info.min_txid, info.max_txid):
+            dest.write(chunk)
         dest.seek(0)
+
+    def _local_l0(self, info: FileInfo) -> Path | None:
+        """The local copy of the L0 file `info`, if it is still there. Read in place: a local L0
+        file never changes once published, and only L0 retention, under the same lock as every
+        compaction, deletes it."""
+        if info.level != 0 or info.min_txid != info.max_txid:
+            return None
+        path = self.db.l0_path(info.max_txid)
+        return path if path.exists() else None
 
     async def compact(self, level: int) -> FileInfo | None:
         """Merge level-1 files above this level's last TXID into one file of this level."""
@@ -173,13 +177,21 @@ class Lifecycle:
             if not inputs:
                 return None
             t0 = time.monotonic()
-            self.work_dir.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=self.work_dir) as tmp:
-                merged = await self._merge(inputs, Path(tmp))
-                with open(merged.path, "rb") as out:
-                    header = ltx.read_header(out, merged.name)
+            sealed = self._sealed_l0(inputs[0]) if len(inputs) == 1 else None
+            if sealed is not None:
+                # One local L0 file merges into itself: ship it as it is (a directory replica links it).
+                with SealedFile(sealed) as out:
+                    header = ltx.read_header(out, str(sealed))
                     out.seek(0)
                     info = await self.client.write_ltx_file(level, header.min_txid, header.max_txid, out)
+            else:
+                self.work_dir.mkdir(parents=True, exist_ok=True)
+                with tempfile.TemporaryDirectory(dir=self.work_dir) as tmp:
+                    merged = await self._merge(inputs, Path(tmp))
+                    with open(merged.path, "rb") as out:
+                        header = ltx.read_header(out, merged.name)
+                        out.seek(0)
+                        info = await self.client.write_ltx_file(level, header.min_txid, header.max_txid, out)
             if self.settings.verify_compaction:
                 await self._verify_compaction(info, header, (inputs[0].min_txid, inputs[-1].max_txid))
             self.hook(
@@ -187,6 +199,16 @@ class Lifecycle:
                 {"db": self.db.path, "level": level, "inputs": len(inputs), "seconds": time.monotonic() - t0},
             )
             return info
+
+    def _sealed_l0(self, info: FileInfo) -> Path | None:
+        """The local copy of the L0 file `info`, when it can stand for a compaction of itself alone:
+        its pages are in the encoding this process writes (a merge would re-encode them)."""
+        path = self._local_l0(info)
+        if path is None:
+            return None
+        with open(path, "rb") as f:
+            head = f.read(ltx.HEADER_SIZE + ltx.PAGE_HEADER_SIZE)
+        return path if ltx.first_page_in_current_encoding(head) else None
 
     async def _verify_compaction(self, info: FileInfo, written: ltx.Header, span: tuple[int, int]) -> None:
         """Read the new file back and check its level's chain; a failure is logged and counted, and
@@ -221,15 +243,21 @@ class Lifecycle:
     async def _merge(self, inputs: list[FileInfo], tmp: Path) -> _Part:
         """Merge `inputs` into one file in `tmp`, at most `COMPACTION_FAN_IN` files at a time.
 
-        Each batch is fetched, merged into a part and deleted; parts are then merged the same way
-        until one is left. Open files and memory (one page per open input) stay bounded however
-        many files a backlog left, and so does the disk: a batch of inputs plus the parts.
+        Each batch is fetched (local L0 files are read where they are), merged into a part and
+        deleted; parts are then merged the same way until one is left. Open files and memory (one
+        page per open input) stay bounded however many files a backlog left, and so does the disk:
+        a batch of inputs plus the parts.
         """
         parts: list[_Part] = []
         for n, batch in enumerate(_batches(inputs, COMPACTION_FAN_IN)):
             fetched = []
             for info in batch:
-                part = _Part(tmp / f"in-{info.level}-{info.name}", f"level {info.level} file {info.name}")
+                name = f"level {info.level} file {info.name}"
+                local = self._local_l0(info)
+                if local is not None:
+                    fetched.append(_Part(local, name, owned=False))
+                    continue
+                part = _Part(tmp / f"in-{info.level}-{info.name}", name)
                 with open(part.path, "wb") as f:
                     await self._fetch(info, f)
                 fetched.append(part)
@@ -421,10 +449,12 @@ class Lifecycle:
 
 @dataclass(frozen=True)
 class _Part:
-    """An LTX file in a compaction's work directory, with the name its errors carry."""
+    """An LTX file a compaction reads, with the name its errors carry; `owned`: in its work
+    directory, deleted once merged (else a local L0 file, left alone)."""
 
     path: Path
     name: str
+    owned: bool = True
 
 
 def _batches(items: list[T], size: int) -> list[list[T]]:
@@ -438,6 +468,7 @@ def _merge_parts(parts: list[_Part], dest: Path) -> _Part:
         with open(dest, "wb", buffering=1 << 20) as out:
             ltx.compact(decoders, out)
     for p in parts:
-        p.path.unlink()
+        if p.owned:
+            p.path.unlink()
     name = parts[0].name if len(parts) == 1 else f"merge of {parts[0].name} .. {parts[-1].name}"
     return _Part(dest, name)

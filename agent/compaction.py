@@ -34,6 +34,7 @@ from typing import Any, BinaryIO, TypeVar
 
 from . import ltx
 from .db import Database
+from .replica import Holdings
 from .storage import SNAPSHOT_LEVEL, FileInfo, ReplicaClient
 from .storage.file import SealedFile
 from .validation import LevelProblem, level_problems, read_back_problems
@@ -136,6 +137,7 @@ class Lifecycle:
         self._written: dict[int, int] = {}
         self._done_at: dict[str, object] = {}
         self._l0_eligible_at = 0.0
+        self._held: Holdings | None = None
         self.lock = asyncio.Lock()
         self.work_dir = db.meta_dir / "tmp"
 
@@ -272,17 +274,20 @@ class Lifecycle:
     async def snapshot(self) -> FileInfo:
         """Write an L9 snapshot of the database at its current position."""
         async with self.lock:
-            t0 = time.monotonic()
-            before = self.db.pos
-            async with self._temp_file() as out:
-                header = await asyncio.to_thread(self.db.snapshot_to, out)
-                if header.max_txid > before:
-                    self.on_new_l0()
-                out.flush()
-                out.seek(0)
-                info = await self.client.write_ltx_file(SNAPSHOT_LEVEL, 1, header.max_txid, out)
-            self.hook("snapshot", {"db": self.db.path, "txid": header.max_txid, "seconds": time.monotonic() - t0})
-            return info
+            return await self._snapshot_locked()
+
+    async def _snapshot_locked(self) -> FileInfo:
+        t0 = time.monotonic()
+        before = self.db.pos
+        async with self._temp_file() as out:
+            header = await asyncio.to_thread(self.db.snapshot_to, out)
+            if header.max_txid > before:
+                self.on_new_l0()
+            out.flush()
+            out.seek(0)
+            info = await self.client.write_ltx_file(SNAPSHOT_LEVEL, 1, header.max_txid, out)
+        self.hook("snapshot", {"db": self.db.path, "txid": header.max_txid, "seconds": time.monotonic() - t0})
+        return info
 
     async def snapshot_due(self, now: float | None = None) -> bool:
         """No snapshot yet, or the newest is older than the snapshot interval."""
@@ -341,10 +346,22 @@ class Lifecycle:
 
     # -- timers: driven by the store's scheduler, which asks what is due ---------------------------
 
-    def start(self, now: float | None = None) -> None:
+    def start(self, now: float | None = None, held: Holdings | None = None) -> None:
         """Arm the timers: every level's compaction and the snapshot check at once, then on their
-        wall-clock boundaries; L0 retention and validation one interval from now."""
+        wall-clock boundaries; L0 retention and validation one interval from now.
+
+        `held`, what the replica held when it was opened, spares startup work it shows is done: a
+        level that held every TXID its input level held has nothing to compact until its input
+        gains a file, and a recent enough snapshot is known without listing them again.
+        """
         now = time.time() if now is None else now
+        self._held = held
+        if held is not None and self.input_mark is not None:
+            for lvl in range(1, self.max_level + 1):
+                if held.max_txid(lvl - 1) <= held.max_txid(lvl):
+                    # The input's mark as it was then: L0's is the replica's position, a compacted
+                    # level's the count of files this process has written into it (none yet).
+                    self._done_at[f"L{lvl}"] = held.position if lvl == 1 else 0
         self._next = {f"L{lvl}": now for lvl in range(1, self.max_level + 1)}
         self._next["startup snapshot"] = now
         self._next["L0 retention"] = now + self.settings.l0_retention_check_interval
@@ -434,8 +451,28 @@ class Lifecycle:
         self._done_at["L0 retention"] = marks
 
     async def _startup_snapshot(self) -> None:
-        if await self.snapshot_due():
-            await self.snapshot()
+        held = self._held
+        if held is None:
+            due = await self.snapshot_due()
+        else:  # nothing but this process writes snapshots since the replica was listed at open
+            newest = held.newest_snapshot
+            due = newest is None or newest.timestamp() < time.time() - self.settings.snapshot_interval
+        if not due:
+            return
+        async with self.lock:
+            try:
+                # At TXID 1 the database is its first L0 file, a full snapshot like every first
+                # one: shipped as it is rather than read from the database and encoded again.
+                first = SealedFile(self.db.l0_path(1)) if self.db.pos == 1 else None
+            except FileNotFoundError:  # local files went (the replica was found ahead)
+                first = None
+            if first is None:
+                await self._snapshot_locked()
+                return
+            t0 = time.monotonic()
+            with first:
+                await self.client.write_ltx_file(SNAPSHOT_LEVEL, 1, 1, first)
+            self.hook("snapshot", {"db": self.db.path, "txid": 1, "seconds": time.monotonic() - t0})
 
     async def _guarded(self, what: str, op: Callable[[], Any]) -> None:
         try:

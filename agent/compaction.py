@@ -27,7 +27,7 @@ import os
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
@@ -181,7 +181,7 @@ class Lifecycle:
             t0 = time.monotonic()
             sealed = self._sealed_l0(inputs[0]) if len(inputs) == 1 else None
             if sealed is not None:
-                # One local L0 file merges into itself: ship it as it is (a directory replica links it).
+                # One TXID merges into itself: ship its L0 file as it is (a directory replica links it).
                 with SealedFile(sealed) as out:
                     header = ltx.read_header(out, str(sealed))
                     out.seek(0)
@@ -203,9 +203,12 @@ class Lifecycle:
             return info
 
     def _sealed_l0(self, info: FileInfo) -> Path | None:
-        """The local copy of the L0 file `info`, when it can stand for a compaction of itself alone:
-        its pages are in the encoding this process writes (a merge would re-encode them)."""
-        path = self._local_l0(info)
+        """The local L0 file that can stand for a compaction of `info` alone: `info` holds one TXID
+        (at any level, that TXID's L0 file merged with nothing), whose local L0 file is still there
+        and holds its pages in the encoding this process writes (a merge would re-encode them)."""
+        if info.min_txid != info.max_txid:
+            return None
+        path = self._local_l0(replace(info, level=0))
         if path is None:
             return None
         with open(path, "rb") as f:

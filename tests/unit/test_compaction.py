@@ -478,3 +478,17 @@ async def test_a_compaction_reads_local_l0_files_where_they_are(tmp_path: Path, 
     assert all(db.l0_path(t).exists() for t in (1, 2, 3))  # left where they are
     dec = ltx.Decoder(io.BytesIO(client.ltx_path(1, 1, 4).read_bytes()))
     assert dict(dec.pages()) == {1: _page(3), 2: _page(4)}
+
+
+async def test_a_level_holding_one_txid_compacts_into_the_next_as_that_txid_s_l0_file(tmp_path: Path) -> None:
+    # An idle database's first file goes up every level alone: each level links the same L0 file.
+    client = FileReplicaClient(str(tmp_path / "replica"))
+    await client.init()
+    db = _stub_db(tmp_path)
+    data = _ltx(1, 1, {1: _page(1)}, 1, datetime.now(UTC))
+    db.l0_path(1).write_bytes(data)
+    await _put(client, 0, data)
+    lc = Lifecycle(db, client, LifecycleSettings())
+    for level in (1, 2, 3):
+        assert await lc.compact(level) is not None
+        assert client.ltx_path(level, 1, 1).stat().st_ino == db.l0_path(1).stat().st_ino

@@ -27,14 +27,16 @@ import os
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
 from . import ltx
 from .db import Database
+from .replica import Holdings
 from .storage import SNAPSHOT_LEVEL, FileInfo, ReplicaClient
+from .storage.file import SealedFile
 from .validation import LevelProblem, level_problems, read_back_problems
 
 log = logging.getLogger("lifeboat.compaction")
@@ -135,6 +137,7 @@ class Lifecycle:
         self._written: dict[int, int] = {}
         self._done_at: dict[str, object] = {}
         self._l0_eligible_at = 0.0
+        self._held: Holdings | None = None
         self.lock = asyncio.Lock()
         self.work_dir = db.meta_dir / "tmp"
 
@@ -148,18 +151,19 @@ class Lifecycle:
         with tempfile.TemporaryFile(dir=self.work_dir) as f:
             yield f  # type: ignore[misc]
 
-    async def _input(self, info: FileInfo, tmp: Path) -> _Part:
-        """`info` as a file to merge: the local L0 file itself when there is one (sealed, and the
-        lock keeps L0 retention from removing it meanwhile), else a download into `tmp`."""
-        name = f"level {info.level} file {info.name}"
-        local = self.db.l0_path(info.max_txid) if info.level == 0 else None
-        if local is not None and info.min_txid == info.max_txid and local.exists():
-            return _Part(local, name, owned=False)
-        part = _Part(tmp / f"in-{info.level}-{info.name}", name)
-        with open(part.path, "wb") as f:
-            async for chunk in self.client.open_ltx_file(info.level, info.min_txid, info.max_txid):
-                f.write(chunk)
-        return part
+    async def _fetch(self, info: FileInfo, dest: BinaryIO) -> None:
+        async for chunk in self.client.open_ltx_file(info.level, info.min_txid, info.max_txid):
+            dest.write(chunk)
+        dest.seek(0)
+
+    def _local_l0(self, info: FileInfo) -> Path | None:
+        """The local copy of the L0 file `info`, if it is still there. Read in place: a local L0
+        file never changes once published, and only L0 retention, under the same lock as every
+        compaction, deletes it."""
+        if info.level != 0 or info.min_txid != info.max_txid:
+            return None
+        path = self.db.l0_path(info.max_txid)
+        return path if path.exists() else None
 
     async def compact(self, level: int) -> FileInfo | None:
         """Merge level-1 files above this level's last TXID into one file of this level."""
@@ -175,13 +179,21 @@ class Lifecycle:
             if not inputs:
                 return None
             t0 = time.monotonic()
-            self.work_dir.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=self.work_dir) as tmp:
-                merged = await self._merge(inputs, Path(tmp))
-                with open(merged.path, "rb") as out:
-                    header = ltx.read_header(out, merged.name)
+            sealed = self._sealed_l0(inputs[0]) if len(inputs) == 1 else None
+            if sealed is not None:
+                # One TXID merges into itself: ship its L0 file as it is (a directory replica links it).
+                with SealedFile(sealed) as out:
+                    header = ltx.read_header(out, str(sealed))
                     out.seek(0)
                     info = await self.client.write_ltx_file(level, header.min_txid, header.max_txid, out)
+            else:
+                self.work_dir.mkdir(parents=True, exist_ok=True)
+                with tempfile.TemporaryDirectory(dir=self.work_dir) as tmp:
+                    merged = await self._merge(inputs, Path(tmp))
+                    with open(merged.path, "rb") as out:
+                        header = ltx.read_header(out, merged.name)
+                        out.seek(0)
+                        info = await self.client.write_ltx_file(level, header.min_txid, header.max_txid, out)
             if self.settings.verify_compaction:
                 await self._verify_compaction(info, header, (inputs[0].min_txid, inputs[-1].max_txid))
             self.hook(
@@ -189,6 +201,19 @@ class Lifecycle:
                 {"db": self.db.path, "level": level, "inputs": len(inputs), "seconds": time.monotonic() - t0},
             )
             return info
+
+    def _sealed_l0(self, info: FileInfo) -> Path | None:
+        """The local L0 file that can stand for a compaction of `info` alone: `info` holds one TXID
+        (at any level, that TXID's L0 file merged with nothing), whose local L0 file is still there
+        and holds its pages in the encoding this process writes (a merge would re-encode them)."""
+        if info.min_txid != info.max_txid:
+            return None
+        path = self._local_l0(replace(info, level=0))
+        if path is None:
+            return None
+        with open(path, "rb") as f:
+            head = f.read(ltx.HEADER_SIZE + ltx.PAGE_HEADER_SIZE)
+        return path if ltx.first_page_in_current_encoding(head) else None
 
     async def _verify_compaction(self, info: FileInfo, written: ltx.Header, span: tuple[int, int]) -> None:
         """Read the new file back and check its level's chain; a failure is logged and counted, and
@@ -223,14 +248,24 @@ class Lifecycle:
     async def _merge(self, inputs: list[FileInfo], tmp: Path) -> _Part:
         """Merge `inputs` into one file in `tmp`, at most `COMPACTION_FAN_IN` files at a time.
 
-        Each batch is fetched (local L0 files are read where they are), merged into a part, and its
-        downloads deleted; parts are then merged the same way until one is left. Open files and
-        memory (one page per open input) stay bounded however many files a backlog left, and so
-        does the disk: a batch of inputs plus the parts.
+        Each batch is fetched (local L0 files are read where they are), merged into a part and
+        deleted; parts are then merged the same way until one is left. Open files and memory (one
+        page per open input) stay bounded however many files a backlog left, and so does the disk:
+        a batch of inputs plus the parts.
         """
         parts: list[_Part] = []
         for n, batch in enumerate(_batches(inputs, COMPACTION_FAN_IN)):
-            fetched = [await self._input(info, tmp) for info in batch]
+            fetched = []
+            for info in batch:
+                name = f"level {info.level} file {info.name}"
+                local = self._local_l0(info)
+                if local is not None:
+                    fetched.append(_Part(local, name, owned=False))
+                    continue
+                part = _Part(tmp / f"in-{info.level}-{info.name}", name)
+                with open(part.path, "wb") as f:
+                    await self._fetch(info, f)
+                fetched.append(part)
             parts.append(await asyncio.to_thread(_merge_parts, fetched, tmp / f"merged-0-{n}"))
         rounds = 1
         while len(parts) > 1:
@@ -242,17 +277,20 @@ class Lifecycle:
     async def snapshot(self) -> FileInfo:
         """Write an L9 snapshot of the database at its current position."""
         async with self.lock:
-            t0 = time.monotonic()
-            before = self.db.pos
-            async with self._temp_file() as out:
-                header = await asyncio.to_thread(self.db.snapshot_to, out)
-                if header.max_txid > before:
-                    self.on_new_l0()
-                out.flush()
-                out.seek(0)
-                info = await self.client.write_ltx_file(SNAPSHOT_LEVEL, 1, header.max_txid, out)
-            self.hook("snapshot", {"db": self.db.path, "txid": header.max_txid, "seconds": time.monotonic() - t0})
-            return info
+            return await self._snapshot_locked()
+
+    async def _snapshot_locked(self) -> FileInfo:
+        t0 = time.monotonic()
+        before = self.db.pos
+        async with self._temp_file() as out:
+            header = await asyncio.to_thread(self.db.snapshot_to, out)
+            if header.max_txid > before:
+                self.on_new_l0()
+            out.flush()
+            out.seek(0)
+            info = await self.client.write_ltx_file(SNAPSHOT_LEVEL, 1, header.max_txid, out)
+        self.hook("snapshot", {"db": self.db.path, "txid": header.max_txid, "seconds": time.monotonic() - t0})
+        return info
 
     async def snapshot_due(self, now: float | None = None) -> bool:
         """No snapshot yet, or the newest is older than the snapshot interval."""
@@ -311,10 +349,22 @@ class Lifecycle:
 
     # -- timers: driven by the store's scheduler, which asks what is due ---------------------------
 
-    def start(self, now: float | None = None) -> None:
+    def start(self, now: float | None = None, held: Holdings | None = None) -> None:
         """Arm the timers: every level's compaction and the snapshot check at once, then on their
-        wall-clock boundaries; L0 retention and validation one interval from now."""
+        wall-clock boundaries; L0 retention and validation one interval from now.
+
+        `held`, what the replica held when it was opened, spares startup work it shows is done: a
+        level that held every TXID its input level held has nothing to compact until its input
+        gains a file, and a recent enough snapshot is known without listing them again.
+        """
         now = time.time() if now is None else now
+        self._held = held
+        if held is not None and self.input_mark is not None:
+            for lvl in range(1, self.max_level + 1):
+                if held.max_txid(lvl - 1) <= held.max_txid(lvl):
+                    # The input's mark as it was then: L0's is the replica's position, a compacted
+                    # level's the count of files this process has written into it (none yet).
+                    self._done_at[f"L{lvl}"] = held.position if lvl == 1 else 0
         self._next = {f"L{lvl}": now for lvl in range(1, self.max_level + 1)}
         self._next["startup snapshot"] = now
         self._next["L0 retention"] = now + self.settings.l0_retention_check_interval
@@ -404,8 +454,28 @@ class Lifecycle:
         self._done_at["L0 retention"] = marks
 
     async def _startup_snapshot(self) -> None:
-        if await self.snapshot_due():
-            await self.snapshot()
+        held = self._held
+        if held is None:
+            due = await self.snapshot_due()
+        else:  # nothing but this process writes snapshots since the replica was listed at open
+            newest = held.newest_snapshot
+            due = newest is None or newest.timestamp() < time.time() - self.settings.snapshot_interval
+        if not due:
+            return
+        async with self.lock:
+            try:
+                # At TXID 1 the database is its first L0 file, a full snapshot like every first
+                # one: shipped as it is rather than read from the database and encoded again.
+                first = SealedFile(self.db.l0_path(1)) if self.db.pos == 1 else None
+            except FileNotFoundError:  # local files went (the replica was found ahead)
+                first = None
+            if first is None:
+                await self._snapshot_locked()
+                return
+            t0 = time.monotonic()
+            with first:
+                await self.client.write_ltx_file(SNAPSHOT_LEVEL, 1, 1, first)
+            self.hook("snapshot", {"db": self.db.path, "txid": 1, "seconds": time.monotonic() - t0})
 
     async def _guarded(self, what: str, op: Callable[[], Any]) -> None:
         try:
@@ -419,7 +489,8 @@ class Lifecycle:
 
 @dataclass(frozen=True)
 class _Part:
-    """An LTX file in a compaction's work directory, with the name its errors carry."""
+    """An LTX file a compaction reads, with the name its errors carry; `owned`: in its work
+    directory, deleted once merged (else a local L0 file, left alone)."""
 
     path: Path
     name: str

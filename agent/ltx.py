@@ -248,6 +248,15 @@ def use_block_encoding(enabled: bool) -> None:
     _block_encoding = enabled
 
 
+def first_page_in_current_encoding(head: bytes) -> bool:
+    """Whether a file starting with `head` (header and first page header) holds its pages in the
+    encoding this process writes, judged by its first page (a file has one encoding; no page: True)."""
+    if len(head) < HEADER_SIZE + PAGE_HEADER_SIZE:
+        return False
+    pgno, flags = _PAGE_HEADER.unpack_from(head, HEADER_SIZE)
+    return pgno == 0 or flags == (PAGE_FLAG_SIZE if _block_encoding else 0)
+
+
 def encode(header: Header, pages: Iterable[tuple[int, bytes | memoryview]], out: BinaryIO) -> int:
     """Write a whole LTX file; returns its checksum."""
     enc = Encoder(out, header)

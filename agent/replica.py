@@ -7,7 +7,8 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 
 from .db import Database, DatabaseError, SyncResult
 from .storage import SNAPSHOT_LEVEL, FileInfo, ReplicaClient, SealedWriter, StorageError, sealed_writer
@@ -27,6 +28,25 @@ class UploadStats:
     last_error: str | None = None
 
 
+@dataclass(frozen=True)
+class Holdings:
+    """What the replica held when it was opened: the newest TXID of each level (a level missing
+    here is empty) and when its newest snapshot was taken. Learnt from the listing of every level
+    that finds the replica's position, so the lifecycle can skip startup work it shows is done."""
+
+    max_txids: dict[int, int] = field(default_factory=dict)
+    newest_snapshot: datetime | None = None
+
+    @property
+    def position(self) -> int:
+        """The newest TXID of any level."""
+        return max(self.max_txids.values(), default=0)
+
+    def max_txid(self, level: int) -> int:
+        """The newest TXID of `level` (0: empty)."""
+        return self.max_txids.get(level, 0)
+
+
 class Replica:
     """The remote copy of one database."""
 
@@ -37,6 +57,7 @@ class Replica:
         self.pos = 0  # highest L0 TXID known to be durable in the replica
         self.stats = UploadStats()
         self.committed_at: dict[int, float] = {}  # txid -> when its L0 file was written (lag metric)
+        self.held_at_open: Holdings | None = None  # set by `init`
         self._lock = asyncio.Lock()
         self._sealed_writer = sealed_writer(client)
 
@@ -47,7 +68,20 @@ class Replica:
     async def init(self) -> None:
         """Reach the store and learn the remote position (the newest TXID of any level)."""
         await self.client.init()
-        self.pos = await self.remote_max_txid()
+        self.held_at_open = await self.holdings()
+        self.pos = self.held_at_open.position
+
+    async def holdings(self) -> Holdings:
+        """What every level of the replica holds now (one listing of each)."""
+        max_txids: dict[int, int] = {}
+        newest = None
+        for level in range(SNAPSHOT_LEVEL + 1):
+            files = await self.client.ltx_files(level)
+            if files:
+                max_txids[level] = max(f.max_txid for f in files)
+            if files and level == SNAPSHOT_LEVEL:
+                newest = files[-1].created_at  # listings are in TXID order: the newest snapshot
+        return Holdings(max_txids, newest)
 
     async def remote_max_txid(self) -> int:
         """The replica's newest TXID, over every level.
@@ -56,12 +90,7 @@ class Replica:
         snapshot's own sync may never have shipped), and an agent that continued from L0's end would
         write TXIDs the replica already holds with other contents.
         """
-        best = 0
-        for level in range(SNAPSHOT_LEVEL + 1):
-            files = await self.client.ltx_files(level)
-            if files:
-                best = max(best, max(f.max_txid for f in files))
-        return best
+        return (await self.holdings()).position
 
     async def sync(self) -> list[FileInfo]:
         """Upload every local L0 file above the remote position, in TXID order."""

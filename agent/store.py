@@ -270,7 +270,7 @@ class DatabaseRunner:
             return
         if not self._lifecycle_started:
             self._lifecycle_started = True
-            self.lifecycle.start()
+            self.lifecycle.start(held=self.replica.held_at_open)
         for job in self.lifecycle.due():
             self._jobs.spawn(lambda job=job: gate.run(job))
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 log = logging.getLogger("lifeboat.watch")
@@ -19,6 +20,65 @@ log = logging.getLogger("lifeboat.watch")
 INOTIFY_EVENT = struct.Struct("=iIII")  # struct inotify_event: wd, mask, cookie, len (then the name)
 IN_Q_OVERFLOW = 0x4000
 INOTIFY_READ_SIZE = 64 * 1024
+# While WAL events come back to back, they are read at most about twice per this many seconds: a
+# commit waits at most this long to be noticed, far below a capture's own cost.
+WAL_EVENTS_GATHER = 0.005
+
+
+def parse_events(data: bytes) -> Iterator[tuple[int, int, bytes]]:
+    """(watch descriptor, mask, file name) of each raw `struct inotify_event` in `data`."""
+    offset = 0
+    while offset + INOTIFY_EVENT.size <= len(data):
+        wd, mask, _cookie, length = INOTIFY_EVENT.unpack_from(data, offset)
+        offset += INOTIFY_EVENT.size
+        yield wd, mask, data[offset : offset + length].rstrip(b"\0")
+        offset += length
+
+
+class EventReader:
+    """Reads an inotify descriptor on the running loop and hands each event to `handle(wd, mask, name)`.
+
+    A file written in a tight loop (a hot WAL: a write per commit, thousands a second) raises an
+    event per write, and read as they come each is a wakeup of the loop for every inotify instance
+    watching its directory. So a read that follows the previous one within `gather` seconds leaves
+    the descriptor alone for `gather` seconds: meanwhile the kernel merges the file's repeated events
+    into one, and the loop wakes at most about twice per `gather`. An event after a quiet spell is
+    read at once.
+    """
+
+    def __init__(self, fd: int, handle: Callable[[int, int, bytes], None], gather: float) -> None:
+        self.fd = fd
+        self._handle = handle
+        self._gather = gather
+        self._last = -math.inf
+        self._resume: asyncio.TimerHandle | None = None
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(fd, self._readable)
+
+    def close(self) -> None:
+        """Stop reading (the descriptor stays open: its owner closes it)."""
+        if self._resume is not None:
+            self._resume.cancel()
+            self._resume = None
+        with contextlib.suppress(Exception):
+            self._loop.remove_reader(self.fd)
+
+    def _readable(self) -> None:
+        try:
+            data = os.read(self.fd, INOTIFY_READ_SIZE)
+        except BlockingIOError:
+            return
+        now = self._loop.time()
+        if now - self._last < self._gather:
+            self._loop.remove_reader(self.fd)
+            self._resume = self._loop.call_later(self._gather, self._read_again)
+        self._last = now
+        for wd, mask, name in parse_events(data):
+            self._handle(wd, mask, name)
+
+    def _read_again(self) -> None:
+        self._resume = None
+        self._loop.add_reader(self.fd, self._readable)
 
 
 class SharedWatcher:
@@ -28,6 +88,7 @@ class SharedWatcher:
 
     def __init__(self) -> None:
         self._inotify: Any = None
+        self._reader: EventReader | None = None
         self._unavailable = False
         self._by_dir: dict[str, tuple[Any, dict[bytes, list[Callable[[], None]]]]] = {}
         self._by_wd: dict[int, dict[bytes, list[Callable[[], None]]]] = {}
@@ -69,9 +130,10 @@ class SharedWatcher:
 
     def close(self) -> None:
         """Release the inotify instance (the watches end with it)."""
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         if self._inotify is not None:
-            with contextlib.suppress(Exception):
-                asyncio.get_running_loop().remove_reader(self._inotify.fd)
             self._inotify.close()
             self._inotify = None
         self._by_dir.clear()
@@ -90,25 +152,15 @@ class SharedWatcher:
             self._unavailable = True
             log.warning("inotify unavailable (%s); changes are found by polling", exc)
             return False
-        asyncio.get_running_loop().add_reader(self._inotify.fd, self._readable)
+        self._reader = EventReader(self._inotify.fd, self._event, WAL_EVENTS_GATHER)
         return True
 
-    def _readable(self) -> None:
-        try:
-            data = os.read(self._inotify.fd, INOTIFY_READ_SIZE)
-        except BlockingIOError:
+    def _event(self, wd: int, mask: int, name: bytes) -> None:
+        if mask & IN_Q_OVERFLOW:  # any of them may have changed
+            for names in self._by_wd.values():
+                for callbacks in names.values():
+                    for cb in callbacks:
+                        cb()
             return
-        offset = 0
-        while offset + INOTIFY_EVENT.size <= len(data):
-            wd, mask, _cookie, length = INOTIFY_EVENT.unpack_from(data, offset)
-            offset += INOTIFY_EVENT.size
-            name = data[offset : offset + length].rstrip(b"\0")
-            offset += length
-            if mask & IN_Q_OVERFLOW:  # any of them may have changed
-                for names in self._by_wd.values():
-                    for callbacks in names.values():
-                        for cb in callbacks:
-                            cb()
-                continue
-            for cb in self._by_wd.get(wd, {}).get(name, ()):
-                cb()
+        for cb in self._by_wd.get(wd, {}).get(name, ()):
+            cb()

@@ -446,3 +446,82 @@ async def test_snapshot_announces_the_l0_file_of_its_own_sync(tmp_path: Path) ->
         assert woken == [db.pos]
     finally:
         db.close()
+
+
+async def test_one_local_l0_file_is_its_own_compaction(tmp_path: Path) -> None:
+    # A single local L0 file merges into itself: it is shipped as it is, and a directory replica
+    # links it (one inode for the local file, the L0 copy and the L1 file) instead of re-encoding.
+    client = FileReplicaClient(str(tmp_path / "replica"))
+    await client.init()
+    db = _stub_db(tmp_path)
+    data = _ltx(1, 1, {1: _page(1), 2: _page(2)}, 2, datetime.now(UTC))
+    db.l0_path(1).write_bytes(data)
+    await _put(client, 0, data)
+    lc = Lifecycle(db, client, LifecycleSettings())
+    info = await lc.compact(1)
+    assert info is not None and (info.level, info.min_txid, info.max_txid) == (1, 1, 1)
+    assert client.ltx_path(1, 1, 1).stat().st_ino == db.l0_path(1).stat().st_ino
+    assert client.ltx_path(1, 1, 1).read_bytes() == data
+
+
+async def test_a_local_l0_file_in_another_page_encoding_is_merged(tmp_path: Path) -> None:
+    # Written before the page encoding was switched: the compacted file takes the current one.
+    client = FileReplicaClient(str(tmp_path / "replica"))
+    await client.init()
+    db = _stub_db(tmp_path)
+    ltx.use_block_encoding(True)
+    try:
+        data = _ltx(1, 1, {1: _page(1)}, 1, datetime.now(UTC))
+    finally:
+        ltx.use_block_encoding(False)
+    db.l0_path(1).write_bytes(data)
+    await _put(client, 0, data)
+    info = await Lifecycle(db, client, LifecycleSettings()).compact(1)
+    assert info is not None
+    assert client.ltx_path(1, 1, 1).stat().st_ino != db.l0_path(1).stat().st_ino
+    head = client.ltx_path(1, 1, 1).read_bytes()[: ltx.HEADER_SIZE + ltx.PAGE_HEADER_SIZE]
+    assert ltx.first_page_in_current_encoding(head)
+
+
+async def test_a_compaction_reads_local_l0_files_where_they_are(tmp_path: Path, monkeypatch: Any) -> None:
+    # A hot database leaves thousands of L0 files per L1 interval: copying each into the work
+    # directory first (on the event loop) cost every other database's captures their turn.
+    from lifeboat.agent import compaction
+
+    client = FileReplicaClient(str(tmp_path / "replica"))
+    await client.init()
+    db = _stub_db(tmp_path)
+    now = datetime.now(UTC)
+    for t in (1, 2, 3):
+        data = _ltx(t, t, {1: _page(t), 2: _page(2)} if t == 1 else {1: _page(t)}, 2, now)
+        db.l0_path(t).write_bytes(data)
+        await _put(client, 0, data)
+    await _put(client, 0, _ltx(4, 4, {2: _page(4)}, 2, now))  # not kept locally: fetched
+    read: list[Path] = []
+    real = compaction._merge_parts
+
+    def spy(parts: list[Any], dest: Path) -> Any:
+        read.extend(p.path for p in parts)
+        return real(parts, dest)
+
+    monkeypatch.setattr(compaction, "_merge_parts", spy)
+    info = await Lifecycle(db, client, LifecycleSettings()).compact(1)
+    assert info is not None and (info.min_txid, info.max_txid) == (1, 4)
+    assert read[:3] == [db.l0_path(t) for t in (1, 2, 3)] and read[3].name.startswith("in-0-")
+    assert all(db.l0_path(t).exists() for t in (1, 2, 3))  # left where they are
+    dec = ltx.Decoder(io.BytesIO(client.ltx_path(1, 1, 4).read_bytes()))
+    assert dict(dec.pages()) == {1: _page(3), 2: _page(4)}
+
+
+async def test_a_level_holding_one_txid_compacts_into_the_next_as_that_txid_s_l0_file(tmp_path: Path) -> None:
+    # An idle database's first file goes up every level alone: each level links the same L0 file.
+    client = FileReplicaClient(str(tmp_path / "replica"))
+    await client.init()
+    db = _stub_db(tmp_path)
+    data = _ltx(1, 1, {1: _page(1)}, 1, datetime.now(UTC))
+    db.l0_path(1).write_bytes(data)
+    await _put(client, 0, data)
+    lc = Lifecycle(db, client, LifecycleSettings())
+    for level in (1, 2, 3):
+        assert await lc.compact(level) is not None
+        assert client.ltx_path(level, 1, 1).stat().st_ino == db.l0_path(1).stat().st_ino

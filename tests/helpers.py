@@ -7,6 +7,7 @@ process that writes with its own connection.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -152,6 +153,15 @@ def ltx_listing(url: str, level: str = "0") -> list[dict[str, Any]]:
 def max_txid(url: str) -> int:
     files = ltx_listing(url)
     return max((int(f["max_txid"], 16) for f in files), default=0)
+
+
+async def until(pred: Any, timeout: float = 60.0, interval: float = 0.02) -> None:
+    """Wait on the running event loop until `pred()` is true; fail after `timeout` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not pred():
+        assert loop.time() < deadline, "timed out"
+        await asyncio.sleep(interval)
 
 
 def wait_for(pred: Any, timeout: float = 30.0, interval: float = 0.05, what: str = "condition") -> Any:

@@ -11,7 +11,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from helpers import create_db, write_batch
+from helpers import create_db, until, write_batch
 from lifeboat.agent.compaction import LifecycleSettings
 from lifeboat.agent.storage import new_client
 from lifeboat.agent.store import DatabaseSpec, Store
@@ -31,13 +31,6 @@ def _store(tmp_path: Path, n: int, lifecycle: LifecycleSettings | None = None) -
     return Store(specs)
 
 
-async def _until(pred: Any, timeout: float = 60) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not pred():
-        assert loop.time() < deadline, "timed out"
-        await asyncio.sleep(0.02)
-
 
 def test_idle_databases_hold_no_task(tmp_path: Path) -> None:
     async def scenario() -> int:
@@ -46,7 +39,7 @@ def test_idle_databases_hold_no_task(tmp_path: Path) -> None:
         stop = asyncio.Event()
         task = asyncio.create_task(store.run(stop, shutdown_timeout=5))
         try:
-            await _until(lambda: all(r.replica.pos >= r.db.pos > 0 for r in store.runners))
+            await until(lambda: all(r.replica.pos >= r.db.pos > 0 for r in store.runners))
             await asyncio.sleep(0.5)  # many poll intervals: every database idle
             return len(asyncio.all_tasks()) - 2  # this scenario and the store's own
         finally:
@@ -72,7 +65,7 @@ def test_an_idle_database_is_not_listed_by_its_timers(tmp_path: Path) -> None:
         stop = asyncio.Event()
         task = asyncio.create_task(store.run(stop, shutdown_timeout=5))
         try:
-            await _until(lambda: runner.replica.pos >= runner.db.pos > 0)
+            await until(lambda: runner.replica.pos >= runner.db.pos > 0)
             await asyncio.sleep(1.0)  # the first compaction and retention runs
             before = listings[0]
             await asyncio.sleep(1.5)  # several level and retention intervals, nothing written

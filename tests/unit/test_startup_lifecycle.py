@@ -12,7 +12,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from helpers import assert_same_db, create_db, file_url, litestream, ok, write_batch
+from helpers import assert_same_db, create_db, file_url, litestream, ok, until, write_batch
 from lifeboat.agent.compaction import LifecycleSettings
 from lifeboat.agent.storage import SNAPSHOT_LEVEL, new_client
 from lifeboat.agent.store import DatabaseSpec, Store
@@ -35,13 +35,6 @@ def _level(tmp_path: Path, level: int) -> list[str]:
     return sorted(p.name for p in d.glob("*.ltx")) if d.is_dir() else []
 
 
-async def _until(pred: Any, timeout: float = 60) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not pred():
-        assert loop.time() < deadline, "timed out"
-        await asyncio.sleep(0.02)
-
 
 def test_a_fresh_replica_compacts_only_its_first_level_and_links_its_first_snapshot(tmp_path: Path) -> None:
     async def scenario() -> tuple[int, int, int]:
@@ -52,7 +45,7 @@ def test_a_fresh_replica_compacts_only_its_first_level_and_links_its_first_snaps
         task = asyncio.create_task(store.run(stop, shutdown_timeout=5))
         try:
             # Start-up jobs take the database's lifecycle lock in turn: the snapshot comes last.
-            await _until(lambda: _level(tmp_path, SNAPSHOT_LEVEL) and _level(tmp_path, 1))
+            await until(lambda: _level(tmp_path, SNAPSHOT_LEVEL) and _level(tmp_path, 1))
             local = runner.db.l0_path(1).stat().st_ino
             l1 = (tmp_path / "replica" / "ltx" / "1" / _level(tmp_path, 1)[0]).stat().st_ino
             l9 = (tmp_path / "replica" / "ltx" / "9" / _level(tmp_path, SNAPSHOT_LEVEL)[0]).stat().st_ino
@@ -80,7 +73,7 @@ def test_a_restart_on_an_up_to_date_replica_lists_and_compacts_nothing_again(tmp
         stop = asyncio.Event()
         task = asyncio.create_task(store.run(stop, shutdown_timeout=5))
         try:
-            await _until(lambda: _level(tmp_path, SNAPSHOT_LEVEL) and _level(tmp_path, 1))
+            await until(lambda: _level(tmp_path, SNAPSHOT_LEVEL) and _level(tmp_path, 1))
             assert runner.lifecycle is not None
             await runner.lifecycle.compact(2)
             await runner.lifecycle.compact(3)
@@ -105,7 +98,7 @@ def test_a_restart_on_an_up_to_date_replica_lists_and_compacts_nothing_again(tmp
         stop = asyncio.Event()
         task = asyncio.create_task(store.run(stop, shutdown_timeout=5))
         try:
-            await _until(lambda: runner.opened and runner.replica.pos >= runner.db.pos > 0)
+            await until(lambda: runner.opened and runner.replica.pos >= runner.db.pos > 0)
             await asyncio.sleep(1.0)  # many ticks: the lifecycle has started and run what it found due
             return list(listed), events
         finally:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from helpers import create_db, l0_txids, write_batch
+from helpers import create_db, l0_txids, until, write_batch
 from lifeboat.agent.db import SyncResult
 from lifeboat.agent.storage import new_client
 from lifeboat.agent.store import DatabaseRunner, DatabaseSpec
@@ -30,7 +30,7 @@ def test_commit_published_late_still_ships(tmp_path: Path) -> None:
         await runner.open()
         stop = asyncio.Event()
         task = asyncio.create_task(runner.run(stop))
-        await _until(lambda: l0_txids(replica), 10)  # the initial snapshot shipped
+        await until(lambda: l0_txids(replica), 10)  # the initial snapshot shipped
         shipped = len(l0_txids(replica))
         real_sync, hidden = runner.db.sync, [HIDDEN]
 
@@ -45,7 +45,7 @@ def test_commit_published_late_still_ships(tmp_path: Path) -> None:
         runner.db.sync = sync  # type: ignore[method-assign]
         await asyncio.to_thread(write_batch, db, 1)  # one WAL event, then silence
         try:
-            await _until(lambda: len(l0_txids(replica)) > shipped, 30)
+            await until(lambda: len(l0_txids(replica)) > shipped, 30)
         finally:
             stop.set()
             await task
@@ -54,10 +54,3 @@ def test_commit_published_late_still_ships(tmp_path: Path) -> None:
 
     assert asyncio.run(scenario()) == [0]
 
-
-async def _until(pred: object, timeout: float) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not pred():  # type: ignore[operator]
-        assert loop.time() < deadline, "timed out"
-        await asyncio.sleep(0.02)

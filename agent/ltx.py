@@ -193,8 +193,13 @@ class Encoder:
         self._offset = HEADER_SIZE
         self._crc = crc64.go_iso(head)
 
-    def write_page(self, pgno: int, data: bytes | memoryview) -> None:
-        """Compress and append one page in the process's page encoding."""
+    def write_page(self, pgno: int, data: bytes | memoryview, stored: bytes | None = None) -> None:
+        """Append one page in the process's page encoding.
+
+        `stored` is the page's frame as another file stores it (see :meth:`Decoder.frames`): when it
+        is in this file's encoding it is copied as it is, so a compaction does not compress again
+        what its inputs already compressed. `data` is still needed, for the file checksum.
+        """
         hdr = self.header
         if pgno <= self._last_pgno:
             raise LTXError(f"page {pgno} out of order (after {self._last_pgno})")
@@ -206,16 +211,22 @@ class Encoder:
             raise LTXError(f"page {pgno}: {len(data)} bytes, expected {hdr.page_size}")
         if self._snapshot and pgno != self._next_snapshot_pgno():
             raise LTXError(f"snapshot must contain every page: got {pgno}, expected {self._next_snapshot_pgno()}")
-        if self.block:
-            comp = lz4.block.compress(data, store_size=False)
-            frame_head = _PAGE_HEADER.pack(pgno, PAGE_FLAG_SIZE) + _U32.pack(len(comp))
+        if stored is not None and _PAGE_HEADER.unpack_from(stored) == (pgno, PAGE_FLAG_SIZE if self.block else 0):
+            # The logical stream the checksum covers: the page header (and size prefix), then the page.
+            frame_head = stored[: PAGE_HEADER_SIZE + 4 if self.block else PAGE_HEADER_SIZE]
+            self.out.write(stored)
+            size = len(stored)
         else:
-            comp = lz4.frame.compress(data, **_FRAME_OPTIONS)
-            frame_head = _PAGE_HEADER.pack(pgno, 0)
-        self.out.write(frame_head)
-        self.out.write(comp)
+            if self.block:
+                comp = lz4.block.compress(data, store_size=False)
+                frame_head = _PAGE_HEADER.pack(pgno, PAGE_FLAG_SIZE) + _U32.pack(len(comp))
+            else:
+                comp = lz4.frame.compress(data, **_FRAME_OPTIONS)
+                frame_head = _PAGE_HEADER.pack(pgno, 0)
+            self.out.write(frame_head)
+            self.out.write(comp)
+            size = len(frame_head) + len(comp)
         self._crc = crc64.go_iso(data, initial=crc64.go_iso(frame_head, initial=self._crc))
-        size = len(frame_head) + len(comp)
         self._index += _uvarint(pgno) + _uvarint(self._offset) + _uvarint(size)
         self._offset += size
         self._last_pgno = pgno
@@ -291,10 +302,21 @@ class Decoder:
 
     def pages(self) -> Iterator[tuple[int, bytes]]:
         """Yield (pgno, page) in order; after the last page, read and verify index and trailer."""
+        for pgno, data, _ in self._frames(False):
+            yield pgno, data
+
+    def frames(self) -> Iterator[tuple[int, bytes, bytes | None]]:
+        """Like :meth:`pages`, with each page's frame as this file stores it (page header included)
+        when it is a single LZ4 block or a frame of the form this encoder writes, else None: what
+        :meth:`Encoder.write_page` can copy instead of compressing the page again."""
+        return self._frames(True)
+
+    def _frames(self, keep: bool) -> Iterator[tuple[int, bytes, bytes | None]]:
         hdr = self.header
         ps = hdr.page_size
         lock = lock_pgno(ps)
         last = 0
+        stored: bytes | None = None
         while True:
             ph = self._read(PAGE_HEADER_SIZE, "page header")
             pgno, flags = _PAGE_HEADER.unpack(ph)
@@ -319,10 +341,14 @@ class Decoder:
                     raise LTXError(f"{self.name}: page {pgno}: corrupt LZ4 block ({exc})") from None
                 self._crc = crc64.go_iso(size_bytes, initial=crc64.go_iso(ph, initial=self._crc))
                 self._offset += PAGE_HEADER_SIZE + 4 + csize
+                if keep:
+                    stored = ph + size_bytes + comp
             elif flags == 0:
-                data, size = self._read_lz4_frame(pgno)
+                data, frame = self._read_lz4_frame(pgno)
                 self._crc = crc64.go_iso(ph, initial=self._crc)
-                self._offset += PAGE_HEADER_SIZE + size
+                self._offset += PAGE_HEADER_SIZE + len(frame)
+                if keep:
+                    stored = ph + frame if frame[4] == _FRAME_FLG else None
             else:
                 raise LTXError(f"{self.name}: page {pgno}: invalid page flags 0x{flags:x}")
             if len(data) != ps:
@@ -331,7 +357,7 @@ class Decoder:
             self._index += _uvarint(pgno) + _uvarint(start) + _uvarint(self._offset - start)
             self._pages += 1
             last = pgno
-            yield pgno, data
+            yield pgno, data, stored
         self._finish()
 
     @property
@@ -346,8 +372,8 @@ class Decoder:
             out.append((pgno, offset, size))
         return out
 
-    def _read_lz4_frame(self, pgno: int) -> tuple[bytes, int]:
-        """Read exactly one LZ4 frame (flags-0 page encoding); returns the page and the frame's size.
+    def _read_lz4_frame(self, pgno: int) -> tuple[bytes, bytes]:
+        """Read exactly one LZ4 frame (flags-0 page encoding); returns the page and the frame.
 
         The frame is walked block by block, so a frame without a content checksum is not read past
         its end. A page fits one LZ4 block (blocks hold at least 64 KiB), which is decompressed with
@@ -385,16 +411,16 @@ class Decoder:
             blocks.append((bsize, block[: len(block) - block_checksum]))
         if flg & 0x04:
             parts.append(self._read(4, "frame content checksum"))
-        size = sum(len(p) for p in parts)
+        frame = b"".join(parts)
         try:
             if len(blocks) != 1:
-                return lz4.frame.decompress(b"".join(parts)), size
+                return lz4.frame.decompress(frame), frame
             bsize, block = blocks[0]
-            return (block if bsize & 0x80000000 else lz4.block.decompress(block, uncompressed_size=ps)), size
+            return (block if bsize & 0x80000000 else lz4.block.decompress(block, uncompressed_size=ps)), frame
         except (lz4.block.LZ4BlockError, RuntimeError) as exc:
             raise LTXError(f"{self.name}: page {pgno}: corrupt LZ4 frame ({exc})") from None
 
-    def _read_own_frame(self, pgno: int, head: bytes) -> tuple[bytes, int]:
+    def _read_own_frame(self, pgno: int, head: bytes) -> tuple[bytes, bytes]:
         """The frame layout this encoder and Litestream write, in three reads: the header checksum
         and block size, the block with the end mark and content checksum."""
         ps = self.header.page_size
@@ -403,15 +429,15 @@ class Decoder:
         csize = bsize & 0x7FFFFFFF
         if csize > _max_block_size(ps):
             raise LTXError(f"{self.name}: page {pgno}: LZ4 frame too large")
-        block = self._read(csize + 8, "frame block")
-        if block[csize : csize + 4] != b"\0\0\0\0":
+        tail = self._read(csize + 8, "frame block")
+        if tail[csize : csize + 4] != b"\0\0\0\0":
             raise LTXError(f"{self.name}: page {pgno}: LZ4 frame of several blocks")
-        block = block[:csize]
+        block = tail[:csize]
         try:
             data = block if bsize & 0x80000000 else lz4.block.decompress(block, uncompressed_size=ps)
         except lz4.block.LZ4BlockError as exc:
             raise LTXError(f"{self.name}: page {pgno}: corrupt LZ4 frame ({exc})") from None
-        return data, 6 + 5 + csize + 8
+        return data, head + rest + tail
 
     def _finish(self) -> None:
         # Whatever follows the pages is the index (at most three 10-byte varints per page plus the
@@ -420,25 +446,19 @@ class Decoder:
         rest = self.src.read(bound + 1)
         if len(rest) > bound:
             raise LTXError(f"{self.name}: page index too large or trailing bytes")
-        pos = 0
-        end = 0
-        try:
-            while True:
-                pgno, pos = _read_uvarint(rest, pos)
-                if pgno == 0:
-                    break
-                _offset, pos = _read_uvarint(rest, pos)
-                _size, pos = _read_uvarint(rest, pos)
-                end = pos
-        except LTXError as exc:
-            raise LTXError(f"{self.name}: {exc}") from None
+        # The index must be, byte for byte, the one the pages read describe (as Go's encoder writes
+        # varints: minimal), then its terminator, the varint of pgno 0.
+        end = len(self._index)
+        if len(rest) <= end:
+            raise LTXError(f"{self.name}: truncated file (reading the page index)")
+        if rest[:end] != self._index or rest[end : end + 1] != b"\x00":
+            raise LTXError(f"{self.name}: page index does not match the pages")
+        pos = end + 1
         if len(rest) != pos + 8 + TRAILER_SIZE:
             raise LTXError(f"{self.name}: truncated file or trailing bytes after the page index")
         (idx_size,) = _U64.unpack_from(rest, pos)
         if idx_size != pos:
             raise LTXError(f"{self.name}: page index size {idx_size} does not match {pos}")
-        if rest[:end] != self._index:
-            raise LTXError(f"{self.name}: page index does not match the pages")
         crc = crc64.go_iso(rest[: pos + 8 + 8], initial=self._crc)
         (stored,) = _U64.unpack_from(rest, pos + 16)
         if stored != CHECKSUM_FLAG | crc:
@@ -463,35 +483,36 @@ def read_header(src: BinaryIO, name: str = "ltx") -> Header:
         raise LTXError(f"{name}: {exc}") from None
 
 
-def merge_pages(decoders: list[Decoder], commit: int) -> Iterator[tuple[int, bytes]]:
+def merge_pages(decoders: list[Decoder], commit: int) -> Iterator[tuple[int, bytes, bytes | None]]:
     """Merge page streams of contiguous files, newest (last) winning; pages beyond `commit` dropped.
 
-    Every input is read to its end, so every input's checksum is verified.
+    Yields (pgno, page, stored frame or None) as :meth:`Decoder.frames` does. Every input is read to
+    its end, so every input's checksum is verified.
     """
-    heap: list[tuple[int, int, bytes, Iterator[tuple[int, bytes]]]] = []
+    heap: list[tuple[int, int, bytes, bytes | None, Iterator[tuple[int, bytes, bytes | None]]]] = []
     for i, dec in enumerate(decoders):
-        it = dec.pages()
+        it = dec.frames()
         first = next(it, None)
         if first is not None:
-            heap.append((first[0], -i, first[1], it))
+            heap.append((first[0], -i, first[1], first[2], it))
     heapq.heapify(heap)
     while heap:
-        pgno, neg_i, data, it = heap[0]
+        pgno, neg_i, data, stored, it = heap[0]
         nxt = next(it, None)
         if nxt is None:
             heapq.heappop(heap)
         else:
-            heapq.heapreplace(heap, (nxt[0], neg_i, nxt[1], it))
+            heapq.heapreplace(heap, (nxt[0], neg_i, nxt[1], nxt[2], it))
         # drop older versions of the same page
         while heap and heap[0][0] == pgno:
-            _, ni, _, it2 = heap[0]
+            _, ni, _, _, it2 = heap[0]
             n2 = next(it2, None)
             if n2 is None:
                 heapq.heappop(heap)
             else:
-                heapq.heapreplace(heap, (n2[0], ni, n2[1], it2))
+                heapq.heapreplace(heap, (n2[0], ni, n2[1], n2[2], it2))
         if pgno <= commit:
-            yield pgno, data
+            yield pgno, data, stored
 
 
 def compact(decoders: list[Decoder], out: BinaryIO, flags: int = HEADER_FLAG_NO_CHECKSUM) -> Header:
@@ -519,7 +540,7 @@ def compact(decoders: list[Decoder], out: BinaryIO, flags: int = HEADER_FLAG_NO_
         pre_apply_checksum=first.pre_apply_checksum if not flags & HEADER_FLAG_NO_CHECKSUM else 0,
     )
     enc = Encoder(out, header)
-    for pgno, data in merge_pages(decoders, header.commit):
-        enc.write_page(pgno, data)
+    for pgno, data, stored in merge_pages(decoders, header.commit):
+        enc.write_page(pgno, data, stored)
     enc.close()
     return header

@@ -341,3 +341,71 @@ def test_compaction_verifies_inputs() -> None:
     data[-1] ^= 1
     with pytest.raises(ltx.LTXError, match="checksum"):
         ltx.compact([good, ltx.Decoder(io.BytesIO(bytes(data)), "2-2")], io.BytesIO())
+
+
+def _written(block: bool, min_txid: int, pages: dict[int, bytes], commit: int = 0) -> bytes:
+    ltx.use_block_encoding(block)
+    try:
+        buf = io.BytesIO()
+        header = ltx.Header(page_size=512, commit=commit or max(pages), min_txid=min_txid, max_txid=min_txid,
+                            timestamp=min_txid)
+        ltx.encode(header, sorted(pages.items()), buf)
+        return buf.getvalue()
+    finally:
+        ltx.use_block_encoding(False)
+
+
+def _stored_frames(data: bytes) -> dict[int, bytes | None]:
+    return {pgno: stored for pgno, _, stored in ltx.Decoder(io.BytesIO(data)).frames()}
+
+
+@pytest.mark.parametrize("block", [False, True])
+def test_compaction_copies_frames_in_its_own_encoding(block: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A compaction's pages are already compressed in its inputs: copying their frames costs no
+    # compression, and the output is byte for byte what compressing again would have written.
+    older = _written(block, 1, {1: pg(1), 2: pg(2), 3: bytes(range(256)) * 2})
+    newer = _written(block, 2, {2: pg(22)}, commit=3)
+    expected = io.BytesIO()
+    ltx.use_block_encoding(block)
+    try:
+        ltx.compact([ltx.Decoder(io.BytesIO(older)), ltx.Decoder(io.BytesIO(newer))], expected)
+
+        def no_compression(*_args: object, **_kwargs: object) -> bytes:
+            raise AssertionError("a page was compressed again")
+
+        monkeypatch.setattr(ltx.lz4.frame, "compress", no_compression)
+        monkeypatch.setattr(ltx.lz4.block, "compress", no_compression)
+        out = io.BytesIO()
+        ltx.compact([ltx.Decoder(io.BytesIO(older)), ltx.Decoder(io.BytesIO(newer))], out)
+    finally:
+        ltx.use_block_encoding(False)
+    assert out.getvalue() == expected.getvalue()
+    frames = _stored_frames(out.getvalue())
+    assert frames == {1: _stored_frames(older)[1], 2: _stored_frames(newer)[2], 3: _stored_frames(older)[3]}
+    assert dict(ltx.Decoder(io.BytesIO(out.getvalue())).pages()) == {1: pg(1), 2: pg(22), 3: bytes(range(256)) * 2}
+
+
+def test_compaction_re_encodes_pages_of_the_other_encoding() -> None:
+    # Inputs written as LZ4 blocks, output as LZ4 frames (and the reverse): pages are compressed anew.
+    blocks = _written(True, 1, {1: pg(1), 2: pg(2)})
+    frames = _written(False, 2, {2: pg(22)})
+    for block in (False, True):
+        ltx.use_block_encoding(block)
+        try:
+            out = io.BytesIO()
+            ltx.compact([ltx.Decoder(io.BytesIO(blocks)), ltx.Decoder(io.BytesIO(frames))], out)
+        finally:
+            ltx.use_block_encoding(False)
+        flags = {ltx._PAGE_HEADER.unpack_from(s)[1] for s in _stored_frames(out.getvalue()).values() if s}
+        assert flags == {ltx.PAGE_FLAG_SIZE if block else 0}
+        assert dict(ltx.Decoder(io.BytesIO(out.getvalue())).pages()) == {1: pg(1), 2: pg(22)}
+
+
+def test_encoder_copies_no_frame_of_another_page() -> None:
+    stored = _stored_frames(_written(False, 1, {1: pg(1), 2: pg(2)}))
+    buf = io.BytesIO()
+    enc = ltx.Encoder(buf, ltx.Header(page_size=512, commit=2, min_txid=1, max_txid=1, timestamp=1))
+    enc.write_page(1, pg(1), stored[2])  # page 2's frame offered for page 1: compressed anew
+    enc.write_page(2, pg(2), stored[2])
+    enc.close()
+    assert dict(ltx.Decoder(io.BytesIO(buf.getvalue())).pages()) == {1: pg(1), 2: pg(2)}

@@ -39,7 +39,7 @@ def _from_l0_files(db: Database, out: Path) -> list[tuple[Any, ...]]:
         decoders = [ltx.Decoder(f, f.name) for f in files]
         last = decoders[-1].header
         with open(out, "wb") as f:
-            for pgno, data in ltx.merge_pages(decoders, last.commit):
+            for pgno, data, _ in ltx.merge_pages(decoders, last.commit):
                 f.seek((pgno - 1) * last.page_size)
                 f.write(data)
             f.truncate(last.commit * last.page_size)

@@ -361,6 +361,22 @@ def l0_dir(replica_root: Path) -> Path:
     return replica_root / "ltx" / "0"
 
 
+def max_txid(directory: Path) -> int:
+    """The highest TXID of the LTX files in one level's directory (0: none)."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return 0
+    return max((int(n.split("-")[1].split(".")[0], 16) for n in names if n.endswith(".ltx")), default=0)
+
+
+def wait_compacted(replica_root: Path, timeout: float) -> None:
+    """Until L1 holds every TXID L0 holds: a window of writes is charged the 30 s L1 compaction of
+    its own files, and the next window does not start in the middle of it."""
+    target = max_txid(l0_dir(replica_root))
+    wait_for(lambda: max_txid(replica_root / "ltx" / "1") >= target, timeout, f"L1 compaction up to TXID {target}")
+
+
 def markers_in(data: bytes) -> set[int]:
     """Commit markers in an LTX file's pages."""
     import io
@@ -710,6 +726,7 @@ def _throughput_once(d: Path, tool: str, args: argparse.Namespace) -> dict[str, 
         conn.close()
         last = wait_quiet(l0_dir(replica), 3, 120)
         catch_up = max(0.0, last - t_end)
+        wait_compacted(replica, 90)
         cpu = agent.cpu() - cpu0
         res["stream"] = {"commits": n, "commits_per_s": n / write_s, "payload_mb": payload / 2**20,
                          "cpu_seconds": cpu, "cpu_s_per_gb": cpu / (payload / 2**30),
@@ -728,6 +745,7 @@ def _throughput_once(d: Path, tool: str, args: argparse.Namespace) -> dict[str, 
         t_commit = (t_commit + time.time()) / 2
         conn.close()
         last = wait_quiet(l0_dir(replica), 4, 600)
+        wait_compacted(replica, 90)
         cpu = agent.cpu() - cpu0
         bulk_mb = rows * 4000 / 2**20  # one ~4 KB row per page: the WAL grows by about as much
         res["bulk"] = {"payload_mb": bulk_mb, "cpu_seconds": cpu, "cpu_s_per_gb": cpu / (bulk_mb / 1024),
@@ -1151,7 +1169,9 @@ def main() -> int:
             "writing (and shipping) window divided by the commits.",
             f"throughput: {args.stream_seconds:g} s of back-to-back 1 KB-row commits; the bulk transaction is "
             f"{args.bulk_mb} MB of rows (the brief's ~1 GB of WAL, scaled down to fit); CPU per GB is the agent's "
-            f"CPU divided by the row bytes committed (~ the WAL bytes to ship); {args.repeats} run(s) per tool, "
+            f"CPU divided by the row bytes committed (~ the WAL bytes to ship), each window (stream, then bulk) "
+            "ending once the 30 s L1 compaction holds its last TXID, so it pays for compacting its own files and "
+            f"no other's; {args.repeats} run(s) per tool, "
             "alternating which goes first, each tool's median shown (all runs in latest.json).",
             f"restore: a {args.restore_mb} MB database, an L9 snapshot plus ~{args.restore_l0} L0 files written "
             "by lifeboat; each tool restores the same replica, from a directory and from moto S3, "

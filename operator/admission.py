@@ -12,13 +12,13 @@ Fail-closed: whatever goes wrong answers ``allowed: false`` with one line; the A
 """
 
 import base64
-import json
 import logging
 import time
 from collections.abc import Mapping
 from typing import Any
 
 import kopf
+import orjson
 from kubernetes.client import ApiException
 from lifeboat.operator import indexes, injection, leadership, metrics, openshift, patches, restores
 from lifeboat.operator import spec as specs
@@ -80,7 +80,7 @@ class PodAdmission:
         ops = patches.diff(pod, injected)
         answer: dict[str, Any] = {"warnings": warnings} if warnings else {}
         if ops:
-            answer |= {"patchType": "JSONPatch", "patch": base64.b64encode(json.dumps(ops).encode()).decode()}
+            answer |= {"patchType": "JSONPatch", "patch": base64.b64encode(orjson.dumps(ops)).decode()}
         return answer
 
     async def _inject(self, pod: dict[str, Any], namespace: str,

@@ -1,12 +1,16 @@
 """``lifeboat-operator``: run kopf with the Lifeboat handlers."""
 
 import argparse
+import asyncio
+import logging
 import os
 import pathlib
 from collections.abc import Sequence
 
 import kopf
-from lifeboat.operator import handlers, leadership, timeouts
+from lifeboat.operator import handlers, leadership, loops, timeouts
+
+logger = logging.getLogger(__name__)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[handlers.Options, argparse.Namespace]:
@@ -60,13 +64,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     # Every replica serves the webhook (a fail-closed webhook must outlive one replica); only the
     # elected one reconciles, so no two replicas act on one object with different copies of it.
     leadership.configure(settings, args.peering, clusterwide=not options.namespaces)
-    kopf.run(
-        settings=settings,
-        clusterwide=not options.namespaces,
-        namespaces=list(options.namespaces),
-        memo=kopf.Memo(options=options),
-        liveness_endpoint=f"http://0.0.0.0:{args.liveness_port}/healthz",
-    )
+    with asyncio.Runner(loop_factory=loops.factory()) as runner:
+        loop = runner.get_loop()
+        logger.info("Running on the %s event loop.", loops.name(loop))
+        kopf.run(
+            loop=loop,
+            settings=settings,
+            clusterwide=not options.namespaces,
+            namespaces=list(options.namespaces),
+            memo=kopf.Memo(options=options),
+            liveness_endpoint=f"http://0.0.0.0:{args.liveness_port}/healthz",
+        )
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from typing import Any
 
 import kmock
 import kopf
-from lifeboat.operator import handlers
+from lifeboat.operator import handlers, loops
 
 NAMESPACE = "apps"
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -75,16 +75,17 @@ async def eventually(probe: Callable[[], Any], *, seconds: float = 15.0) -> Any:
 async def running_operator(options: handlers.Options) -> AsyncIterator[handlers.Options]:
     """The operator, as ``lifeboat-operator -n apps`` runs it, from its webhook port opening until exit.
 
-    It runs in a thread with its own event loop, as in production: on exit kopf cancels every task
-    of its loop, which would include the test's own.
+    It runs in a thread with its own event loop of the kind production runs on (uvloop when installed):
+    on exit kopf cancels every task of its loop, which would include the test's own.
     """
     stop = threading.Event()
     failure: list[BaseException] = []
 
     def run() -> None:
         try:
-            asyncio.run(kopf.operator(standalone=True, clusterwide=False, namespaces=[NAMESPACE],
-                                      memo=kopf.Memo(options=options), stop_flag=stop))
+            with asyncio.Runner(loop_factory=loops.factory()) as runner:
+                runner.run(kopf.operator(standalone=True, clusterwide=False, namespaces=[NAMESPACE],
+                                         memo=kopf.Memo(options=options), stop_flag=stop))
         except BaseException as exc:
             failure.append(exc)
 

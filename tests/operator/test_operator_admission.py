@@ -1,5 +1,9 @@
 """The pod webhook, answered without kopf's handler machinery: the answers it gave before, each one timed."""
 
+import json
+import ssl
+
+import aiohttp
 import kmock
 from kube_helpers import NAMESPACE, create, make_pod, make_replica
 from lifeboat.operator import handlers, metrics, webhook
@@ -52,3 +56,35 @@ async def test_a_failed_read_refuses_the_pod_with_one_line(
     message = response["status"]["message"]
     assert "\n" not in message
     assert "500" in message, message
+
+
+async def post(options: handlers.Options, tls: webhook.TLSBundle, path: str, body: bytes) -> tuple[int, str]:
+    """POST raw bytes over HTTPS as an API server would; the HTTP status and reason."""
+    context = ssl.create_default_context(cadata=tls.ca.decode())
+    async with aiohttp.ClientSession() as session, session.post(
+        f"https://127.0.0.1:{options.webhook_port}{path}", data=body, ssl=context
+    ) as response:
+        return response.status, response.reason or ""
+
+
+async def test_a_body_that_is_no_json_is_answered_400_naming_it(
+    operator: handlers.Options, tls: webhook.TLSBundle
+) -> None:
+    # The API server counts the call as failed: with failurePolicy Fail, the pod is refused.
+    status, reason = await post(operator, tls, "/inject", b'{"request": ')
+
+    assert status == 400
+    assert "AdmissionReview is no JSON" in reason, reason
+
+
+async def test_a_review_of_another_resource_on_the_pod_path_goes_to_kopf(
+    operator: handlers.Options, tls: webhook.TLSBundle
+) -> None:
+    # kopf reads the body the pod path decoded already, and answers as it does for a resource it
+    # has no handler for.
+    configmap = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {}}
+    body = review(configmap, {"group": "", "version": "v1", "resource": "configmaps"})
+    status, reason = await post(operator, tls, "/inject", json.dumps(body).encode())
+
+    assert status == 404
+    assert "configmaps" in reason, reason

@@ -34,18 +34,27 @@ class Scheduler:
     def __init__(self) -> None:
         self._items: dict[int, Ticked] = {}
         self._interval: float | None = None
+        self._waiting = MAX_TICK  # the timeout of the loop's current wait
         self._wake = asyncio.Event()
 
     def add(self, item: Ticked) -> None:
-        """Tick `item` from the next tick on."""
+        """Tick `item` from the next tick on.
+
+        O(1): databases are added one by one while the scheduler runs (a thousand in an opening
+        wave), so an addition neither recomputes the interval over every item nor wakes the loop
+        for a tick of all of them, unless it asks for a shorter interval than the loop waits.
+        """
         self._items[id(item)] = item
-        self._interval = None
-        self._wake.set()  # its interval may be shorter than the current one
+        if self._interval is not None:
+            self._interval = min(self._interval, item.tick_interval)
+        if item.tick_interval < self._waiting:
+            self._wake.set()
 
     def discard(self, item: Ticked) -> None:
         """Tick `item` no more."""
-        self._items.pop(id(item), None)
-        self._interval = None
+        removed = self._items.pop(id(item), None) is not None
+        if removed and self._interval is not None and item.tick_interval <= self._interval:
+            self._interval = None  # it may have been the shortest
 
     @property
     def interval(self) -> float:
@@ -58,8 +67,9 @@ class Scheduler:
         """Tick until `stop`."""
         while not stop.is_set():
             self._wake.clear()
+            self._waiting = self.interval
             waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
-            _done, pending = await asyncio.wait(waiters, timeout=self.interval, return_when=asyncio.FIRST_COMPLETED)
+            _done, pending = await asyncio.wait(waiters, timeout=self._waiting, return_when=asyncio.FIRST_COMPLETED)
             for w in pending:
                 w.cancel()
             now = time.monotonic()

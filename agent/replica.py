@@ -66,17 +66,20 @@ class Replica:
         return repr(self.client)
 
     async def init(self) -> None:
-        """Reach the store and learn the remote position (the newest TXID of any level)."""
-        await self.client.init()
+        """Learn the remote position (the newest TXID of any level). The client is initialised by
+        the caller, before it takes the lease: a second probe of the store would be a wasted request
+        per database at start-up."""
         self.held_at_open = await self.holdings()
         self.pos = self.held_at_open.position
 
     async def holdings(self) -> Holdings:
-        """What every level of the replica holds now (one listing of each)."""
+        """What every level of the replica holds now (one listing of each, all at once: on an object
+        store ten round trips one after another were most of a database's time to open)."""
         max_txids: dict[int, int] = {}
         newest = None
-        for level in range(SNAPSHOT_LEVEL + 1):
-            files = await self.client.ltx_files(level)
+        levels = range(SNAPSHOT_LEVEL + 1)
+        listings = await asyncio.gather(*(self.client.ltx_files(level) for level in levels))
+        for level, files in zip(levels, listings, strict=True):
             if files:
                 max_txids[level] = max(f.max_txid for f in files)
             if files and level == SNAPSHOT_LEVEL:

@@ -185,9 +185,7 @@ class Database:
         mode = self._wconn.execute("PRAGMA journal_mode").fetchone()[0]
         if str(mode).lower() != "wal":
             raise DatabaseError(f"{self.path}: database is not in WAL mode (journal_mode={mode})")
-        # The same tables Litestream creates, so the Go binary can take over this database.
-        self._wconn.execute("CREATE TABLE IF NOT EXISTS _litestream_seq (id INTEGER PRIMARY KEY, seq INTEGER)")
-        self._wconn.execute("CREATE TABLE IF NOT EXISTS _litestream_lock (id INTEGER)")
+        self._create_litestream_tables()
         # Pinned from here on. On an empty or fully copied WAL this read sits on read mark 0, which
         # blocks every backfill: the database file cannot change while we hold it.
         self._begin_read()
@@ -202,6 +200,21 @@ class Database:
         self.l0_dir.mkdir(parents=True, exist_ok=True)
         self._remove_tmp_files()
         self._load_local_state()
+
+    def _create_litestream_tables(self) -> None:
+        """The same tables Litestream creates, so the Go binary can take over this database: both in
+        one transaction (one commit, one fsync of the WAL, where two cost a thousand databases' cold
+        start two), and a deferred one, so tables already there take no write lock."""
+        assert self._wconn is not None
+        self._wconn.execute("BEGIN")
+        try:
+            self._wconn.execute("CREATE TABLE IF NOT EXISTS _litestream_seq (id INTEGER PRIMARY KEY, seq INTEGER)")
+            self._wconn.execute("CREATE TABLE IF NOT EXISTS _litestream_lock (id INTEGER)")
+            self._wconn.execute("COMMIT")
+        except BaseException:
+            if self._wconn.in_transaction:
+                self._wconn.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         """Record the database's checksum for the next start, then release the read transaction,

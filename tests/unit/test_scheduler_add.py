@@ -57,12 +57,15 @@ def test_a_shorter_interval_takes_effect_at_once() -> None:
         await asyncio.sleep(0)
         fast = Counted(0.01)
         scheduler.add(fast)
-        await asyncio.sleep(0.3)  # well short of the old interval: only the new one can tick it
+        for _ in range(100):  # loop iterations, no wall time: the wait of 1 s is cut short
+            if fast.ticks:
+                break
+            await asyncio.sleep(0)
         stop.set()
         await task
         return fast.ticks
 
-    assert asyncio.run(scenario()) >= 3
+    assert asyncio.run(scenario()) >= 1
 
 
 def test_discarding_the_shortest_lengthens_the_interval() -> None:

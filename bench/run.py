@@ -340,11 +340,14 @@ class DirWatch:
             for name in os.listdir(self.dir):  # already there before the watch
                 self.seen.setdefault(name, time.time())
             self._ready.set()
+            # One read outlives the stop checks: cancelling it (asyncio.wait_for) at a timeout that
+            # met an event delayed that event to the next read, 0.2 s later.
+            read = asyncio.ensure_future(ino.get())
             while not self._stop.is_set():
-                try:
-                    event = await asyncio.wait_for(ino.get(), 0.2)
-                except TimeoutError:
+                done, _ = await asyncio.wait({read}, timeout=0.2)
+                if not done:
                     continue
+                event, read = read.result(), asyncio.ensure_future(ino.get())
                 name = str(event.name) if event.name is not None else ""
                 # A rename (MOVED_TO) or a link(2) of a finished temp file (CREATE) publishes a
                 # whole file at once; CLOSE_WRITE covers a tool writing the final name directly.

@@ -49,11 +49,23 @@ def host_address() -> str:
     return usable[0]
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port nobody listens on right now, and none this session handed out before.
+
+    An operator keeps its webhook port across restarts (the Service routes there), and while it is
+    stopped that port is free: a liveness or metrics port picked then was, once, that very port, and
+    the restarted operator's webhook failed to bind it.
+    """
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:

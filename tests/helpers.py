@@ -259,3 +259,19 @@ def rfc3339_ms(ts: datetime) -> str:
 
 def no_traceback(stderr: str) -> None:
     assert "Traceback" not in stderr, stderr
+
+
+def file_replicated_specs(tmp_path: Path, n: int, **options: Any) -> list[Any]:
+    """`n` small databases in `tmp_path` (two rows each), each with a file replica of its own, as
+    `DatabaseSpec`s with `options`."""
+    from lifeboat.agent.storage import new_client
+    from lifeboat.agent.store import DatabaseSpec
+
+    specs = []
+    for i in range(n):
+        db = tmp_path / f"db{i}.db"
+        create_db(db)
+        write_batch(db, i, rows=2)
+        client = new_client({"url": f"file://{tmp_path / 'replica' / str(i)}"})
+        specs.append(DatabaseSpec(str(db), client, **options))
+    return specs

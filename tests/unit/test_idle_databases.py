@@ -11,24 +11,16 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from helpers import create_db, until, write_batch
+from helpers import file_replicated_specs, until, write_batch
 from lifeboat.agent.compaction import LifecycleSettings
-from lifeboat.agent.storage import new_client
-from lifeboat.agent.store import DatabaseSpec, Store
+from lifeboat.agent.store import Store
 
 DATABASES = 30
 FAST = LifecycleSettings(levels=[0.2], l0_retention_check_interval=0.2, l0_retention=0.0)
 
 
 def _store(tmp_path: Path, n: int, lifecycle: LifecycleSettings | None = None) -> Store:
-    specs = []
-    for i in range(n):
-        db = tmp_path / f"db{i}.db"
-        create_db(db)
-        write_batch(db, i, rows=2)
-        client = new_client({"url": f"file://{tmp_path / 'replica' / str(i)}"})
-        specs.append(DatabaseSpec(str(db), client, monitor_interval=0.05, lifecycle=lifecycle))
-    return Store(specs)
+    return Store(file_replicated_specs(tmp_path, n, monitor_interval=0.05, lifecycle=lifecycle))
 
 
 

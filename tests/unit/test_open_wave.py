@@ -10,23 +10,15 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from helpers import create_db, write_batch
+from helpers import file_replicated_specs
 from lifeboat.agent import store as store_mod
-from lifeboat.agent.storage import new_client
 from lifeboat.agent.store import DatabaseRunner, DatabaseSpec, Store
 
 DATABASES = 80
 
 
 def _specs(tmp_path: Path, n: int) -> list[DatabaseSpec]:
-    specs = []
-    for i in range(n):
-        db = tmp_path / f"db{i}.db"
-        create_db(db)
-        write_batch(db, i, rows=2)
-        client = new_client({"url": f"file://{tmp_path / 'replica' / str(i)}"})
-        specs.append(DatabaseSpec(str(db), client, dynamic=True))
-    return specs
+    return file_replicated_specs(tmp_path, n, dynamic=True)
 
 
 def _run_wave(store: Store, specs: list[DatabaseSpec], monkeypatch) -> tuple[int, int]:  # type: ignore[no-untyped-def]

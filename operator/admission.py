@@ -12,6 +12,7 @@ Fail-closed: whatever goes wrong answers ``allowed: false`` with one line; the A
 """
 
 import base64
+import hashlib
 import logging
 import time
 from collections.abc import Mapping
@@ -28,6 +29,8 @@ logger = logging.getLogger(__name__)
 # The webhook id of pod injection: the path the chart's MutatingWebhookConfiguration calls.
 POD_WEBHOOK = "inject"
 PODS = {"group": "", "version": "v1", "resource": "pods"}
+# Answers kept for pods arriving again alike: one per pod template being rolled out, a few kB each.
+ANSWERS_KEPT = 1024
 
 
 class PodAdmission:
@@ -42,6 +45,7 @@ class PodAdmission:
         self.memo = memo
         self.replica_index = replica_index
         self.restore_index = restore_index
+        self.answers = Answers()
 
     async def review(self, review: Mapping[str, Any]) -> dict[str, Any] | None:
         """The AdmissionReview answering ``review``; None when it is not about a pod (kopf answers it)."""
@@ -76,22 +80,23 @@ class PodAdmission:
             return {}
         # Pods created by controllers arrive without metadata.namespace; the request carries it.
         namespace = request.get("namespace") or pod["metadata"].get("namespace") or ""
-        injected, warnings = await self._inject(pod, namespace, labels)
-        ops = patches.diff(pod, injected)
-        answer: dict[str, Any] = {"warnings": warnings} if warnings else {}
-        if ops:
-            answer |= {"patchType": "JSONPatch", "patch": base64.b64encode(orjson.dumps(ops)).decode()}
+        replica, follower, uid = await self._target(pod, namespace, labels)
+        # The answer is a function of these alone, and the pods of one ReplicaSet arrive identical.
+        key = (hashlib.blake2b(orjson.dumps(pod) + orjson.dumps(replica), digest_size=16).digest(), follower, uid)
+        answer = self.answers.get(key)
+        if answer is None:
+            answer = self._answer(pod, namespace, replica, follower, uid)
+            self.answers.put(key, answer)
+        metrics.INJECTIONS.labels(namespace, replica["metadata"]["name"]).inc()
         return answer
 
-    async def _inject(self, pod: dict[str, Any], namespace: str,
-                      labels: Mapping[str, str]) -> tuple[dict[str, Any], list[str]]:
-        """The pod with the restore init container and the agent (or, for a follower, the follow
-        sidecar) per its SQLiteReplica, and the warnings for its creator.
+    async def _target(self, pod: Mapping[str, Any], namespace: str,
+                      labels: Mapping[str, str]) -> tuple[dict[str, Any], bool, int | None]:
+        """The pod's SQLiteReplica, whether the pod follows it, and the namespace's OpenShift uid.
 
-        A pod that cannot be injected is refused with HTTP 400 (the request is wrong, not the webhook);
+        A pod naming no SQLiteReplica is refused with HTTP 400 (the request is wrong, not the webhook);
         one whose in-place restore runs, with 403.
         """
-        options = self.memo.options
         try:
             replica_name, follower = injection.target(labels)
         except injection.InjectionError as exc:
@@ -113,18 +118,55 @@ class PodAdmission:
         if refusal:
             metrics.DENIALS.labels(namespace).inc()
             raise kopf.AdmissionError(refusal, code=403)
+        return replica, follower, openshift.first_uid(await lifeboat.namespace(namespace))
+
+    def _answer(self, pod: dict[str, Any], namespace: str, replica: Mapping[str, Any], follower: bool,
+                uid: int | None) -> dict[str, Any]:
+        """The JSON patch injecting the pod with the restore init container and the agent (or, for a
+        follower, the follow sidecar) per its SQLiteReplica, and the warnings for its creator.
+
+        A pod that cannot be injected is refused with HTTP 400.
+        """
+        options = self.memo.options
+        replica_name = replica["metadata"]["name"]
         try:
             injected = injection.inject(pod, replica, native_sidecar=options.native_sidecar,
                                         default_image=options.agent_image, follower=follower)
         except injection.InjectionError as exc:
             metrics.DENIALS.labels(namespace).inc()
             raise kopf.AdmissionError(f"SQLiteReplica {replica_name}: {exc}", code=400) from exc
-        warnings = [f"SQLiteReplica {replica_name}: {w}" for w in injection.warnings(pod, replica)]
-        uid = openshift.first_uid(await lifeboat.namespace(namespace))
         if uid is not None:
             openshift.follow_uid_range(injected, uid)
-        metrics.INJECTIONS.labels(namespace, replica_name).inc()
-        return injected, warnings
+        warnings = [f"SQLiteReplica {replica_name}: {w}" for w in injection.warnings(pod, replica)]
+        ops = patches.diff(pod, injected)
+        answer: dict[str, Any] = {"warnings": warnings} if warnings else {}
+        if ops:
+            answer |= {"patchType": "JSONPatch", "patch": base64.b64encode(orjson.dumps(ops)).decode()}
+        return answer
+
+
+class Answers:
+    """The latest admission answers by what they are computed from, the oldest forgotten first.
+
+    The pods a ReplicaSet creates reach the webhook as one and the same object (the API server
+    generates their names after mutating admission), so a rollout or a scale-up computes its injection
+    once. An answer is never stale: its key is a digest of the whole pod and the whole SQLiteReplica as
+    admitted.
+    """
+
+    def __init__(self, limit: int = ANSWERS_KEPT) -> None:
+        self.limit = limit
+        self._answers: dict[tuple[Any, ...], dict[str, Any]] = {}
+
+    def get(self, key: tuple[Any, ...]) -> dict[str, Any] | None:
+        """The answer kept for ``key``, or None."""
+        return self._answers.get(key)
+
+    def put(self, key: tuple[Any, ...], answer: dict[str, Any]) -> None:
+        """Keep ``answer`` for ``key``, forgetting the oldest beyond the limit."""
+        self._answers[key] = answer
+        if len(self._answers) > self.limit:
+            del self._answers[next(iter(self._answers))]
 
 
 def one_line(exc: BaseException) -> str:

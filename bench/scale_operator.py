@@ -82,7 +82,8 @@ SECRET = "s3"
 PODS_PER_NODE = 110  # the kubelet's default --max-pods
 IN_FLIGHT = 50
 WARMUP = 100  # admissions per point before the counted ones (connections, TLS sessions)
-ADMISSIONS = 1000  # counted admissions per curve point
+ADMISSIONS = 1000  # counted admissions per curve point and load
+ALIKE = 50  # identical pods of one ReplicaSet in a row, in the scale-up and rollout load
 QUIET_SECONDS = 60
 WEBHOOK = "inject.pods.lifeboat.dev"
 ADMISSION_HISTOGRAM = "lifeboat_operator_admission_seconds"  # the operator's own
@@ -362,17 +363,30 @@ def rss_mb(pid: int) -> dict[str, float]:
     return {"current": int(fields["VmRSS"].split()[0]) / 1024, "peak": int(fields["VmHWM"].split()[0]) / 1024}
 
 
-def review(namespace: str, replica: str) -> dict[str, Any]:
+def review(namespace: str, replica: str, template: str = "5d8f7c9b4") -> dict[str, Any]:
     """The AdmissionReview an API server sends for a pod its Deployment's ReplicaSet creates (its uid
-    a placeholder the client replaces)."""
+    a placeholder the client replaces). Pods of one ``template`` (one ReplicaSet) arrive identical:
+    the API server names them after mutating admission."""
     pod = {"apiVersion": "v1", "kind": "Pod", **pod_template(replica)}
-    pod["metadata"]["generateName"] = f"{_app(replica)}-5d8f7c9b4-"
+    pod["metadata"]["generateName"] = f"{_app(replica)}-{template}-"
     return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
             "request": {"uid": "__UID__", "kind": {"group": "", "version": "v1", "kind": "Pod"},
                         "resource": {"group": "", "version": "v1", "resource": "pods"},
                         "namespace": namespace, "operation": "CREATE",
                         "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
                         "object": pod, "oldObject": None, "dryRun": False}}
+
+
+def review_lines(names: list[tuple[str, str]], count: int, *, alike: int, prefix: str) -> str:
+    """``count`` AdmissionReviews, one per line: runs of ``alike`` pods of one ReplicaSet (a scale-up
+    or a rollout) of SQLiteReplicas chosen at random; with ``alike`` 1, every pod is of a template never
+    sent before (``prefix`` keeps the templates of several files apart)."""
+    lines = []
+    for run in range(-(-count // alike)):
+        namespace, replica = random.choice(names)
+        line = json.dumps(review(namespace, replica, f"{prefix}{run:06x}")) + "\n"
+        lines += [line] * alike
+    return "".join(lines[:count])
 
 
 def admission_client() -> Path:
@@ -404,39 +418,49 @@ def admission_latency(cluster: Cluster, operator: Operator, names: list[tuple[st
                       idle_cpu: float) -> dict[str, Any]:
     """Webhook latency with ``IN_FLIGHT`` admissions in flight, straight to the operator's endpoint.
 
-    Three views: the client's (bench/admitload: TLS, HTTP, the wait for the event loop, the work), the
-    webhook's own histogram (the work alone), and the operator's CPU per counted admission less what it
-    spends when idle (``idle_cpu``, CPU seconds per second, e.g. over the quiet minute).
+    Two kinds of load: pods that are each of a template never sent before (``new``: what a node drain
+    of many different apps sends, every answer computed), and the pods of scale-ups and rollouts
+    (``alike``: runs of ``ALIKE`` identical pods of one ReplicaSet). Three views of each: the client's
+    (bench/admitload: TLS, HTTP, the wait for the event loop, the work), the webhook's own histogram
+    (the work alone), and the operator's CPU per counted admission less what it spends when idle
+    (``idle_cpu``, CPU seconds per second, e.g. over the quiet minute).
     """
     workdir = operator.workdir / "admissions"
     workdir.mkdir(parents=True, exist_ok=True)
     configuration = cluster.get("mutatingwebhookconfiguration", WEBHOOK_CONFIGURATION)
     (workdir / "ca.crt").write_bytes(base64.b64decode(configuration["webhooks"][0]["clientConfig"]["caBundle"]))
-    (workdir / "reviews.jsonl").write_text("".join(json.dumps(review(*random.choice(names))) + "\n"
-                                                   for _ in range(ADMISSIONS)))
 
-    def send(count: int, warmup: int) -> dict[str, Any]:
+    def send(lines: str, count: int, warmup: int) -> dict[str, Any]:
+        reviews = workdir / "reviews.jsonl"
+        reviews.write_text(lines)
         proc = subprocess.run(
             [str(admission_client()), "-url", f"https://{operator.address}:{operator.webhook_port}/inject",
              "-ca", str(workdir / "ca.crt"), "-server-name", f"{SERVICE}.{OPERATOR_NAMESPACE}.svc",
-             "-reviews", str(workdir / "reviews.jsonl"), "-n", str(count), "-c", str(IN_FLIGHT),
+             "-reviews", str(reviews), "-n", str(count), "-c", str(IN_FLIGHT),
              "-warmup", str(warmup), "-cpu-pid", str(_pid(operator))], capture_output=True, text=True, timeout=1800)
         if proc.returncode != 0:
             raise RuntimeError(f"admitload failed:\n{proc.stderr[-2000:]}")
         return json.loads(proc.stdout)
 
+    def measured(lines: str) -> dict[str, Any]:
+        server_before = histogram(operator_metrics(operator), ADMISSION_HISTOGRAM)
+        client = send(lines, ADMISSIONS, WARMUP)
+        busy = max(0.0, client["server_cpu_seconds"] - idle_cpu * client["wall_seconds"])
+        # The histogram counts the counted round's warm-up too: the same work.
+        server = delta_view(server_before, histogram(operator_metrics(operator), ADMISSION_HISTOGRAM))
+        return {**client, "refused": client["refused"] or [],
+                "operator_cpu_ms_per_admission": round(busy / ADMISSIONS * 1000, 2),
+                "client_cpu_ms_per_admission": round(client["client_cpu_seconds"] / ADMISSIONS * 1000, 2),
+                "webhook_histogram": server}
+
     # A first round fills what the operator reads once (each namespace's Namespace), which would
-    # otherwise be the histogram's tail; the counted round warms its own connections first.
-    send(WARMUP, 0)
-    server_before = histogram(operator_metrics(operator), ADMISSION_HISTOGRAM)
-    client = send(ADMISSIONS, WARMUP)
-    busy = max(0.0, client["server_cpu_seconds"] - idle_cpu * client["wall_seconds"])
-    # The histogram counts the counted round's warm-up too: the same work.
-    server = delta_view(server_before, histogram(operator_metrics(operator), ADMISSION_HISTOGRAM))
-    return {**client, "refused": client["refused"] or [],
-            "operator_cpu_ms_per_admission": round(busy / ADMISSIONS * 1000, 2),
-            "client_cpu_ms_per_admission": round(client["client_cpu_seconds"] / ADMISSIONS * 1000, 2),
-            "webhook_histogram": server}
+    # otherwise be the histogram's tail; each counted round warms its own connections first. Every
+    # round's templates are its own (the points of a curve share one operator).
+    tag = f"{random.getrandbits(24):06x}"
+    send(review_lines(names, WARMUP, alike=1, prefix=f"w{tag}"), WARMUP, 0)
+    new = measured(review_lines(names, WARMUP + ADMISSIONS, alike=1, prefix=f"n{tag}"))
+    alike = measured(review_lines(names, WARMUP + ADMISSIONS, alike=ALIKE, prefix=f"a{tag}"))
+    return {**new, "alike": alike}
 
 
 def quiet_minute(cluster: Cluster, operator: Operator) -> dict[str, float]:
@@ -487,7 +511,7 @@ def run(pods: int, replicas: int, namespaces: int, curve: list[int]) -> dict:
                          f"(pods={pods}, replicas={replicas}, namespaces={namespaces}, curve={curve})")
     result: dict[str, Any] = {
         "parameters": {"pods": pods, "replicas": replicas, "namespaces": namespaces, "curve": curve,
-                       "in_flight": IN_FLIGHT, "admissions_per_point": ADMISSIONS,
+                       "in_flight": IN_FLIGHT, "admissions_per_point": ADMISSIONS, "alike": ALIKE,
                        "quiet_seconds": QUIET_SECONDS, "pods_per_node": PODS_PER_NODE},
         "machine": {"cores": os.cpu_count(), "uptime_before": uptime()},
     }
@@ -520,7 +544,8 @@ def run(pods: int, replicas: int, namespaces: int, curve: list[int]) -> dict:
             "pods_injected": sum(map(injected, pods)), "replicas": replicas,
             "replicas_reconciled": reconciled(api, replicas), "refusals": (refusals := api.refusals())[:20],
             "refusal_count": len(refusals),
-            "direct_refusals": sum(p["admission"]["refused_count"] for p in result["curve"])}
+            "direct_refusals": sum(p["admission"]["refused_count"] + p["admission"]["alike"]["refused_count"]
+                                   for p in result["curve"])}
     finally:
         operator.stop()
         operator.unroute()  # the Service must not send the API server's calls to a stopped process
@@ -576,24 +601,30 @@ def markdown(result: dict) -> str:
         "",
         f"{p['replicas']:,} SQLiteReplicas in {p['namespaces']} namespaces, up to {p['pods']:,} labelled pods "
         f"(one Deployment per SQLiteReplica) on {result.get('setup', {}).get('nodes', '?')} kwok nodes; "
-        f"{p['admissions_per_point']:,} direct admissions per point, {p['in_flight']} in flight. "
+        f"{p['admissions_per_point']:,} direct admissions per point and load, {p['in_flight']} in flight: pods "
+        f"each of a template never sent before (new), and runs of {p.get('alike', ALIKE)} identical pods of one "
+        "ReplicaSet (alike: a scale-up or a rollout). The target is judged on new pods, the worst case. "
         f"{result['machine']['cores']} cores.",
         "",
         f"- load before: `{result['machine']['uptime_before']}`",
         f"- load after: `{result['machine'].get('uptime_after', '?')}`",
         "",
-        "| pods | scale-up s | admission p50 / p99 / max ms (direct) | admissions/s | operator CPU ms per "
-        "admission | webhook's own p50 / p99 ms | API server's view p50 / p99 ms (n) "
-        "| operator req/min | all clients req/min | RSS now / peak MB |",
-        "|---:|---:|---|---:|---:|---|---|---:|---:|---|",
+        "| pods | scale-up s | admission p50 / p99 / max ms (direct, new pods) | admissions/s | operator CPU ms per "
+        "admission | webhook's own p50 / p99 ms | pods alike: p50 / p99 ms, admissions/s, CPU ms | "
+        "API server's view p50 / p99 ms (n) | operator req/min | all clients req/min | RSS now / peak MB |",
+        "|---:|---:|---|---:|---:|---|---|---|---:|---:|---|",
     ]
     for point_ in result.get("curve") or []:
         a, s, r, m = point_["admission"], point_["apiserver_admission"], point_["requests_per_minute"], point_["rss_mb"]
         own = a["webhook_histogram"]
+        alike = a.get("alike") or {}
+        alike_cell = (f"{alike['p50_ms']} / {alike['p99_ms']}, {alike['per_second']}, "
+                      f"{alike['operator_cpu_ms_per_admission']}" if alike else "")
         reached = "" if point_["settled"] else f" (**{point_['pods_injected']:,} got through**)"
         lines.append(f"| {point_['pods']:,}{reached} | {point_['scale_up_seconds']} | {a['p50_ms']} / {a['p99_ms']} / "
                      f"{a['max_ms']} | {a['per_second']} | {a['operator_cpu_ms_per_admission']} | "
-                     f"{own['p50_ms']} / {own['p99_ms']} | {s['p50_ms']} / {s['p99_ms']} ({s['admissions']}) | "
+                     f"{own['p50_ms']} / {own['p99_ms']} | {alike_cell} | "
+                     f"{s['p50_ms']} / {s['p99_ms']} ({s['admissions']}) | "
                      f"{r['operator']} | {r['all_clients']} | {m['current']:.0f} / {m['peak']:.0f} |")
     restart_ = result.get("restart")
     if restart_:

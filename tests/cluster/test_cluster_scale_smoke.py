@@ -45,5 +45,6 @@ def test_scale_smoke(alone: None) -> None:
     (point,) = result["curve"]
     assert point["settled"] is True
     assert point["admission"]["admissions"] == scale_operator.ADMISSIONS
+    assert point["admission"]["alike"]["admissions"] == scale_operator.ADMISSIONS
     assert point["apiserver_admission"]["admissions"] >= PODS  # every pod went through the webhook
     assert "Operator at scale" in scale_operator.markdown(result)

@@ -87,6 +87,7 @@ ALIKE = 50  # identical pods of one ReplicaSet in a row, in the scale-up and rol
 QUIET_SECONDS = 60
 WEBHOOK = "inject.pods.lifeboat.dev"
 ADMISSION_HISTOGRAM = "lifeboat_operator_admission_seconds"  # the operator's own
+GC_HISTOGRAM = "lifeboat_operator_gc_pause_seconds"
 OPERATOR_FLOW_SCHEMA = "service-accounts"
 TARGET_P99_MS = 20.0
 TARGET_PEAK_RSS_MB = 300.0
@@ -351,6 +352,38 @@ def delta_view(before: dict[float, float], after: dict[float, float]) -> dict[st
                               for le, n in sorted(delta.items())}}
 
 
+def gc_pauses(operator: Operator) -> dict[str, dict[str, float]]:
+    """The operator's garbage-collection pauses so far, by generation: count, total seconds, and the
+    cumulative buckets."""
+    samples = operator_metrics(operator)
+    found: dict[str, dict[str, Any]] = {}
+    for generation in ("0", "1", "2"):
+        def mine(labels: dict[str, str], generation: str = generation) -> bool:
+            return labels.get("generation") == generation
+        found[generation] = {
+            "count": sum(v for labels, v in samples.get(f"{GC_HISTOGRAM}_count", []) if mine(labels)),
+            "seconds": sum(v for labels, v in samples.get(f"{GC_HISTOGRAM}_sum", []) if mine(labels)),
+            "buckets": histogram(samples, GC_HISTOGRAM, mine)}
+    return found
+
+
+def gc_delta(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Collections, their total pause (ms) and the upper bound of the bucket holding the longest pause
+    (ms), per generation, between two readings of :func:`gc_pauses`."""
+    delta = {}
+    for generation, now in after.items():
+        then = before.get(generation) or {"count": 0, "seconds": 0, "buckets": {}}
+        grown = {le: n - then["buckets"].get(le, 0) for le, n in now["buckets"].items()}
+        # Cumulative buckets: the smallest one holding every new pause bounds the longest.
+        every = grown.get(math.inf, 0)
+        longest = min((le for le, n in grown.items() if n == every), default=None) if every else None
+        delta[generation] = {"count": int(now["count"] - then["count"]),
+                             "total_ms": round((now["seconds"] - then["seconds"]) * 1000, 1),
+                             "longest_le_ms": None if longest is None or math.isinf(longest)
+                             else round(longest * 1000, 1)}
+    return delta
+
+
 def cpu_seconds(pid: int) -> float:
     """User and system CPU time of a process so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
@@ -556,7 +589,7 @@ def run(pods: int, replicas: int, namespaces: int, curve: list[int]) -> dict:
 
 def point(cluster: Cluster, api: Api, operator: Operator, names: list[tuple[str, str]], total: int) -> dict:
     """Scale to ``total`` pods and measure there."""
-    before, start = webhook_buckets(metrics(cluster)), time.monotonic()
+    before, start, collected = webhook_buckets(metrics(cluster)), time.monotonic(), gc_pauses(operator)
     scale_to(api, names, total)
     try:
         settle(lambda: pods_settled(api, total), 600 + total / 2, f"{total} pods running and injected",
@@ -571,7 +604,8 @@ def point(cluster: Cluster, api: Api, operator: Operator, names: list[tuple[str,
     admission = admission_latency(cluster, operator, names, requests["operator_cpu"])
     return {"pods": total, "settled": settled, "pods_created": len(pods), "pods_injected": sum(map(injected, pods)),
             "scale_up_seconds": round(scaled, 1), "admission": admission, "apiserver_admission": apiserver,
-            "requests_per_minute": requests, "rss_mb": rss_mb(_pid(operator))}
+            "requests_per_minute": requests, "rss_mb": rss_mb(_pid(operator)),
+            "gc_pauses": gc_delta(collected, gc_pauses(operator))}
 
 
 def targets(result: dict[str, Any]) -> dict[str, Any]:
@@ -626,6 +660,12 @@ def markdown(result: dict) -> str:
                      f"{own['p50_ms']} / {own['p99_ms']} | {alike_cell} | "
                      f"{s['p50_ms']} / {s['p99_ms']} ({s['admissions']}) | "
                      f"{r['operator']} | {r['all_clients']} | {m['current']:.0f} / {m['peak']:.0f} |")
+    pauses = [(point_["pods"], point_["gc_pauses"]["2"]) for point_ in result.get("curve") or []
+              if point_.get("gc_pauses")]
+    if pauses:
+        lines += ["", "Full garbage collections (generation 2) in each point (scale-up, quiet minute, admissions): "
+                  + "; ".join(f"{pods:,} pods: {g['count']}, {g['total_ms']} ms in all, longest ≤ "
+                              f"{g['longest_le_ms']} ms" for pods, g in pauses) + "."]
     restart_ = result.get("restart")
     if restart_:
         lines += ["", f"Restart at {restart_['pods']:,} pods: every agent ConfigMap back "

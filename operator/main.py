@@ -8,7 +8,7 @@ import pathlib
 from collections.abc import Sequence
 
 import kopf
-from lifeboat.operator import handlers, leadership, loops, timeouts
+from lifeboat.operator import handlers, leadership, loops, metrics, timeouts
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +61,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     kopf.configure(verbose=args.verbose, log_prefix=True)
     settings = kopf.OperatorSettings()
     timeouts.apply(settings)
+    metrics.time_gc_pauses()
     # Every replica serves the webhook (a fail-closed webhook must outlive one replica); only the
     # elected one reconciles, so no two replicas act on one object with different copies of it.
     leadership.configure(settings, args.peering, clusterwide=not options.namespaces)

@@ -46,5 +46,6 @@ def test_scale_smoke(alone: None) -> None:
     assert point["settled"] is True
     assert point["admission"]["admissions"] == scale_operator.ADMISSIONS
     assert point["admission"]["alike"]["admissions"] == scale_operator.ADMISSIONS
+    assert point["gc_pauses"]["0"]["count"] > 0  # the operator's own /metrics times its collections
     assert point["apiserver_admission"]["admissions"] >= PODS  # every pod went through the webhook
     assert "Operator at scale" in scale_operator.markdown(result)

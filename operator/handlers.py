@@ -225,7 +225,9 @@ def status_delay(**_: Any) -> float:
 @metrics.counted("collect_status")
 async def collect_status(
     body: kopf.Body, spec: kopf.Spec, name: str, namespace: str, meta: kopf.Meta, patch: kopf.Patch,
-    memo: kopf.Memo, logger: logging.Logger, pod_index: kopf.Index[indexes.ReplicaKey, dict[str, Any]], **_: Any,
+    memo: kopf.Memo, logger: logging.Logger, pod_index: kopf.Index[indexes.ReplicaKey, dict[str, Any]],
+    replicaset_index: indexes.WorkloadIndex, deployment_index: indexes.WorkloadIndex,
+    statefulset_index: indexes.WorkloadIndex, **_: Any,
 ) -> None:
     """Ask every running labelled pod's agent for its state; Ready = all replicate within maxLag.
 
@@ -242,7 +244,8 @@ async def collect_status(
     followers = [p for p in await memo.kube.followers(namespace, name) if statuses.running(p)]
     summary.update(statuses.summarize_followers(await statuses.collect(followers, port, followers=True)))
 
-    single_writer = guards.single_writer(labelled, await memo.kube.owning_workloads(namespace, labelled))
+    workloads = indexes.owning_workloads(namespace, labelled, replicaset_index, deployment_index, statefulset_index)
+    single_writer = guards.single_writer(labelled, workloads)
     metrics.SINGLE_WRITER_VIOLATIONS.labels(namespace, name).set(single_writer[0] == "False")
     missing = guards.uninjected(labelled)
     injected, delete, _keep = guards.drift(missing, recreate=bool(spec.get("recreateUninjected")))

@@ -1,5 +1,6 @@
 """What the operator keeps in memory from kopf's watches, so that no admission and no status round
-reads the API server for it: SQLiteReplicas, SQLiteRestores, and the pods carrying a replica label.
+reads the API server for it: SQLiteReplicas, SQLiteRestores, the pods carrying a replica label, and the
+workloads that may own them (ReplicaSets, Deployments, StatefulSets) for the single-writer guard.
 
 kopf fills an index from the watch of its kind; the watches run on the leading replica only (peering
 pauses the others), while every replica serves the webhook. So the webhook reads an index only where
@@ -12,17 +13,18 @@ pod's full spec and status would hold far more memory than these few fields.
 """
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import kopf
-from lifeboat.operator import kube
+from lifeboat.operator import guards, kube
 from lifeboat.operator import spec as specs
 
 # Index keys: a SQLiteReplica by (namespace, name); labelled pods by (namespace, replica label value);
-# SQLiteRestores by namespace.
+# SQLiteRestores by namespace; workloads by (namespace, name), one index per kind.
 ReplicaKey = tuple[str, str]
 RESTORES = "sqliterestores"
+WorkloadIndex = kopf.Index[ReplicaKey, dict[str, Any]]
 
 
 def replica_entry(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -43,6 +45,19 @@ def pod_entry(body: Mapping[str, Any]) -> dict[str, Any]:
         "spec": {key: [{"name": c.get("name")} for c in spec.get(key) or []]
                  for key in ("containers", "initContainers")},
         "status": {key: status[key] for key in ("phase", "podIP", "initContainerStatuses") if key in status},
+    })
+
+
+def workload_entry(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of a workload the single-writer guard reads: its name, its controller, and
+    ``spec.replicas`` and ``spec.strategy`` (absent ones stay absent: the guard applies the API's defaults)."""
+    metadata = body.get("metadata") or {}
+    spec = body.get("spec") or {}
+    controllers = [{key: ref.get(key) for key in ("kind", "name", "controller")}
+                   for ref in metadata.get("ownerReferences") or [] if ref.get("controller")]
+    return copy.deepcopy({
+        "metadata": {"name": metadata.get("name"), **({"ownerReferences": controllers} if controllers else {})},
+        "spec": {key: spec[key] for key in ("replicas", "strategy") if key in spec},
     })
 
 
@@ -68,6 +83,26 @@ def replica_index(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[
 def pod_index(body: kopf.Body, namespace: str, labels: kopf.Labels, **_: Any) -> dict[ReplicaKey, dict[str, Any]]:
     """Every pod carrying the replica label, by (namespace, label value)."""
     return {(namespace, labels[specs.REPLICA_LABEL]): pod_entry(body)}
+
+
+# Workloads cannot be selected by label (the replica label is on their pod template, or only on the
+# pods), so every one in the watched namespaces is watched; each entry is a few fields.
+@kopf.index("apps", "v1", "replicasets")
+def replicaset_index(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[ReplicaKey, dict[str, Any]]:
+    """Every ReplicaSet, by (namespace, name)."""
+    return {(namespace, name): workload_entry(body)}
+
+
+@kopf.index("apps", "v1", "deployments")
+def deployment_index(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[ReplicaKey, dict[str, Any]]:
+    """Every Deployment, by (namespace, name)."""
+    return {(namespace, name): workload_entry(body)}
+
+
+@kopf.index("apps", "v1", "statefulsets")
+def statefulset_index(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[ReplicaKey, dict[str, Any]]:
+    """Every StatefulSet, by (namespace, name)."""
+    return {(namespace, name): workload_entry(body)}
 
 
 @kopf.index(specs.GROUP, specs.VERSION, RESTORES)
@@ -103,3 +138,22 @@ async def restores(
 def labelled_pods(index: kopf.Index[ReplicaKey, dict[str, Any]], namespace: str, replica: str) -> list[dict[str, Any]]:
     """The pods carrying ``replica``'s label, sorted by name (read by handlers of the leading replica only)."""
     return sorted(index.get((namespace, replica), ()), key=lambda p: p["metadata"]["name"])
+
+
+def _one(index: WorkloadIndex, namespace: str, name: str) -> dict[str, Any] | None:
+    for entry in index.get((namespace, name), ()):
+        return entry
+    return None
+
+
+def owning_workloads(
+    namespace: str, pods: Iterable[Mapping[str, Any]], replicasets: WorkloadIndex, deployments: WorkloadIndex,
+    statefulsets: WorkloadIndex,
+) -> list[tuple[str, dict[str, Any]]]:
+    """The Deployments/StatefulSets owning these pods (through their ReplicaSets), as (kind, entry),
+    from the workload indexes (read by handlers of the leading replica only)."""
+    by_kind = {"Deployment": deployments, "StatefulSet": statefulsets}
+    owned = {owner[1]: _one(replicasets, namespace, owner[1]) or {}
+             for pod in pods if (owner := guards.controller_of(pod)) and owner[0] == "ReplicaSet"}
+    refs = {ref for pod in pods if (ref := guards.workload_ref(pod, owned))}
+    return [(kind, entry) for kind, name in sorted(refs) if (entry := _one(by_kind[kind], namespace, name))]

@@ -68,3 +68,34 @@ def test_an_indexed_pod_keeps_only_what_the_status_round_and_the_guards_read() -
         "status": {"phase": "Running", "podIP": "10.0.0.1",
                    "initContainerStatuses": pod["status"]["initContainerStatuses"]},
     }
+
+
+def test_an_indexed_workload_keeps_only_what_the_single_writer_guard_reads() -> None:
+    strategy = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1}}
+    deployment = {"metadata": {"name": "app", "namespace": NAMESPACE, "managedFields": [{"manager": "x"}],
+                               "ownerReferences": [{"kind": "Other", "name": "o", "uid": "u"},
+                                                   {"kind": "Owner", "name": "w", "uid": "v", "controller": True}]},
+                  "spec": {"replicas": 2, "strategy": strategy, "template": {"spec": {"containers": []}}},
+                  "status": {"replicas": 2}}
+    assert indexes.workload_entry(deployment) == {
+        "metadata": {"name": "app", "ownerReferences": [{"kind": "Owner", "name": "w", "controller": True}]},
+        "spec": {"replicas": 2, "strategy": strategy},
+    }
+    # Absent fields stay absent: the guard applies the API's defaults to them.
+    assert indexes.workload_entry({"metadata": {"name": "db"}, "spec": {}}) == {"metadata": {"name": "db"}, "spec": {}}
+
+
+def test_the_owning_workloads_come_from_the_indexes_through_the_replicaset() -> None:
+    replicasets = {(NAMESPACE, "app-7d9f"): [{"metadata": {"name": "app-7d9f", "ownerReferences": [
+        {"kind": "Deployment", "name": "app", "controller": True}]}}]}
+    deployments = {(NAMESPACE, "app"): [{"metadata": {"name": "app"}, "spec": {"replicas": 2}}]}
+    statefulsets = {(NAMESPACE, "db"): [{"metadata": {"name": "db"}, "spec": {"replicas": 1}}]}
+
+    def owned(kind: str, name: str) -> dict[str, Any]:
+        owners = [{"kind": kind, "name": name, "controller": True}]
+        return {"metadata": {"name": f"{name}-0", "ownerReferences": owners}}
+
+    pods = [owned("ReplicaSet", "app-7d9f"), owned("StatefulSet", "db"), owned("ReplicaSet", "gone"),
+            owned("StatefulSet", "missing")]
+    assert indexes.owning_workloads(NAMESPACE, pods, replicasets, deployments, statefulsets) == [
+        ("Deployment", deployments[NAMESPACE, "app"][0]), ("StatefulSet", statefulsets[NAMESPACE, "db"][0])]

@@ -29,6 +29,7 @@ import kopf
 from lifeboat.operator import (
     admission,
     agent_config,
+    credentials,
     guards,
     indexes,  # also registers the indexes
     injection,
@@ -111,6 +112,7 @@ async def configure(
     indexes.watch_labelled_pods_only(settings)
 
     memo.kube = kube.Kube(kube.load_api_client())
+    memo.secrets = credentials.SecretChecks(memo.kube)
     if options.tls_secret:
         if not options.operator_namespace:
             raise kopf.PermanentError("--tls-secret needs the operator's namespace (--operator-namespace)")
@@ -170,25 +172,6 @@ def _config_verdict(name: str, spec: Mapping[str, Any]) -> Verdict:
     return "True", "Rendered", f"agent config in ConfigMap {specs.configmap_name(name)}"
 
 
-async def _credentials_verdict(
-    lifeboat: kube.Kube, namespace: str, spec: Mapping[str, Any]
-) -> Verdict:
-    secret_name = ((spec.get("replica") or {}).get("credentials") or {}).get("secretName")
-    if not secret_name:
-        return "True", "NoCredentials", "no Secret referenced: the agent uses the pod's ambient identity"
-    try:
-        keys = await lifeboat.secret_keys(namespace, secret_name)
-    except kube.Forbidden:
-        return ("Unknown", "SecretUnreadable",
-                f"the operator may not read Secrets in namespace {namespace}; cannot check {secret_name!r}")
-    if keys is None:
-        return "False", "SecretNotFound", f"Secret {secret_name!r} not found in namespace {namespace}"
-    found = specs.secret_problems(spec, keys)
-    if found:
-        return "False", "SecretKeysMissing", f"Secret {secret_name!r}: {'; '.join(found)}"
-    return "True", "SecretFound", f"Secret {secret_name!r} has the keys the replica needs"
-
-
 @kopf.on.resume(specs.GROUP, specs.VERSION, specs.PLURAL)
 @kopf.on.create(specs.GROUP, specs.VERSION, specs.PLURAL)
 @kopf.on.update(specs.GROUP, specs.VERSION, specs.PLURAL)
@@ -204,12 +187,13 @@ async def reconcile(
         configmap = configmap_body(name, namespace, spec)
         kopf.adopt(configmap, owner=body)
         await memo.kube.apply_configmap(namespace, configmap)
-    credentials = await _credentials_verdict(memo.kube, namespace, spec)
-    for verdict in (config, credentials):
+    # A created or changed spec reads its Secret now; a resume too (the operator knows none yet).
+    secret = await memo.secrets.verdict(namespace, spec, fresh=True)
+    for verdict in (config, secret):
         if verdict[0] == "False":
             kopf.event(body, type="Warning", reason=verdict[1], message=verdict[2])
 
-    statuses.patch_conditions(patch, {CONFIG_READY: config, CREDENTIALS_READY: credentials}, generation)
+    statuses.patch_conditions(patch, {CONFIG_READY: config, CREDENTIALS_READY: secret}, generation)
     patch.status["observedGeneration"] = generation
     patch.status["configMap"] = specs.configmap_name(name)
 
@@ -257,7 +241,7 @@ async def collect_status(
 
     verdicts = {
         CONFIG_READY: _config_verdict(name, spec),
-        CREDENTIALS_READY: await _credentials_verdict(memo.kube, namespace, spec),
+        CREDENTIALS_READY: await memo.secrets.verdict(namespace, spec),
         READY: statuses.readiness(summary["pods"], specs.max_lag_seconds(spec)),
         CONFIG_APPLIED: statuses.config_applied(summary["pods"]),
         RESTORED: statuses.restore_verdict(labelled),

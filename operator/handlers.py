@@ -109,7 +109,7 @@ async def configure(
     settings.scanning.disabled = bool(options.namespaces)
     # The chart owns the webhook configurations (namespaceSelector, reinvocation, timeout, Service ref).
     settings.admission.managed = None
-    indexes.watch_labelled_pods_only(settings)
+    indexes.watch_labelled_only(settings)
 
     memo.kube = kube.Kube(kube.load_api_client())
     memo.secrets = credentials.SecretChecks(memo.kube)
@@ -165,6 +165,15 @@ def configmap_body(name: str, namespace: str, spec: Mapping[str, Any]) -> dict[s
     }
 
 
+def holds(current: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
+    """Whether the ConfigMap ``current`` already is what the merge patch of ``desired`` would make it:
+    its data and labels, and its owners (a list the patch replaces whole)."""
+    have, want = current.get("metadata") or {}, desired["metadata"]
+    return (all((current.get("data") or {}).get(k) == v for k, v in desired["data"].items())
+            and all((have.get("labels") or {}).get(k) == v for k, v in want["labels"].items())
+            and have.get("ownerReferences") == want.get("ownerReferences"))
+
+
 def _config_verdict(name: str, spec: Mapping[str, Any]) -> Verdict:
     found = specs.problems(spec)
     if found:
@@ -178,15 +187,23 @@ def _config_verdict(name: str, spec: Mapping[str, Any]) -> Verdict:
 @metrics.counted("reconcile")
 async def reconcile(
     body: kopf.Body, spec: kopf.Spec, name: str, namespace: str, meta: kopf.Meta,
-    patch: kopf.Patch, memo: kopf.Memo, **_: Any,
+    patch: kopf.Patch, memo: kopf.Memo, configmap_index: indexes.ByName, **_: Any,
 ) -> None:
-    """Render the agent ConfigMap and check the credentials Secret; report both as conditions."""
+    """Render the agent ConfigMap and check the credentials Secret; report both as conditions.
+
+    The ConfigMap is written only where it differs from the one in the index: a resume of every
+    SQLiteReplica (a restart, a new leader) writes none of those already in place.
+    """
     generation = meta.get("generation")
     config = _config_verdict(name, spec)
     if config[0] == "True":
         configmap = configmap_body(name, namespace, spec)
         kopf.adopt(configmap, owner=body)
-        await memo.kube.apply_configmap(namespace, configmap)
+        current = indexes.one(configmap_index, namespace, configmap["metadata"]["name"])
+        if current is None:
+            await memo.kube.apply_configmap(namespace, configmap)
+        elif not holds(current, configmap):
+            await memo.kube.patch_configmap(namespace, configmap)
     # A created or changed spec reads its Secret now; a resume too (the operator knows none yet).
     secret = await memo.secrets.verdict(namespace, spec, fresh=True)
     for verdict in (config, secret):
@@ -210,8 +227,8 @@ def status_delay(**_: Any) -> float:
 async def collect_status(
     body: kopf.Body, spec: kopf.Spec, name: str, namespace: str, meta: kopf.Meta, patch: kopf.Patch,
     memo: kopf.Memo, logger: logging.Logger, pod_index: kopf.Index[indexes.ReplicaKey, dict[str, Any]],
-    replicaset_index: indexes.WorkloadIndex, deployment_index: indexes.WorkloadIndex,
-    statefulset_index: indexes.WorkloadIndex, **_: Any,
+    replicaset_index: indexes.ByName, deployment_index: indexes.ByName,
+    statefulset_index: indexes.ByName, **_: Any,
 ) -> None:
     """Ask every running labelled pod's agent for its state; Ready = all replicate within maxLag.
 

@@ -1,6 +1,7 @@
 """What the operator keeps in memory from kopf's watches, so that no admission and no status round
-reads the API server for it: SQLiteReplicas, SQLiteRestores, the pods carrying a replica label, and the
-workloads that may own them (ReplicaSets, Deployments, StatefulSets) for the single-writer guard.
+reads the API server for it: SQLiteReplicas, SQLiteRestores, the pods carrying a replica label, the
+workloads that may own them (ReplicaSets, Deployments, StatefulSets) for the single-writer guard, and
+the agent ConfigMaps the operator wrote (so that a resume writes only the ones that differ).
 
 kopf fills an index from the watch of its kind; the watches run on the leading replica only (peering
 pauses the others), while every replica serves the webhook. So the webhook reads an index only where
@@ -24,7 +25,7 @@ from lifeboat.operator import spec as specs
 # SQLiteRestores by namespace; workloads by (namespace, name), one index per kind.
 ReplicaKey = tuple[str, str]
 RESTORES = "sqliterestores"
-WorkloadIndex = kopf.Index[ReplicaKey, dict[str, Any]]
+ByName = kopf.Index[ReplicaKey, dict[str, Any]]  # an index keyed by (namespace, name)
 
 
 def replica_entry(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -61,6 +62,13 @@ def workload_entry(body: Mapping[str, Any]) -> dict[str, Any]:
     })
 
 
+def configmap_entry(body: Mapping[str, Any]) -> dict[str, Any]:
+    """An agent ConfigMap as a resume compares it with what it would write: labels, owners, data."""
+    metadata = body.get("metadata") or {}
+    return copy.deepcopy({"metadata": {key: metadata[key] for key in ("labels", "ownerReferences") if key in metadata},
+                          "data": dict(body.get("data") or {})})
+
+
 def restore_entry(body: Mapping[str, Any]) -> dict[str, Any]:
     """A SQLiteRestore as the webhook's refusal of pods during a restore reads it."""
     return copy.deepcopy({"metadata": {"name": (body.get("metadata") or {}).get("name")},
@@ -68,9 +76,11 @@ def restore_entry(body: Mapping[str, Any]) -> dict[str, Any]:
                           "status": {"phase": (body.get("status") or {}).get("phase")}})
 
 
-def watch_labelled_pods_only(settings: kopf.OperatorSettings) -> None:
-    """Have the API server send kopf's pod watch only pods carrying a replica label, not every pod."""
-    settings.watching.label_selectors["", "v1", "pods"] = specs.REPLICA_LABEL
+def watch_labelled_only(settings: kopf.OperatorSettings) -> None:
+    """Have the API server send kopf's pod and ConfigMap watches only the objects carrying a replica
+    label (the labelled pods, the agent ConfigMaps), not every pod and ConfigMap."""
+    for plural in ("pods", "configmaps"):
+        settings.watching.label_selectors["", "v1", plural] = specs.REPLICA_LABEL
 
 
 @kopf.index(specs.GROUP, specs.VERSION, specs.PLURAL)
@@ -83,6 +93,12 @@ def replica_index(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[
 def pod_index(body: kopf.Body, namespace: str, labels: kopf.Labels, **_: Any) -> dict[ReplicaKey, dict[str, Any]]:
     """Every pod carrying the replica label, by (namespace, label value)."""
     return {(namespace, labels[specs.REPLICA_LABEL]): pod_entry(body)}
+
+
+@kopf.index("", "v1", "configmaps", labels={specs.REPLICA_LABEL: kopf.PRESENT})
+def configmap_index(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[ReplicaKey, dict[str, Any]]:
+    """Every agent ConfigMap (the ones carrying the replica label), by (namespace, name)."""
+    return {(namespace, name): configmap_entry(body)}
 
 
 # Workloads cannot be selected by label (the replica label is on their pod template, or only on the
@@ -140,20 +156,21 @@ def labelled_pods(index: kopf.Index[ReplicaKey, dict[str, Any]], namespace: str,
     return sorted(index.get((namespace, replica), ()), key=lambda p: p["metadata"]["name"])
 
 
-def _one(index: WorkloadIndex, namespace: str, name: str) -> dict[str, Any] | None:
+def one(index: ByName, namespace: str, name: str) -> dict[str, Any] | None:
+    """The entry of ``index`` for (namespace, name), or None."""
     for entry in index.get((namespace, name), ()):
         return entry
     return None
 
 
 def owning_workloads(
-    namespace: str, pods: Iterable[Mapping[str, Any]], replicasets: WorkloadIndex, deployments: WorkloadIndex,
-    statefulsets: WorkloadIndex,
+    namespace: str, pods: Iterable[Mapping[str, Any]], replicasets: ByName, deployments: ByName,
+    statefulsets: ByName,
 ) -> list[tuple[str, dict[str, Any]]]:
     """The Deployments/StatefulSets owning these pods (through their ReplicaSets), as (kind, entry),
     from the workload indexes (read by handlers of the leading replica only)."""
     by_kind = {"Deployment": deployments, "StatefulSet": statefulsets}
-    owned = {owner[1]: _one(replicasets, namespace, owner[1]) or {}
+    owned = {owner[1]: one(replicasets, namespace, owner[1]) or {}
              for pod in pods if (owner := guards.controller_of(pod)) and owner[0] == "ReplicaSet"}
     refs = {ref for pod in pods if (ref := guards.workload_ref(pod, owned))}
-    return [(kind, entry) for kind, name in sorted(refs) if (entry := _one(by_kind[kind], namespace, name))]
+    return [(kind, entry) for kind, name in sorted(refs) if (entry := one(by_kind[kind], namespace, name))]

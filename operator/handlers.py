@@ -109,7 +109,7 @@ async def configure(
     settings.scanning.disabled = bool(options.namespaces)
     # The chart owns the webhook configurations (namespaceSelector, reinvocation, timeout, Service ref).
     settings.admission.managed = None
-    indexes.watch_labelled_only(settings)
+    indexes.configure_watches(settings)
 
     memo.kube = kube.Kube(kube.load_api_client())
     memo.secrets = credentials.SecretChecks(memo.kube)

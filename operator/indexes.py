@@ -26,6 +26,11 @@ from lifeboat.operator import spec as specs
 ReplicaKey = tuple[str, str]
 RESTORES = "sqliterestores"
 ByName = kopf.Index[ReplicaKey, dict[str, Any]]  # an index keyed by (namespace, name)
+# Objects per page of the list each watch starts with (at a start, and on taking the lead). Unpaged,
+# the list of 1,000 labelled pods is 6.9 MB of JSON that parses into 34 MB of dicts, all at once and
+# on top of every other kind's list: the operator's peak memory was that first listing. A page at a
+# time holds at most this many objects in flight, for one request more per this many objects.
+LIST_CHUNK = 500
 
 
 def replica_entry(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -76,11 +81,12 @@ def restore_entry(body: Mapping[str, Any]) -> dict[str, Any]:
                           "status": {"phase": (body.get("status") or {}).get("phase")}})
 
 
-def watch_labelled_only(settings: kopf.OperatorSettings) -> None:
+def configure_watches(settings: kopf.OperatorSettings) -> None:
     """Have the API server send kopf's pod and ConfigMap watches only the objects carrying a replica
-    label (the labelled pods, the agent ConfigMaps), not every pod and ConfigMap."""
+    label (the labelled pods, the agent ConfigMaps), not every pod and ConfigMap; and list in pages."""
     for plural in ("pods", "configmaps"):
         settings.watching.label_selectors["", "v1", plural] = specs.REPLICA_LABEL
+    settings.watching.chunk_size = LIST_CHUNK
 
 
 @kopf.index(specs.GROUP, specs.VERSION, specs.PLURAL)

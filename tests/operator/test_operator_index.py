@@ -5,6 +5,7 @@ from typing import Any
 import kmock
 from kube_helpers import NAMESPACE, create, eventually, make_pod, make_replica
 from lifeboat.operator import handlers, indexes, kube, webhook
+from lifeboat.operator import spec as specs
 from test_operator_webhook import PODS, REPLICAS, call, review
 
 # What the admission path would read from the API server without its indexes and its cache.
@@ -99,3 +100,16 @@ def test_the_owning_workloads_come_from_the_indexes_through_the_replicaset() -> 
             owned("StatefulSet", "missing")]
     assert indexes.owning_workloads(NAMESPACE, pods, replicasets, deployments, statefulsets) == [
         ("Deployment", deployments[NAMESPACE, "app"][0]), ("StatefulSet", statefulsets[NAMESPACE, "db"][0])]
+
+
+async def test_every_watch_starts_with_a_list_in_pages(
+    k8s: kmock.KubernetesEmulator, operator: handlers.Options
+) -> None:
+    await create(k8s, REPLICAS, make_replica())
+    await reconciled(k8s)
+    # kopf's lists, not the status round's of followers.
+    lists = [r.url for r in list(k8s) if r.method == kmock.method.GET and "watch" not in r.url.query
+             and r.url.path.endswith(("/pods", "/configmaps", "/replicasets", "/sqlitereplicas"))
+             and r.url.query.get("labelSelector") != specs.FOLLOW_LABEL]
+    assert {url.path.rpartition("/")[2] for url in lists} == {"pods", "configmaps", "replicasets", "sqlitereplicas"}
+    assert {url.query.get("limit") for url in lists} == {str(indexes.LIST_CHUNK)}

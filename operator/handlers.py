@@ -55,6 +55,14 @@ Verdict = tuple[str, str, str]
 # Test-only: the cluster tests shorten the status round to see several within a test's time.
 TEST_STATUS_INTERVAL_ENV = "LIFEBOAT_TEST_STATUS_INTERVAL"
 STATUS_INTERVAL = float(os.environ.get(TEST_STATUS_INTERVAL_ENV) or 15.0)
+# How many SQLiteReplicas' reconciles make their API calls at once. A restart or a new leader resumes
+# every SQLiteReplica together; their calls share the event loop's default executor (cores + 4 threads,
+# at least 5) with the status rounds and the restores. Fewer than that many keeps a thread free for
+# those, instead of queueing them behind a thousand resumes. kopf's settings.queueing.worker_limit is
+# not the bound to use: it counts the workers of every watched kind, idle ones included (each lingers
+# for idle_timeout after its last event), so the 5,000 pod events of the first listing would trickle
+# through it, and kopf runs no handler before every index is filled.
+RECONCILE_CONCURRENCY = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +121,7 @@ async def configure(
 
     memo.kube = kube.Kube(kube.load_api_client())
     memo.secrets = credentials.SecretChecks(memo.kube)
+    memo.reconciles = asyncio.Semaphore(RECONCILE_CONCURRENCY)
     if options.tls_secret:
         if not options.operator_namespace:
             raise kopf.PermanentError("--tls-secret needs the operator's namespace (--operator-namespace)")
@@ -192,20 +201,22 @@ async def reconcile(
     """Render the agent ConfigMap and check the credentials Secret; report both as conditions.
 
     The ConfigMap is written only where it differs from the one in the index: a resume of every
-    SQLiteReplica (a restart, a new leader) writes none of those already in place.
+    SQLiteReplica (a restart, a new leader) writes none of those already in place. At most
+    ``RECONCILE_CONCURRENCY`` reconciles make their API calls at once.
     """
     generation = meta.get("generation")
     config = _config_verdict(name, spec)
-    if config[0] == "True":
-        configmap = configmap_body(name, namespace, spec)
-        kopf.adopt(configmap, owner=body)
-        current = indexes.one(configmap_index, namespace, configmap["metadata"]["name"])
-        if current is None:
-            await memo.kube.apply_configmap(namespace, configmap)
-        elif not holds(current, configmap):
-            await memo.kube.patch_configmap(namespace, configmap)
-    # A created or changed spec reads its Secret now; a resume too (the operator knows none yet).
-    secret = await memo.secrets.verdict(namespace, spec, fresh=True)
+    async with memo.reconciles:
+        if config[0] == "True":
+            configmap = configmap_body(name, namespace, spec)
+            kopf.adopt(configmap, owner=body)
+            current = indexes.one(configmap_index, namespace, configmap["metadata"]["name"])
+            if current is None:
+                await memo.kube.apply_configmap(namespace, configmap)
+            elif not holds(current, configmap):
+                await memo.kube.patch_configmap(namespace, configmap)
+        # A created or changed spec reads its Secret now; a resume too (the operator knows none yet).
+        secret = await memo.secrets.verdict(namespace, spec, fresh=True)
     for verdict in (config, secret):
         if verdict[0] == "False":
             kopf.event(body, type="Warning", reason=verdict[1], message=verdict[2])

@@ -1,5 +1,6 @@
 """The operator's resource handlers, run by kopf against kmock over HTTP."""
 
+import asyncio
 import base64
 import json
 import pathlib
@@ -9,7 +10,7 @@ import aiohttp.web
 import kmock
 import pytest
 from kube_helpers import NAMESPACE, create, eventually, free_port, make_replica, running_operator
-from lifeboat.operator import handlers, webhook
+from lifeboat.operator import handlers, kube, webhook
 from workloads import condition, patch, stored
 
 SECRET_VALUE = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY"
@@ -120,3 +121,33 @@ async def test_a_resume_writes_no_configmap_already_in_place_and_a_spec_change_p
         await patch(k8s, f"{REPLICAS}/db", {"spec": {"syncInterval": "7s"}})
         await eventually(lambda: "7s" in json.dumps(stored(k8s, "v1/configmaps", "db-lifeboat")))
         assert configmap_writes(since) == [f"PATCH /api/v1/namespaces/{NAMESPACE}/configmaps/db-lifeboat"]
+
+
+async def test_reconciles_make_their_api_calls_a_few_at_a_time(
+    k8s: kmock.KubernetesEmulator, kubeconfig: None, tls: webhook.TLSBundle, tmp_path: pathlib.Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(handlers, "RECONCILE_CONCURRENCY", 2)
+    busy, most = 0, 0
+    read = kube.Kube.secret_keys
+
+    async def slow_read(self: kube.Kube, namespace: str, name: str) -> frozenset[str] | None:
+        """The real read, held long enough for the reconciles of every SQLiteReplica to overlap."""
+        nonlocal busy, most
+        busy += 1
+        most = max(most, busy)
+        try:
+            await asyncio.sleep(0.3)
+            return await read(self, namespace, name)
+        finally:
+            busy -= 1
+
+    monkeypatch.setattr(kube.Kube, "secret_keys", slow_read)
+    for index in range(6):
+        await create(k8s, REPLICAS, make_replica(f"db{index}"))
+    options = handlers.Options(namespaces=(NAMESPACE,), webhook_addr="127.0.0.1", webhook_port=free_port(),
+                               tls_dir=tmp_path / "tls", agent_image="lifeboat:test")
+    async with running_operator(options):
+        await eventually(lambda: all(condition(stored(k8s, "lifeboat.dev/v1alpha1/sqlitereplicas", f"db{index}"),
+                                               "CredentialsReady") for index in range(6)), seconds=30)
+    assert most == 2

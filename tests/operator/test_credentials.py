@@ -65,3 +65,20 @@ async def test_a_deleted_secret_is_noticed_once_the_recheck_is_due(
     # Not good: every round reads it again.
     assert (await checks.verdict(NAMESPACE, spec))[:2] == ("False", "SecretNotFound")
     assert secret_reads(k8s) == 3
+
+
+async def test_a_secret_the_operator_may_not_read_is_asked_for_again_only_after_the_recheck(
+    k8s: kmock.KubernetesEmulator, kubeconfig: None
+) -> None:
+    spec = make_replica()["spec"]
+    clock = Clock()
+    checks = credentials.SecretChecks(kube.Kube(kube.load_api_client()), clock)
+    k8s[f"get {SECRETS}/s3-creds"].override << 403
+
+    assert (await checks.verdict(NAMESPACE, spec))[:2] == ("Unknown", "SecretUnreadable")
+    clock.now += credentials.SECRET_RECHECK - 1
+    assert (await checks.verdict(NAMESPACE, spec))[:2] == ("Unknown", "SecretUnreadable")
+    assert secret_reads(k8s) == 1
+    clock.now += 1
+    assert (await checks.verdict(NAMESPACE, spec))[:2] == ("Unknown", "SecretUnreadable")
+    assert secret_reads(k8s) == 2

@@ -14,7 +14,7 @@ pod's full spec and status would hold far more memory than these few fields.
 """
 
 import copy
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import kopf
@@ -170,7 +170,7 @@ def one(index: ByName, namespace: str, name: str) -> dict[str, Any] | None:
 
 
 def owning_workloads(
-    namespace: str, pods: Iterable[Mapping[str, Any]], replicasets: ByName, deployments: ByName,
+    namespace: str, pods: Sequence[Mapping[str, Any]], replicasets: ByName, deployments: ByName,
     statefulsets: ByName,
 ) -> list[tuple[str, dict[str, Any]]]:
     """The Deployments/StatefulSets owning these pods (through their ReplicaSets), as (kind, entry),

@@ -29,6 +29,7 @@ import kopf
 from lifeboat.operator import (
     admission,
     agent_config,
+    credentials,
     guards,
     indexes,  # also registers the indexes
     injection,
@@ -54,6 +55,14 @@ Verdict = tuple[str, str, str]
 # Test-only: the cluster tests shorten the status round to see several within a test's time.
 TEST_STATUS_INTERVAL_ENV = "LIFEBOAT_TEST_STATUS_INTERVAL"
 STATUS_INTERVAL = float(os.environ.get(TEST_STATUS_INTERVAL_ENV) or 15.0)
+# How many SQLiteReplicas' reconciles make their API calls at once. A restart or a new leader resumes
+# every SQLiteReplica together; their calls share the event loop's default executor (cores + 4 threads,
+# at least 5) with the status rounds and the restores. Fewer than that many keeps a thread free for
+# those, instead of queueing them behind a thousand resumes. kopf's settings.queueing.worker_limit is
+# not the bound to use: it counts the workers of every watched kind, idle ones included (each lingers
+# for idle_timeout after its last event), so the 5,000 pod events of the first listing would trickle
+# through it, and kopf runs no handler before every index is filled.
+RECONCILE_CONCURRENCY = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,9 +117,11 @@ async def configure(
     settings.scanning.disabled = bool(options.namespaces)
     # The chart owns the webhook configurations (namespaceSelector, reinvocation, timeout, Service ref).
     settings.admission.managed = None
-    indexes.watch_labelled_pods_only(settings)
+    indexes.configure_watches(settings)
 
     memo.kube = kube.Kube(kube.load_api_client())
+    memo.secrets = credentials.SecretChecks(memo.kube)
+    memo.reconciles = asyncio.Semaphore(RECONCILE_CONCURRENCY)
     if options.tls_secret:
         if not options.operator_namespace:
             raise kopf.PermanentError("--tls-secret needs the operator's namespace (--operator-namespace)")
@@ -163,30 +174,20 @@ def configmap_body(name: str, namespace: str, spec: Mapping[str, Any]) -> dict[s
     }
 
 
+def holds(current: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
+    """Whether the ConfigMap ``current`` already is what the merge patch of ``desired`` would make it:
+    its data and labels, and its owners (a list the patch replaces whole)."""
+    have, want = current.get("metadata") or {}, desired["metadata"]
+    return (all((current.get("data") or {}).get(k) == v for k, v in desired["data"].items())
+            and all((have.get("labels") or {}).get(k) == v for k, v in want["labels"].items())
+            and have.get("ownerReferences") == want.get("ownerReferences"))
+
+
 def _config_verdict(name: str, spec: Mapping[str, Any]) -> Verdict:
     found = specs.problems(spec)
     if found:
         return "False", "InvalidSpec", "; ".join(found)
     return "True", "Rendered", f"agent config in ConfigMap {specs.configmap_name(name)}"
-
-
-async def _credentials_verdict(
-    lifeboat: kube.Kube, namespace: str, spec: Mapping[str, Any]
-) -> Verdict:
-    secret_name = ((spec.get("replica") or {}).get("credentials") or {}).get("secretName")
-    if not secret_name:
-        return "True", "NoCredentials", "no Secret referenced: the agent uses the pod's ambient identity"
-    try:
-        keys = await lifeboat.secret_keys(namespace, secret_name)
-    except kube.Forbidden:
-        return ("Unknown", "SecretUnreadable",
-                f"the operator may not read Secrets in namespace {namespace}; cannot check {secret_name!r}")
-    if keys is None:
-        return "False", "SecretNotFound", f"Secret {secret_name!r} not found in namespace {namespace}"
-    found = specs.secret_problems(spec, keys)
-    if found:
-        return "False", "SecretKeysMissing", f"Secret {secret_name!r}: {'; '.join(found)}"
-    return "True", "SecretFound", f"Secret {secret_name!r} has the keys the replica needs"
 
 
 @kopf.on.resume(specs.GROUP, specs.VERSION, specs.PLURAL)
@@ -195,21 +196,32 @@ async def _credentials_verdict(
 @metrics.counted("reconcile")
 async def reconcile(
     body: kopf.Body, spec: kopf.Spec, name: str, namespace: str, meta: kopf.Meta,
-    patch: kopf.Patch, memo: kopf.Memo, **_: Any,
+    patch: kopf.Patch, memo: kopf.Memo, configmap_index: indexes.ByName, **_: Any,
 ) -> None:
-    """Render the agent ConfigMap and check the credentials Secret; report both as conditions."""
+    """Render the agent ConfigMap and check the credentials Secret; report both as conditions.
+
+    The ConfigMap is written only where it differs from the one in the index: a resume of every
+    SQLiteReplica (a restart, a new leader) writes none of those already in place. At most
+    ``RECONCILE_CONCURRENCY`` reconciles make their API calls at once.
+    """
     generation = meta.get("generation")
     config = _config_verdict(name, spec)
-    if config[0] == "True":
-        configmap = configmap_body(name, namespace, spec)
-        kopf.adopt(configmap, owner=body)
-        await memo.kube.apply_configmap(namespace, configmap)
-    credentials = await _credentials_verdict(memo.kube, namespace, spec)
-    for verdict in (config, credentials):
+    async with memo.reconciles:
+        if config[0] == "True":
+            configmap = configmap_body(name, namespace, spec)
+            kopf.adopt(configmap, owner=body)
+            current = indexes.one(configmap_index, namespace, configmap["metadata"]["name"])
+            if current is None:
+                await memo.kube.apply_configmap(namespace, configmap)
+            elif not holds(current, configmap):
+                await memo.kube.patch_configmap(namespace, configmap)
+        # A created or changed spec reads its Secret now; a resume too (the operator knows none yet).
+        secret = await memo.secrets.verdict(namespace, spec, fresh=True)
+    for verdict in (config, secret):
         if verdict[0] == "False":
             kopf.event(body, type="Warning", reason=verdict[1], message=verdict[2])
 
-    statuses.patch_conditions(patch, {CONFIG_READY: config, CREDENTIALS_READY: credentials}, generation)
+    statuses.patch_conditions(patch, {CONFIG_READY: config, CREDENTIALS_READY: secret}, generation)
     patch.status["observedGeneration"] = generation
     patch.status["configMap"] = specs.configmap_name(name)
 
@@ -225,7 +237,9 @@ def status_delay(**_: Any) -> float:
 @metrics.counted("collect_status")
 async def collect_status(
     body: kopf.Body, spec: kopf.Spec, name: str, namespace: str, meta: kopf.Meta, patch: kopf.Patch,
-    memo: kopf.Memo, logger: logging.Logger, pod_index: kopf.Index[indexes.ReplicaKey, dict[str, Any]], **_: Any,
+    memo: kopf.Memo, logger: logging.Logger, pod_index: kopf.Index[indexes.ReplicaKey, dict[str, Any]],
+    replicaset_index: indexes.ByName, deployment_index: indexes.ByName,
+    statefulset_index: indexes.ByName, **_: Any,
 ) -> None:
     """Ask every running labelled pod's agent for its state; Ready = all replicate within maxLag.
 
@@ -242,7 +256,8 @@ async def collect_status(
     followers = [p for p in await memo.kube.followers(namespace, name) if statuses.running(p)]
     summary.update(statuses.summarize_followers(await statuses.collect(followers, port, followers=True)))
 
-    single_writer = guards.single_writer(labelled, await memo.kube.owning_workloads(namespace, labelled))
+    workloads = indexes.owning_workloads(namespace, labelled, replicaset_index, deployment_index, statefulset_index)
+    single_writer = guards.single_writer(labelled, workloads)
     metrics.SINGLE_WRITER_VIOLATIONS.labels(namespace, name).set(single_writer[0] == "False")
     missing = guards.uninjected(labelled)
     injected, delete, _keep = guards.drift(missing, recreate=bool(spec.get("recreateUninjected")))
@@ -254,7 +269,7 @@ async def collect_status(
 
     verdicts = {
         CONFIG_READY: _config_verdict(name, spec),
-        CREDENTIALS_READY: await _credentials_verdict(memo.kube, namespace, spec),
+        CREDENTIALS_READY: await memo.secrets.verdict(namespace, spec),
         READY: statuses.readiness(summary["pods"], specs.max_lag_seconds(spec)),
         CONFIG_APPLIED: statuses.config_applied(summary["pods"]),
         RESTORED: statuses.restore_verdict(labelled),

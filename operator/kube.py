@@ -119,8 +119,12 @@ class Kube:
         except ApiException as exc:
             if exc.status != 409:
                 raise
-            await self._call(self.core.patch_namespaced_config_map, body["metadata"]["name"], namespace, body,
-                             _content_type=MERGE_PATCH)
+            await self.patch_configmap(namespace, body)
+
+    async def patch_configmap(self, namespace: str, body: Mapping[str, Any]) -> None:
+        """Bring an existing ConfigMap to ``body``'s data, labels and owners (merge patch)."""
+        await self._call(self.core.patch_namespaced_config_map, body["metadata"]["name"], namespace, body,
+                         _content_type=MERGE_PATCH)
 
     async def running_pods(self, namespace: str, replica_name: str) -> list[dict[str, Any]]:
         """Running pods that carry the replica's label and have an IP to ask their agent at."""

@@ -10,9 +10,12 @@ import pytest
 from kube_helpers import create, eventually, free_port, make_replica, running_operator
 from lifeboat.operator import guards, handlers, webhook
 from workloads import (
+    DEPLOYMENTS,
     PODS,
     REPLICAS,
+    REPLICASETS,
     condition,
+    deployment_with_pod,
     events,
     name_generated_objects,
     owner,
@@ -64,6 +67,27 @@ async def test_labelled_pod_without_agent_is_reported_and_counted(
         text = await response.text()
     assert 'lifeboat_operator_uninjected_pods{namespace="apps",replica="db"} 1.0' in text
     assert "lifeboat_operator_restores_total" in text and "lifeboat_operator_reconcile_errors_total" in text
+
+
+async def test_a_deployment_scaled_to_two_is_reported_from_the_workload_indexes(
+    k8s: kmock.KubernetesEmulator, operator: handlers.Options
+) -> None:
+    await deployment_with_pod(k8s)
+    await create(k8s, REPLICAS, make_replica())
+
+    def single_writer() -> dict[str, Any] | None:
+        return condition(stored(k8s, REPLICA, "db"), guards.SINGLE_WRITER)
+
+    assert (await eventually(single_writer, seconds=WAIT))["status"] == "True"
+    await patch(k8s, f"{DEPLOYMENTS}/app", {"spec": {"replicas": 2}})
+
+    cond = await eventually(lambda: (found := single_writer()) and found["status"] == "False" and found,
+                            seconds=WAIT)
+    assert cond["reason"] == "MultipleWriters"
+    assert "Deployment app has spec.replicas=2: set spec.replicas to 1" in cond["message"]
+    # Every round read the workloads from the watches' indexes, none from the API server.
+    gets = [r.url.path for r in list(k8s) if r.method == kmock.method.GET and "watch" not in r.url.query]
+    assert not [path for path in gets if path.startswith((DEPLOYMENTS + "/", REPLICASETS + "/"))]
 
 
 # --- pure ------------------------------------------------------------------------------------------

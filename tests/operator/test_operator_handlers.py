@@ -1,14 +1,17 @@
 """The operator's resource handlers, run by kopf against kmock over HTTP."""
 
+import asyncio
 import base64
+import json
+import pathlib
 from typing import Any
 
 import aiohttp.web
 import kmock
 import pytest
-from kube_helpers import NAMESPACE, create, eventually, make_replica
-from lifeboat.operator import handlers
-from workloads import condition, stored
+from kube_helpers import NAMESPACE, create, eventually, free_port, make_replica, running_operator
+from lifeboat.operator import handlers, kube, webhook
+from workloads import condition, patch, stored
 
 SECRET_VALUE = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY"
 REPLICAS = "/apis/lifeboat.dev/v1alpha1/namespaces/apps/sqlitereplicas"
@@ -87,3 +90,64 @@ async def test_inconsistent_spec_gets_no_configmap_and_a_false_condition(
     assert (cond["status"], cond["reason"]) == ("False", "InvalidSpec")
     assert "replica.forcePathStyle applies to s3://" in cond["message"]
     assert stored(k8s, "v1/configmaps", "db-lifeboat") is None
+
+
+async def test_a_resume_writes_no_configmap_already_in_place_and_a_spec_change_patches_it(
+    k8s: kmock.KubernetesEmulator, kubeconfig: None, tls: webhook.TLSBundle, tmp_path: pathlib.Path
+) -> None:
+    options = handlers.Options(namespaces=(NAMESPACE,), webhook_addr="127.0.0.1", webhook_port=free_port(),
+                               tls_dir=tmp_path / "tls", agent_image="lifeboat:test")
+    await create(k8s, REPLICAS, make_replica())
+    async with running_operator(options):
+        await eventually(lambda: stored(k8s, "v1/configmaps", "db-lifeboat"))
+    written = stored(k8s, "v1/configmaps", "db-lifeboat")
+
+    def replica_writes(since: int) -> int:
+        return len([r for r in list(k8s)[since:] if r.method == kmock.method.PATCH and r.url.path.startswith(
+            f"{REPLICAS}/db")])
+
+    def configmap_writes(since: int) -> list[str]:
+        return [f"{r.method.name} {r.url.path}" for r in list(k8s)[since:]
+                if r.method in (kmock.method.POST, kmock.method.PATCH) and "/configmaps" in r.url.path]
+
+    since = len(list(k8s))
+    async with running_operator(options):
+        # The resume has run once it wrote the SQLiteReplica's status.
+        await eventually(lambda: replica_writes(since))
+        assert configmap_writes(since) == []
+        assert stored(k8s, "v1/configmaps", "db-lifeboat") == written
+
+        since = len(list(k8s))
+        await patch(k8s, f"{REPLICAS}/db", {"spec": {"syncInterval": "7s"}})
+        await eventually(lambda: "7s" in json.dumps(stored(k8s, "v1/configmaps", "db-lifeboat")))
+        assert configmap_writes(since) == [f"PATCH /api/v1/namespaces/{NAMESPACE}/configmaps/db-lifeboat"]
+
+
+async def test_reconciles_make_their_api_calls_a_few_at_a_time(
+    k8s: kmock.KubernetesEmulator, kubeconfig: None, tls: webhook.TLSBundle, tmp_path: pathlib.Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(handlers, "RECONCILE_CONCURRENCY", 2)
+    busy, most = 0, 0
+    read = kube.Kube.secret_keys
+
+    async def slow_read(self: kube.Kube, namespace: str, name: str) -> frozenset[str] | None:
+        """The real read, held long enough for the reconciles of every SQLiteReplica to overlap."""
+        nonlocal busy, most
+        busy += 1
+        most = max(most, busy)
+        try:
+            await asyncio.sleep(0.3)
+            return await read(self, namespace, name)
+        finally:
+            busy -= 1
+
+    monkeypatch.setattr(kube.Kube, "secret_keys", slow_read)
+    for index in range(6):
+        await create(k8s, REPLICAS, make_replica(f"db{index}"))
+    options = handlers.Options(namespaces=(NAMESPACE,), webhook_addr="127.0.0.1", webhook_port=free_port(),
+                               tls_dir=tmp_path / "tls", agent_image="lifeboat:test")
+    async with running_operator(options):
+        await eventually(lambda: all(condition(stored(k8s, "lifeboat.dev/v1alpha1/sqlitereplicas", f"db{index}"),
+                                               "CredentialsReady") for index in range(6)), seconds=30)
+    assert most == 2

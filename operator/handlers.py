@@ -174,15 +174,6 @@ def configmap_body(name: str, namespace: str, spec: Mapping[str, Any]) -> dict[s
     }
 
 
-def holds(current: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
-    """Whether the ConfigMap ``current`` already is what the merge patch of ``desired`` would make it:
-    its data and labels, and its owners (a list the patch replaces whole)."""
-    have, want = current.get("metadata") or {}, desired["metadata"]
-    return (all((current.get("data") or {}).get(k) == v for k, v in desired["data"].items())
-            and all((have.get("labels") or {}).get(k) == v for k, v in want["labels"].items())
-            and have.get("ownerReferences") == want.get("ownerReferences"))
-
-
 def _config_verdict(name: str, spec: Mapping[str, Any]) -> Verdict:
     found = specs.problems(spec)
     if found:
@@ -196,13 +187,13 @@ def _config_verdict(name: str, spec: Mapping[str, Any]) -> Verdict:
 @metrics.counted("reconcile")
 async def reconcile(
     body: kopf.Body, spec: kopf.Spec, name: str, namespace: str, meta: kopf.Meta,
-    patch: kopf.Patch, memo: kopf.Memo, configmap_index: indexes.ByName, **_: Any,
+    patch: kopf.Patch, memo: kopf.Memo, reason: kopf.Reason, **_: Any,
 ) -> None:
     """Render the agent ConfigMap and check the credentials Secret; report both as conditions.
 
-    The ConfigMap is written only where it differs from the one in the index: a resume of every
-    SQLiteReplica (a restart, a new leader) writes none of those already in place. At most
-    ``RECONCILE_CONCURRENCY`` reconciles make their API calls at once.
+    A resume or an update patches the ConfigMap (created if it is gone): one request, and none
+    written where nothing changed, for each of the SQLiteReplicas a restart or a new leader resumes at
+    once. At most ``RECONCILE_CONCURRENCY`` reconciles make their API calls at once.
     """
     generation = meta.get("generation")
     config = _config_verdict(name, spec)
@@ -210,11 +201,7 @@ async def reconcile(
         if config[0] == "True":
             configmap = configmap_body(name, namespace, spec)
             kopf.adopt(configmap, owner=body)
-            current = indexes.one(configmap_index, namespace, configmap["metadata"]["name"])
-            if current is None:
-                await memo.kube.apply_configmap(namespace, configmap)
-            elif not holds(current, configmap):
-                await memo.kube.patch_configmap(namespace, configmap)
+            await memo.kube.apply_configmap(namespace, configmap, exists=reason != kopf.Reason.CREATE)
         # A created or changed spec reads its Secret now; a resume too (the operator knows none yet).
         secret = await memo.secrets.verdict(namespace, spec, fresh=True)
     for verdict in (config, secret):

@@ -1,7 +1,6 @@
 """What the operator keeps in memory from kopf's watches, so that no admission and no status round
-reads the API server for it: SQLiteReplicas, SQLiteRestores, the pods carrying a replica label, the
-workloads that may own them (ReplicaSets, Deployments, StatefulSets) for the single-writer guard, and
-the agent ConfigMaps the operator wrote (so that a resume writes only the ones that differ).
+reads the API server for it: SQLiteReplicas, SQLiteRestores, the pods carrying a replica label, and
+the workloads that may own them (ReplicaSets, Deployments, StatefulSets) for the single-writer guard.
 
 kopf fills an index from the watch of its kind; the watches run on the leading replica only (peering
 pauses the others), while every replica serves the webhook. So the webhook reads an index only where
@@ -67,13 +66,6 @@ def workload_entry(body: Mapping[str, Any]) -> dict[str, Any]:
     })
 
 
-def configmap_entry(body: Mapping[str, Any]) -> dict[str, Any]:
-    """An agent ConfigMap as a resume compares it with what it would write: labels, owners, data."""
-    metadata = body.get("metadata") or {}
-    return copy.deepcopy({"metadata": {key: metadata[key] for key in ("labels", "ownerReferences") if key in metadata},
-                          "data": dict(body.get("data") or {})})
-
-
 def restore_entry(body: Mapping[str, Any]) -> dict[str, Any]:
     """A SQLiteRestore as the webhook's refusal of pods during a restore reads it."""
     return copy.deepcopy({"metadata": {"name": (body.get("metadata") or {}).get("name")},
@@ -82,10 +74,9 @@ def restore_entry(body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def configure_watches(settings: kopf.OperatorSettings) -> None:
-    """Have the API server send kopf's pod and ConfigMap watches only the objects carrying a replica
-    label (the labelled pods, the agent ConfigMaps), not every pod and ConfigMap; and list in pages."""
-    for plural in ("pods", "configmaps"):
-        settings.watching.label_selectors["", "v1", plural] = specs.REPLICA_LABEL
+    """Have the API server send kopf's pod watch only pods carrying a replica label, not every pod;
+    and list in pages."""
+    settings.watching.label_selectors["", "v1", "pods"] = specs.REPLICA_LABEL
     settings.watching.chunk_size = LIST_CHUNK
 
 
@@ -99,12 +90,6 @@ def replica_index(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[
 def pod_index(body: kopf.Body, namespace: str, labels: kopf.Labels, **_: Any) -> dict[ReplicaKey, dict[str, Any]]:
     """Every pod carrying the replica label, by (namespace, label value)."""
     return {(namespace, labels[specs.REPLICA_LABEL]): pod_entry(body)}
-
-
-@kopf.index("", "v1", "configmaps", labels={specs.REPLICA_LABEL: kopf.PRESENT})
-def configmap_index(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[ReplicaKey, dict[str, Any]]:
-    """Every agent ConfigMap (the ones carrying the replica label), by (namespace, name)."""
-    return {(namespace, name): configmap_entry(body)}
 
 
 # Workloads cannot be selected by label (the replica label is on their pod template, or only on the

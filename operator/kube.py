@@ -112,19 +112,24 @@ class Kube:
             raise
         return True
 
-    async def apply_configmap(self, namespace: str, body: Mapping[str, Any]) -> None:
-        """Create the ConfigMap, or bring an existing one to ``body``'s data, labels and owners."""
+    async def apply_configmap(self, namespace: str, body: Mapping[str, Any], *, exists: bool) -> None:
+        """Create the ConfigMap, or bring an existing one to ``body``'s data, labels and owners (merge
+        patch): one request when ``exists`` guesses right, two when not. Neither way reads it, so the
+        operator needs no read access to ConfigMaps, and a patch that changes nothing writes nothing."""
+        name = body["metadata"]["name"]
+        if not exists:
+            try:
+                await self._call(self.core.create_namespaced_config_map, namespace, body)
+                return
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
         try:
-            await self._call(self.core.create_namespaced_config_map, namespace, body)
+            await self._call(self.core.patch_namespaced_config_map, name, namespace, body, _content_type=MERGE_PATCH)
         except ApiException as exc:
-            if exc.status != 409:
+            if exc.status != 404 or not exists:
                 raise
-            await self.patch_configmap(namespace, body)
-
-    async def patch_configmap(self, namespace: str, body: Mapping[str, Any]) -> None:
-        """Bring an existing ConfigMap to ``body``'s data, labels and owners (merge patch)."""
-        await self._call(self.core.patch_namespaced_config_map, body["metadata"]["name"], namespace, body,
-                         _content_type=MERGE_PATCH)
+            await self._call(self.core.create_namespaced_config_map, namespace, body)
 
     async def running_pods(self, namespace: str, replica_name: str) -> list[dict[str, Any]]:
         """Running pods that carry the replica's label and have an IP to ask their agent at."""

@@ -17,6 +17,7 @@ from typing import Any
 from helpers import create_db, write_batch
 from lifeboat.agent import ltx
 from lifeboat.agent.metrics import Metrics
+from lifeboat.agent.restore import list_levels
 from lifeboat.agent.storage import SNAPSHOT_LEVEL, ltx_files_by_level, new_client
 from lifeboat.agent.store import DatabaseRunner, DatabaseSpec
 from replica_helpers import BUCKET, S3_ENDPOINT, SFTPServer
@@ -45,12 +46,14 @@ async def test_all_levels_listed_as_each_level_lists_them(client: Any) -> None:
     assert await ltx_files_by_level(Metrics().instrument(client, "db")) == expected
 
 
-async def test_opening_a_database_lists_its_s3_replica_once(servers: SFTPServer, tmp_path: Path) -> None:
-    path = f"open-{uuid.uuid4().hex}"
+async def _filled_s3_replica() -> tuple[Any, Counter[str]]:
+    """An S3 client on a fresh replica holding FILES, and the count of its requests from now on,
+    by operation."""
+    path = f"levels-{uuid.uuid4().hex}"
     client = new_client({
         "url": f"s3://{BUCKET}/{path}", "endpoint": S3_ENDPOINT, "region": "us-east-1",
         # A key of its own: a botocore client of its own, whose requests only this test makes.
-        "access-key-id": f"open-{uuid.uuid4().hex}", "secret-access-key": "test",
+        "access-key-id": f"levels-{uuid.uuid4().hex}", "secret-access-key": "test",
     })
     await _fill(client)
     # Keys below the replica that are no level's files: a level's subdirectory, 0.3's generations.
@@ -62,6 +65,11 @@ async def test_opening_a_database_lists_its_s3_replica_once(servers: SFTPServer,
         requests[event_name.rsplit(".", 1)[-1]] += 1
 
     client.s3.meta.events.register("before-send.s3", count)
+    return client, requests
+
+
+async def test_opening_a_database_lists_its_s3_replica_once(servers: SFTPServer, tmp_path: Path) -> None:
+    client, requests = await _filled_s3_replica()
     db = tmp_path / "app.db"
     create_db(db)
     write_batch(db, 1, rows=2)
@@ -75,4 +83,16 @@ async def test_opening_a_database_lists_its_s3_replica_once(servers: SFTPServer,
     held = runner.replica.held_at_open
     assert held is not None and held.max_txids == {0: 4, 1: 3, 3: 3, SNAPSHOT_LEVEL: 3}
     assert runner.replica.pos == 4
+    assert requests["ListObjectsV2"] == 1, requests
+
+
+async def test_a_restore_lists_an_s3_replica_once(servers: SFTPServer) -> None:
+    client, requests = await _filled_s3_replica()
+    try:
+        levels = await list_levels(client)
+    finally:
+        await client.close()
+    assert {level: [(f.min_txid, f.max_txid) for f in files] for level, files in levels.items()} == {
+        0: [(1, 1), (2, 2), (3, 3), (4, 4)], 1: [(1, 3)], 3: [(1, 3)], SNAPSHOT_LEVEL: [(1, 3)]
+    }
     assert requests["ListObjectsV2"] == 1, requests

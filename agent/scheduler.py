@@ -16,7 +16,7 @@ from typing import Protocol
 
 MAX_TICK = 1.0  # the timers' resolution: lease renewals are taken up to this much early
 # Items ticked between two yields to the event loop. A tick of a database is a stat or two and a few
-# comparisons (15-40 us): a thousand in one go held the loop for tens of milliseconds each second,
+# comparisons (tens of microseconds): a thousand in one go held the loop for tens of milliseconds each second,
 # and the WAL events of busy databases waited behind them. A slice holds it for a millisecond or two.
 TICK_SLICE = 50
 

@@ -106,6 +106,8 @@ class ReplicaClient(Protocol):
 
     A backend whose range reads stream the object from its start sets the class attribute
     `sequential_ranges = True`; restore then fetches each file with one read, not ranged parts.
+    A backend that can list every level in fewer requests than one per level offers
+    `async all_ltx_files() -> dict[int, list[FileInfo]]` (see `ltx_files_by_level`).
     """
 
     type: str

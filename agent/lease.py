@@ -32,6 +32,7 @@ from .storage import (
     SealedWriter,
     StorageError,
     format_timestamp,
+    ltx_files_by_level,
     parse_timestamp,
     sealed_writer,
 )
@@ -310,6 +311,10 @@ class FencedClient:
 
     async def ltx_files(self, level: int, seek: int = 0, use_metadata: bool = False) -> list[FileInfo]:
         return await self.inner.ltx_files(level, seek, use_metadata)
+
+    async def all_ltx_files(self) -> dict[int, list[FileInfo]]:
+        """Every level's files, as the wrapped client lists them (see `storage.ltx_files_by_level`)."""
+        return await ltx_files_by_level(self.inner)
 
     def open_ltx_file(
         self, level: int, min_txid: int, max_txid: int, offset: int = 0, size: int | None = None

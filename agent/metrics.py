@@ -22,7 +22,7 @@ from typing import Any, BinaryIO
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from .storage import sealed_writer
+from .storage import each_level_ltx_files, sealed_writer
 
 LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 OP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -314,6 +314,21 @@ class InstrumentedClient:
 
     async def ltx_files(self, level: int, seek: int = 0, use_metadata: bool = False) -> list[Any]:
         files = await self._timed("LIST", self.inner.ltx_files(level, seek, use_metadata))
+        self._listed(level, seek, files)
+        return files
+
+    async def all_ltx_files(self) -> dict[int, list[Any]]:
+        """Every level's files (see `storage.ltx_files_by_level`): one LIST when the wrapped client
+        lists them at once, one per level otherwise."""
+        if getattr(type(self.inner), "all_ltx_files", None) is None:
+            return await each_level_ltx_files(self)
+        by_level: dict[int, list[Any]] = await self._timed("LIST", self.inner.all_ltx_files())
+        for level in (0, 1, SNAPSHOT_LEVEL):
+            self._listed(level, 0, by_level.get(level, []))
+        return by_level
+
+    def _listed(self, level: int, seek: int, files: list[Any]) -> None:
+        """What a listing shows the metrics: the newest snapshot, and L0 retention's counts."""
         if level == SNAPSHOT_LEVEL and files and self.db:
             self.metrics.snapshot_seen(self.db, max(f.created_at.timestamp() for f in files))
         if seek == 0 and level in (0, 1):
@@ -322,7 +337,6 @@ class InstrumentedClient:
             else:
                 self._l1_max = files[-1].max_txid if files else 0
             self._update_l0_retention()
-        return files
 
     def _update_l0_retention(self) -> None:
         if self._l0 is None or self._l1_max is None or self.l0_retention is None or not self.db:

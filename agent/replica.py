@@ -11,7 +11,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from .db import Database, DatabaseError, SyncResult
-from .storage import SNAPSHOT_LEVEL, FileInfo, ReplicaClient, SealedWriter, StorageError, sealed_writer
+from .storage import (
+    SNAPSHOT_LEVEL,
+    FileInfo,
+    ReplicaClient,
+    SealedWriter,
+    StorageError,
+    ltx_files_by_level,
+    sealed_writer,
+)
 from .storage.file import SealedFile
 
 log = logging.getLogger("lifeboat.replica")
@@ -73,17 +81,12 @@ class Replica:
         self.pos = self.held_at_open.position
 
     async def holdings(self) -> Holdings:
-        """What every level of the replica holds now (one listing of each, all at once: on an object
-        store ten round trips one after another were most of a database's time to open)."""
-        max_txids: dict[int, int] = {}
-        newest = None
-        levels = range(SNAPSHOT_LEVEL + 1)
-        listings = await asyncio.gather(*(self.client.ltx_files(level) for level in levels))
-        for level, files in zip(levels, listings, strict=True):
-            if files:
-                max_txids[level] = max(f.max_txid for f in files)
-            if files and level == SNAPSHOT_LEVEL:
-                newest = files[-1].created_at  # listings are in TXID order: the newest snapshot
+        """What every level of the replica holds now (see `ltx_files_by_level`: one listing of the
+        whole replica where the store allows it)."""
+        by_level = await ltx_files_by_level(self.client)
+        max_txids = {level: max(f.max_txid for f in files) for level, files in by_level.items()}
+        snapshots = by_level.get(SNAPSHOT_LEVEL)
+        newest = snapshots[-1].created_at if snapshots else None  # listings are in TXID order
         return Holdings(max_txids, newest)
 
     async def remote_max_txid(self) -> int:

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import dataclasses
 import enum
+import functools
 import logging
 import os
 import shutil
@@ -37,7 +38,7 @@ from .restore_fetch import (
     file_name,
 )
 from .sqlite import lock_pgno
-from .storage import SNAPSHOT_LEVEL, FileInfo, NotFound, ReplicaClient, format_timestamp
+from .storage import SNAPSHOT_LEVEL, FileInfo, NotFound, ReplicaClient, format_timestamp, ltx_files_by_level
 from .storage.file import fsync_dir
 from .storage.retry import retry
 
@@ -143,16 +144,15 @@ def restorable_range(levels: dict[int, list[FileInfo]]) -> str:
 
 
 async def list_levels(client: ReplicaClient, use_metadata: bool = False) -> dict[int, list[FileInfo]]:
-    """Every level's files (each listing retried with backoff on transient errors)."""
-
-    async def listing(level: int) -> list[FileInfo]:
-        return await retry(
-            lambda: client.ltx_files(level, 0, use_metadata),
-            attempts=DOWNLOAD_ATTEMPTS, base=DOWNLOAD_BACKOFF, cap=DOWNLOAD_BACKOFF_CAP,
-        )
-
-    results = await asyncio.gather(*(listing(lvl) for lvl in range(MAX_LEVEL + 1)))
-    return {lvl: files for lvl, files in enumerate(results) if files}
+    """Every level's files, retried with backoff on transient errors: in one listing where the store
+    allows it (`ltx_files_by_level`); level by level, all at once, when the creation times must come
+    from each object's metadata."""
+    retried = functools.partial(retry, attempts=DOWNLOAD_ATTEMPTS, base=DOWNLOAD_BACKOFF, cap=DOWNLOAD_BACKOFF_CAP)
+    if not use_metadata:
+        return await retried(lambda: ltx_files_by_level(client))
+    levels = range(MAX_LEVEL + 1)
+    results = await asyncio.gather(*(retried(lambda lvl=lvl: client.ltx_files(lvl, 0, True)) for lvl in levels))
+    return {lvl: files for lvl, files in zip(levels, results, strict=True) if files}
 
 
 async def download(client: ReplicaClient, info: FileInfo, dest: Path, transfer: Transfer, report: Report) -> None:

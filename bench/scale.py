@@ -366,6 +366,9 @@ def run_tool(tool: str, kind: str, template: Path, work: Path, rels: list[str],
     try:
         with agent(tool, data, target, work, args.soft_limit) as a:
             out["all_replicated_s"] = round(wait_replicated(a, target, rels, args.timeout), 1)
+            out["startup_cpu_s"] = round(cpu_seconds(a.proc.pid), 1)
+            if isinstance(target, S3Target):
+                out["startup_requests"] = len(target.proxy.log)
             log(f"{tool}/{kind}: all {len(rels)} replicated after {out['all_replicated_s']} s")
             time.sleep(5)  # the last first syncs and compactions
             out["idle_cpu_s_per_min"] = round(cpu_per_minute(a.proc.pid, args.idle), 2)
@@ -453,6 +456,8 @@ def _vs(key: str, base: str, limit: float, what: str) -> Check:
 
 ROWS: list[tuple[str, str, Check | None]] = [
     ("all_replicated_s", "time until every database has its first snapshot (s)", _ratio("all_replicated_s", 1.0)),
+    ("startup_cpu_s", "agent CPU until then (s)", None),
+    ("startup_requests", "requests to the replica until then (S3)", None),
     ("idle_cpu_s_per_min", "CPU idle (s per minute)", _ratio("idle_cpu_s_per_min", 0.5)),
     ("idle_rss_mb", "RSS idle (MB)", None),
     ("peak_rss_mb", "peak RSS (MB)", _ratio("peak_rss_mb", 1.0)),

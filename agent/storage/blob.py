@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any, BinaryIO, TypeVar
 
 from . import (
+    SNAPSHOT_LEVEL,
     FileInfo,
     NotFound,
     PreconditionFailed,
@@ -71,6 +72,11 @@ class BlobReplicaClient(abc.ABC):
     def data_prefix(self) -> str:
         """The prefix `delete_all` empties (the lease object is spared even when it lies below)."""
         return posixpath.join(self.path, "ltx") + "/"
+
+    @property
+    def levels_prefix(self) -> str:
+        """A prefix every level's files share, with few other keys below it (`all_ltx_files`)."""
+        return self.data_prefix
 
     # --- the SDK ----------------------------------------------------------------------------
 
@@ -164,6 +170,25 @@ class BlobReplicaClient(abc.ABC):
         def listing() -> list[FileInfo]:
             entries = ((key[len(prefix) :], size, created) for key, size, created in self._list(prefix, seek))
             return select_ltx_files(level, entries, seek)
+
+        return await self._run(f"list {prefix}", listing)
+
+    async def all_ltx_files(self) -> dict[int, list[FileInfo]]:
+        """Every level's files from one paged listing of `levels_prefix`, without a delimiter,
+        instead of a listing per level (see `storage.ltx_files_by_level`). A key counts where the
+        level's own listing would count it: directly below its level's prefix."""
+        levels = {self.level_prefix(level): level for level in range(SNAPSHOT_LEVEL + 1)}
+        prefix = self.levels_prefix
+
+        def listing() -> dict[int, list[FileInfo]]:
+            entries: dict[int, list[tuple[str, int, datetime]]] = {}
+            for key, size, created in self._list(prefix, 0):
+                head, _, name = key.rpartition("/")
+                level = levels.get(head + "/")
+                if level is not None:
+                    entries.setdefault(level, []).append((name, size, created))
+            found = {level: select_ltx_files(level, names) for level, names in entries.items()}
+            return {level: files for level, files in sorted(found.items()) if files}
 
         return await self._run(f"list {prefix}", listing)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 from . import (
+    SNAPSHOT_LEVEL,
     ConfigError,
     FileInfo,
     NotFound,
@@ -112,6 +113,16 @@ class FileReplicaClient:
 
     async def ltx_files(self, level: int, seek: int = 0, use_metadata: bool = False) -> list[FileInfo]:
         return await asyncio.to_thread(self._list, level, seek)
+
+    async def all_ltx_files(self) -> dict[int, list[FileInfo]]:
+        """Every level's files, scanned in one worker-thread call instead of one per level (see
+        `storage.ltx_files_by_level`)."""
+
+        def scan() -> dict[int, list[FileInfo]]:
+            listings = {level: self._list(level, 0) for level in range(SNAPSHOT_LEVEL + 1)}
+            return {level: files for level, files in listings.items() if files}
+
+        return await asyncio.to_thread(scan)
 
     def _list(self, level: int, seek: int) -> list[FileInfo]:
         out: list[FileInfo] = []

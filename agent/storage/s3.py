@@ -235,6 +235,11 @@ class S3ReplicaClient(BlobReplicaClient):
     def data_prefix(self) -> str:
         return f"{self.path}/"
 
+    @property
+    def levels_prefix(self) -> str:
+        # Levels 0-9 are `<path>/0000/`..`<path>/0009/`: this leaves out the lease and 0.3's `generations/`.
+        return f"{self.path}/000"
+
     # --- client -----------------------------------------------------------------------------
 
     @property
@@ -282,10 +287,10 @@ class S3ReplicaClient(BlobReplicaClient):
         return f"{self.url}: {text}"
 
     def _list(self, prefix: str, seek: int) -> Iterable[tuple[str, int, datetime]]:
-        # Keys sort by name, so starting after "<prefix><seek>" skips every file below `seek`.
-        pages = self.s3.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=prefix, StartAfter=f"{prefix}{seek:016x}"
-        )
+        # Keys sort by name, so starting after "<prefix><seek>" skips every file below `seek` (with
+        # nothing to skip, none: `all_ltx_files` lists several levels under one shorter prefix).
+        start = {"StartAfter": f"{prefix}{seek:016x}"} if seek else {}
+        pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix, **start)
         return [(obj["Key"], obj["Size"], obj["LastModified"]) for page in pages for obj in page.get("Contents", [])]
 
     def _list_names(self, prefix: str) -> list[str]:

@@ -59,4 +59,4 @@ def test_open_probes_once_and_lists_the_levels_at_once(tmp_path: Path) -> None:
 
     asyncio.run(scenario())
     assert client.inits == 1
-    assert client.peak == 10  # L0..L9 listed together
+    assert client.peak == 10  # L0..L9 listed together (a client without a listing of every level)

@@ -124,11 +124,9 @@ class Kube:
             except ApiException as exc:
                 if exc.status != 409:
                     raise
-        try:
-            await self._call(self.core.patch_namespaced_config_map, name, namespace, body, _content_type=MERGE_PATCH)
-        except ApiException as exc:
-            if exc.status != 404 or not exists:
-                raise
+        patched = await self._call(self.core.patch_namespaced_config_map, name, namespace, body,
+                                   _content_type=MERGE_PATCH)
+        if patched is None:  # not found (`_call` answers a 404 with None): gone, or never created
             await self._call(self.core.create_namespaced_config_map, namespace, body)
 
     async def running_pods(self, namespace: str, replica_name: str) -> list[dict[str, Any]]:

@@ -114,9 +114,8 @@ async def test_a_resume_or_a_spec_change_writes_the_configmap_with_one_patch(
     since = len(list(k8s))
     async with running_operator(options):
         # The resume has run once it wrote the SQLiteReplica's status: one patch, no failed create.
-        # (A ConfigMap deleted meanwhile is created after the patch's 404: kmock answers no 404 to a
-        # patch of a deleted object, so the restart of bench/scale_operator.py, run by
-        # tests/cluster/test_cluster_scale_smoke.py, shows that on the real API server.)
+        # (A ConfigMap gone meanwhile is created after the patch's 404: test_configmap_write.py, and
+        # on the real API server the restart of tests/cluster/test_cluster_scale_smoke.py.)
         await eventually(lambda: replica_writes(since))
         assert configmap_writes(since) == [f"PATCH {path}/db-lifeboat"]
         assert stored(k8s, "v1/configmaps", "db-lifeboat") == written

@@ -109,7 +109,7 @@ async def test_every_watch_starts_with_a_list_in_pages(
     await reconciled(k8s)
     # kopf's lists, not the status round's of followers.
     lists = [r.url for r in list(k8s) if r.method == kmock.method.GET and "watch" not in r.url.query
-             and r.url.path.endswith(("/pods", "/configmaps", "/replicasets", "/sqlitereplicas"))
+             and r.url.path.endswith(("/pods", "/replicasets", "/sqlitereplicas"))
              and r.url.query.get("labelSelector") != specs.FOLLOW_LABEL]
-    assert {url.path.rpartition("/")[2] for url in lists} == {"pods", "configmaps", "replicasets", "sqlitereplicas"}
+    assert {url.path.rpartition("/")[2] for url in lists} == {"pods", "replicasets", "sqlitereplicas"}
     assert {url.query.get("limit") for url in lists} == {str(indexes.LIST_CHUNK)}
